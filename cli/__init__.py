@@ -1,0 +1,1 @@
+"""The ``hybrid`` command line: one thin module per command over the library."""

@@ -1,0 +1,37 @@
+"""The ``hybrid`` Typer application."""
+
+from __future__ import annotations
+
+import typer
+
+from . import index as index_cmd
+from . import info as info_cmd
+from . import quickstart as quickstart_cmd
+from . import search as search_cmd
+
+app = typer.Typer(
+    name="hybrid",
+    help="Index, search, mine, train (SimANS) and evaluate dense retrieval over Elasticsearch "
+    "or an embedded Lucene + FAISS store.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("index")(index_cmd.index)
+app.command("search")(search_cmd.search)
+app.command("info")(info_cmd.info)
+app.command("quickstart")(quickstart_cmd.quickstart)
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log library details to stderr."),
+) -> None:
+    from .common import setup_logging
+
+    setup_logging(verbose)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,184 @@
+"""``hybrid index``: put a corpus into Elasticsearch or the embedded store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .common import (
+    EsApiKeyOpt,
+    EsCaOpt,
+    EsPasswordOpt,
+    EsTimeoutOpt,
+    EsUrlOpt,
+    EsUserOpt,
+    IndexOpt,
+    QuietOpt,
+    StoreOpt,
+    backend_for,
+    console,
+    err_console,
+    es_config,
+    handle_errors,
+)
+
+if TYPE_CHECKING:
+    from hybrid.backends.base import Backend
+    from hybrid.encoder import Encoder
+    from hybrid.indexing import IndexJob, IndexStats
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Local Hugging Face model directory or a trained checkpoint "
+                 "[default: the shipped all-MiniLM-L6-v2]."),
+]
+
+
+@handle_errors
+def index(
+    corpus: Annotated[Path, typer.Argument(help="Corpus file or dataset directory (BEIR, MS MARCO, DPR, jsonl; .gz ok).")],
+    index: IndexOpt,
+    format: Annotated[str | None, typer.Option("--format", "-f", help="beir, msmarco, dpr or jsonl [default: detected].")] = None,
+    recreate: Annotated[bool, typer.Option("--recreate", help="Build a new version from scratch; the old one serves until it is done.")] = False,
+    model: ModelOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per encode/write batch.")] = 256,
+    encode_batch: Annotated[int, typer.Option("--encode-batch", help="Passages per forward pass.")] = 32,
+    passage_max_length: Annotated[int | None, typer.Option("--passage-max-length", help="Token limit for passages [default: the model's].")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 … [default: cuda when present].")] = None,
+    k1: Annotated[float, typer.Option("--k1", help="BM25 k1.")] = 0.9,
+    b: Annotated[float, typer.Option("--b", help="BM25 b.")] = 0.4,
+    analyzer: Annotated[str, typer.Option("--analyzer", help="ES analyzer: 'standard' (+English stop words, on every distribution) or a name the cluster has, e.g. 'english'.")] = "standard",
+    stemmer: Annotated[str, typer.Option("--stemmer", help="Embedded BM25 stemmer: porter, krovetz or none.")] = "porter",
+    vector_index: Annotated[str | None, typer.Option("--vector-index", help="ES: hnsw, int8_hnsw, bbq_hnsw, flat, int8_flat [hnsw]; embedded: flat or hnsw [flat].")] = None,
+    hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="HNSW graph degree.")] = 16,
+    ef_construction: Annotated[int, typer.Option("--ef-construction", help="HNSW build beam width.")] = 100,
+    id_field: Annotated[str | None, typer.Option("--id-field", help="jsonl: key of the document id.")] = None,
+    title_field: Annotated[str | None, typer.Option("--title-field", help="jsonl: key of the title.")] = None,
+    text_field: Annotated[str | None, typer.Option("--text-field", help="jsonl: key of the text.")] = None,
+    skip_malformed: Annotated[bool, typer.Option("--skip-malformed", help="Skip and count malformed lines instead of stopping.")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Index at most this many documents.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the final stats as JSON.")] = False,
+    es_url: EsUrlOpt = None,
+    es_api_key: EsApiKeyOpt = None,
+    es_user: EsUserOpt = None,
+    es_password: EsPasswordOpt = None,
+    es_ca_certs: EsCaOpt = None,
+    es_timeout: EsTimeoutOpt = 120.0,
+    store: StoreOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Index a corpus: text for BM25 plus dense vectors. Re-running resumes where it stopped."""
+    from hybrid.config import LexicalSettings
+    from hybrid.corpus import JsonlFields, resolve_corpus
+    from hybrid.encoder import Encoder, EncoderConfig
+    from hybrid.errors import ConfigError
+    from hybrid.indexing import IndexJob
+
+    es = es_config(es_url, es_api_key, es_user, es_password, es_ca_certs, es_timeout)
+    resolve_corpus(corpus, format)  # fail on a bad path or format before loading a model
+    if stemmer not in ("porter", "krovetz", "none"):
+        raise ConfigError(f"unknown stemmer '{stemmer}'; choose porter, krovetz or none")
+    vectors = _vector_settings(vector_index, es is not None, hnsw_m, ef_construction)
+    fields = None
+    if id_field or title_field or text_field:
+        default = JsonlFields()
+        fields = JsonlFields(
+            id=(id_field,) if id_field else default.id,
+            title=(title_field,) if title_field else default.title,
+            text=(text_field,) if text_field else default.text,
+        )
+    job = IndexJob(
+        corpus=corpus, index=index, format=format, recreate=recreate, batch_size=batch_size,
+        skip_malformed=skip_malformed, fields=fields, limit=limit, vectors=vectors,
+        lexical=LexicalSettings(k1=k1, b=b, analyzer=analyzer, stemmer=stemmer),  # type: ignore[arg-type]
+    )
+    backend = backend_for(es, store)
+    try:
+        encoder = Encoder(EncoderConfig(model=model, batch_size=encode_batch, device=device,
+                                        passage_max_length=passage_max_length))
+        stats = run_with_progress(job, backend, encoder, quiet)
+    finally:
+        backend.close()
+    report(stats, index, backend.kind, as_json)
+
+
+def run_with_progress(job: IndexJob, backend: Backend, encoder: Encoder, quiet: bool) -> IndexStats:
+    """Run an indexing job, drawing a progress bar unless quiet."""
+    from hybrid.indexing import run_index
+
+    if quiet:
+        return run_index(job, backend, encoder)
+    with _IndexProgress() as bar:
+        return run_index(job, backend, encoder, bar.update)
+
+
+def _vector_settings(kind: str | None, elastic: bool, m: int, ef: int) -> object:
+    from hybrid.config import VectorSettings
+    from hybrid.errors import ConfigError
+
+    allowed = ("hnsw", "int8_hnsw", "bbq_hnsw", "flat", "int8_flat") if elastic else ("flat", "hnsw")
+    if kind is not None and kind not in allowed:
+        raise ConfigError(f"--vector-index '{kind}' is not available here; choose one of {', '.join(allowed)}")
+    if elastic:
+        return VectorSettings(es_type=kind or "hnsw", m=m, ef_construction=ef)  # type: ignore[arg-type]
+    return VectorSettings(embedded_type=kind or "flat", m=m, ef_construction=ef)  # type: ignore[arg-type]
+
+
+class _IndexProgress:
+    """A rich bar over the corpus bytes, with documents and docs/s."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[docs]} docs · {task.fields[rate]} docs/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self.task = self.progress.add_task("indexing", total=None, docs=0, rate="-")
+
+    def __enter__(self) -> _IndexProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, stats: IndexStats) -> None:
+        elapsed = self.progress.tasks[0].elapsed or 0.0
+        rate = f"{stats.read / elapsed:,.1f}" if elapsed > 0 else "-"
+        description = {"committing": "committing", "done": "done"}.get(stats.phase, "indexing")
+        done = stats.phase != "indexing"
+        self.progress.update(
+            self.task, completed=stats.total_bytes if done else stats.bytes_read, total=stats.total_bytes or None,
+            docs=f"{stats.read:,}", rate=rate, description=description,
+        )
+
+
+def report(stats: IndexStats, name: str, backend: str, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    if as_json:
+        console.print_json(json.dumps({"index": name, "backend": backend, **asdict(stats)}))
+        return
+    table = Table(title=f"{name} ({backend}, version {stats.version})", show_header=False)
+    rows = [
+        ("documents in index (verified)", f"{stats.count:,}"),
+        ("read / written", f"{stats.read:,} / {stats.written:,}"),
+        ("already indexed (resumed)", f"{stats.already_indexed:,}"),
+        ("repeated ids skipped", f"{stats.duplicates:,}"),
+        ("malformed lines skipped", f"{stats.malformed:,}"),
+        ("encode / write / commit", f"{stats.encode_seconds:.1f}s / {stats.write_seconds:.1f}s / {stats.commit_seconds:.1f}s"),
+        ("total", f"{stats.total_seconds:.1f}s"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)

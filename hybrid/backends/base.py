@@ -1,0 +1,126 @@
+"""The one small protocol every search backend implements.
+
+An index is addressed by its user-facing name (an alias on Elasticsearch, a directory on
+the embedded store). Behind the name sit numbered physical versions: writing goes to the
+newest version, and :meth:`IndexWriter.commit` verifies the count and makes that version
+current in one atomic step, so readers never see a half-built index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from hybrid.config import IndexSpec
+from hybrid.errors import BackendError, DimensionMismatchError
+from hybrid.types import Document, Hit, IndexInfo
+
+VERSION_DIGITS = 6
+
+
+def version_name(name: str, number: int) -> str:
+    """Physical name of version ``number`` of index ``name``: ``name-v000001``."""
+    return f"{name}-v{number:0{VERSION_DIGITS}d}"
+
+
+def version_number(name: str, physical: str) -> int | None:
+    """Inverse of :func:`version_name`; ``None`` when ``physical`` is not a version of ``name``."""
+    prefix = f"{name}-v"
+    tail = physical[len(prefix) :]
+    if physical.startswith(prefix) and len(tail) == VERSION_DIGITS and tail.isdigit():
+        return int(tail)
+    return None
+
+
+def check_vectors(spec: IndexSpec, docs: Sequence[Document], vectors: np.ndarray) -> None:
+    """Refuse a batch whose vectors do not fit the index, before anything is written."""
+    if vectors.ndim != 2 or vectors.shape[0] != len(docs):
+        raise BackendError(f"expected {len(docs)} vectors, got an array of shape {vectors.shape}")
+    if vectors.shape[1] != spec.dims:
+        raise DimensionMismatchError(
+            f"vectors have {vectors.shape[1]} dimensions but index '{spec.name}' holds "
+            f"{spec.dims}-d vectors; nothing was written"
+        )
+    if not np.isfinite(vectors).all():
+        raise BackendError("vectors contain NaN or infinity; nothing was written")
+
+
+class IndexWriter(Protocol):
+    """Writes documents and vectors into one (possibly not yet current) version."""
+
+    spec: IndexSpec
+    version: str
+    resumed: bool
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` this version already holds."""
+        ...
+
+    def write(self, docs: Sequence[Document], vectors: np.ndarray) -> int:
+        """Write documents with their vectors ``(len(docs), dims)``; returns how many."""
+        ...
+
+    def count(self) -> int:
+        """Documents written to this version so far."""
+        ...
+
+    def commit(self, expected: int | None = None) -> int:
+        """Make the version searchable and current; verify ``expected`` docs; return count."""
+        ...
+
+    def close(self) -> None:
+        """Release resources without committing (a later run resumes)."""
+        ...
+
+
+class Backend(Protocol):
+    """Search backend: Elasticsearch or the embedded Lucene + FAISS store."""
+
+    kind: str
+
+    def exists(self, name: str) -> bool:
+        """True when ``name`` has a current version."""
+        ...
+
+    def open_writer(self, spec: IndexSpec, *, recreate: bool = False) -> IndexWriter:
+        """Writer into the version being built, resuming an unfinished one.
+
+        With ``recreate`` a new version is started; the current one stays searchable
+        until the new one commits.
+        """
+        ...
+
+    def info(self, name: str) -> IndexInfo:
+        """Count, dimension, model and version of the current version."""
+        ...
+
+    def count(self, name: str) -> int:
+        """Documents in the current version."""
+        ...
+
+    def bm25(self, name: str, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        """BM25 top-``k`` for each query, in order."""
+        ...
+
+    def knn(
+        self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None
+    ) -> list[list[Hit]]:
+        """Inner-product top-``k`` for each query vector; scores are raw similarities.
+
+        ``num_candidates`` widens the approximate search (ES num_candidates, HNSW efSearch).
+        """
+        ...
+
+    def get(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
+        """Documents by id; ids not found are absent from the result."""
+        ...
+
+    def drop(self, name: str) -> None:
+        """Delete every version of ``name``."""
+        ...
+
+    def close(self) -> None:
+        """Release connections, files and searchers."""
+        ...

@@ -1,0 +1,278 @@
+"""Embedded backend: Lucene BM25 (Anserini) + FAISS + SQLite, in one directory per index."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybrid.backends.base import check_vectors, version_name, version_number
+from hybrid.backends.embedded.lucene import LuceneSearcher, build_lucene
+from hybrid.backends.embedded.store import VersionStore, write_atomic
+from hybrid.backends.embedded.vectors import HNSW_FILE, VectorIndex, build_hnsw
+from hybrid.config import IndexSpec, LexicalSettings, VectorSettings, validate_index_name
+from hybrid.errors import BackendError, CountMismatchError, DimensionMismatchError, IndexNotFoundError
+from hybrid.types import Document, Hit, IndexInfo
+
+log = logging.getLogger(__name__)
+CURRENT = "CURRENT"
+
+
+class _OpenVersion:
+    """A committed version opened for search: docs, Lucene searcher, FAISS index."""
+
+    def __init__(self, path: Path, java_home: str | None) -> None:
+        self.path = path
+        meta = _read_meta(path)
+        self.meta = meta
+        self.lexical = LexicalSettings(**meta["lexical"])
+        self.vector_settings = VectorSettings(**meta["vectors"])
+        self.store = VersionStore(path, int(meta["dims"]))
+        self.java_home = java_home
+        self._lucene: LuceneSearcher | None = None
+        self._faiss: VectorIndex | None = None
+
+    @property
+    def lucene(self) -> LuceneSearcher:
+        if self._lucene is None:
+            self._lucene = LuceneSearcher(self.path / "lucene", self.lexical, self.java_home)
+        return self._lucene
+
+    @property
+    def faiss(self) -> VectorIndex:
+        if self._faiss is None:
+            self._faiss = VectorIndex(self.path, self.store.vectors(), self.vector_settings)
+        return self._faiss
+
+    def close(self) -> None:
+        if self._lucene is not None:
+            self._lucene.close()
+        self.store.close()
+
+
+class EmbeddedBackend:
+    """:class:`~hybrid.backends.base.Backend` stored under one directory on local disk."""
+
+    kind = "embedded"
+
+    def __init__(self, root: Path, java_home: str | None = None) -> None:
+        self.root = root
+        self.java_home = java_home
+        self._open: dict[str, _OpenVersion] = {}
+        self._lock = threading.Lock()
+
+    # -- names and versions -------------------------------------------------
+    def index_dir(self, name: str) -> Path:
+        validate_index_name(name)
+        return self.root / name
+
+    def current(self, name: str) -> str | None:
+        pointer = self.index_dir(name) / CURRENT
+        return pointer.read_text().strip() if pointer.is_file() else None
+
+    def versions(self, name: str) -> list[str]:
+        base = self.index_dir(name)
+        if not base.is_dir():
+            return []
+        named = [(version_number(name, p.name), p.name) for p in base.iterdir() if p.is_dir()]
+        return [v for n, v in sorted((n, v) for n, v in named if n is not None)]
+
+    def exists(self, name: str) -> bool:
+        return self.current(name) is not None
+
+    def _version(self, name: str) -> _OpenVersion:
+        """The current version opened for search; reopened when CURRENT has moved."""
+        current = self.current(name)
+        if current is None:
+            raise IndexNotFoundError(
+                f"index '{name}' not found in {self.root}; create it with: hybrid index CORPUS --index {name}"
+            )
+        with self._lock:
+            opened = self._open.get(name)
+            if opened is None or opened.path.name != current:
+                if opened is not None:
+                    opened.close()
+                opened = _OpenVersion(self.index_dir(name) / current, self.java_home)
+                self._open[name] = opened
+            return opened
+
+    # -- writing ------------------------------------------------------------
+    def open_writer(self, spec: IndexSpec, *, recreate: bool = False) -> EmbeddedWriter:
+        base = self.index_dir(spec.name)
+        base.mkdir(parents=True, exist_ok=True)
+        current = self.current(spec.name)
+        versions = self.versions(spec.name)
+        newest = versions[-1] if versions else None
+        if newest is not None and not recreate:
+            meta = _read_meta(base / newest)
+            if int(meta["dims"]) != spec.dims:
+                raise DimensionMismatchError(
+                    f"index '{spec.name}' holds {meta['dims']}-d vectors from {meta['model']} but the "
+                    f"encoder makes {spec.dims}-d vectors; use the same model, or --recreate to rebuild"
+                )
+            return EmbeddedWriter(self, spec, base / newest, resumed=True)
+        for stale in versions:
+            if stale != current:
+                shutil.rmtree(base / stale)
+        number = (version_number(spec.name, newest) or 0) + 1 if newest else 1
+        path = base / version_name(spec.name, number)
+        path.mkdir()
+        meta = {
+            "name": spec.name,
+            "version": path.name,
+            "model": spec.model,
+            "dims": spec.dims,
+            "normalized": spec.normalized,
+            "similarity": "cosine" if spec.normalized else "dot",
+            "lexical": asdict(spec.lexical),
+            "vectors": asdict(spec.vectors),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "committed": None,
+        }
+        store = VersionStore(path, spec.dims, writable=True)
+        store.write_meta(meta)
+        store.close()
+        return EmbeddedWriter(self, spec, path, resumed=False)
+
+    def make_current(self, name: str, version: str) -> None:
+        """Point ``name`` at ``version`` atomically, then delete older versions."""
+        base = self.index_dir(name)
+        write_atomic(base / CURRENT, version + "\n")
+        with self._lock:
+            opened = self._open.pop(name, None)
+        if opened is not None:
+            opened.close()
+        for stale in self.versions(name):
+            if stale != version:
+                shutil.rmtree(base / stale, ignore_errors=True)
+
+    # -- reading ------------------------------------------------------------
+    def info(self, name: str) -> IndexInfo:
+        opened = self._version(name)
+        meta = opened.meta
+        return IndexInfo(
+            name=name,
+            backend=self.kind,
+            count=opened.store.count(),
+            dims=int(meta["dims"]),
+            model=str(meta["model"]),
+            version=str(meta["version"]),
+            similarity=str(meta["similarity"]),
+            extra={"path": str(opened.path), "lexical": meta["lexical"], "vectors": meta["vectors"],
+                   "created": meta["created"], "committed": meta["committed"]},
+        )
+
+    def count(self, name: str) -> int:
+        return self._version(name).store.count()
+
+    def bm25(self, name: str, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        opened = self._version(name)
+        ranked = opened.lucene.search(list(queries), k)
+        docs = opened.store.get(sorted({d for hits in ranked for d, _ in hits}))
+        return [[_hit(doc_id, score, docs) for doc_id, score in hits] for hits in ranked]
+
+    def knn(
+        self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None
+    ) -> list[list[Hit]]:
+        opened = self._version(name)
+        dims = int(opened.meta["dims"])
+        if vectors.ndim != 2 or vectors.shape[1] != dims:
+            raise DimensionMismatchError(
+                f"query vectors have shape {vectors.shape} but index '{name}' holds {dims}-d "
+                f"vectors from {opened.meta['model']}; search with that model"
+            )
+        scores, rows = opened.faiss.search(vectors, k, num_candidates)
+        row_ids = opened.store.ids_for_rows(sorted({int(r) for r in rows.ravel() if r >= 0}))
+        docs = opened.store.get(list(row_ids.values()))
+        return [
+            [_hit(row_ids[int(r)], float(s), docs) for s, r in zip(qs, qr, strict=True) if r >= 0]
+            for qs, qr in zip(scores, rows, strict=True)
+        ]
+
+    def get(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
+        return self._version(name).store.get(ids)
+
+    def drop(self, name: str) -> None:
+        with self._lock:
+            opened = self._open.pop(name, None)
+            if opened is not None:
+                opened.close()
+        shutil.rmtree(self.index_dir(name), ignore_errors=True)
+
+    def close(self) -> None:
+        with self._lock:
+            for opened in self._open.values():
+                opened.close()
+            self._open.clear()
+
+
+class EmbeddedWriter:
+    """Appends to one version directory; ``commit`` builds Lucene (and HNSW) then swaps."""
+
+    def __init__(self, backend: EmbeddedBackend, spec: IndexSpec, path: Path, resumed: bool) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.path = path
+        self.version = path.name
+        self.resumed = resumed
+        self.store = VersionStore(path, spec.dims, writable=True)
+        self.on_build: Callable[[int], None] | None = None
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        return self.store.existing_ids(ids)
+
+    def write(self, docs: Sequence[Document], vectors: np.ndarray) -> int:
+        check_vectors(self.spec, docs, vectors)
+        return self.store.append(docs, vectors)
+
+    def count(self) -> int:
+        return self.store.count()
+
+    def commit(self, expected: int | None = None) -> int:
+        count = self.store.count()
+        if expected is not None and count != expected:
+            raise CountMismatchError(
+                f"{self.path} holds {count} documents but {expected} were expected; the index was "
+                "not switched. Re-run the same command to resume"
+            )
+        meta = self.store.read_meta()
+        if meta.get("committed") and meta.get("count") == count and (self.path / "lucene").is_dir():
+            self.backend.make_current(self.spec.name, self.version)  # nothing new: no rebuild
+            return count
+        lexical = LexicalSettings(**meta["lexical"])
+        built = build_lucene(self.path / "lucene", self.store.iter_docs(), lexical,
+                             self.backend.java_home, self.on_build)
+        if built != count:
+            raise CountMismatchError(f"Lucene indexed {built} of {count} documents in {self.path}")
+        settings = VectorSettings(**meta["vectors"])
+        if settings.embedded_type == "hnsw":
+            build_hnsw(self.store.vectors(), settings, self.path / HNSW_FILE)
+        self.store.db.execute("PRAGMA journal_mode=DELETE")  # read-only openers need no WAL files
+        meta.update(committed=datetime.now(UTC).isoformat(timespec="seconds"), count=count)
+        self.store.write_meta(meta)
+        self.backend.make_current(self.spec.name, self.version)
+        return count
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise BackendError(f"{path} has no meta.json; the index is damaged, rebuild it with --recreate")
+    data: dict[str, Any] = json.loads(meta_path.read_text())
+    return data
+
+
+def _hit(doc_id: str, score: float, docs: dict[str, Document]) -> Hit:
+    doc = docs.get(doc_id)
+    return Hit(id=doc_id, score=score, title=doc.title if doc else None, text=doc.text if doc else None)

@@ -1,0 +1,93 @@
+"""Pure builders of Elasticsearch request bodies: testable without a cluster."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from hybrid.config import IndexSpec
+from hybrid.es_mappings import LATEST, load_template
+
+SOURCE_FIELDS = ["id", "title", "text"]
+# Analyzer defined by the template; other names must exist on the cluster (e.g. "english").
+TEMPLATE_ANALYZER = "hybrid_standard"
+
+
+def es_similarity(normalized: bool) -> str:
+    """``dot_product`` for unit vectors (fastest, exact cosine), else ``max_inner_product``."""
+    return "dot_product" if normalized else "max_inner_product"
+
+
+def render_index_body(spec: IndexSpec, meta: dict[str, Any], template_version: int = LATEST) -> dict[str, Any]:
+    """Create-index body (settings + mappings) for ``spec`` from the versioned template."""
+    tpl = copy.deepcopy(load_template(template_version))
+    settings = tpl["settings"]["index"]
+    settings["refresh_interval"] = "-1"  # bulk load; restored on commit
+    settings["similarity"]["default"].update(k1=spec.lexical.k1, b=spec.lexical.b)
+    if spec.replicas is not None:
+        settings["number_of_replicas"] = spec.replicas
+    if spec.shards is not None:
+        settings["number_of_shards"] = spec.shards
+    props = tpl["mappings"]["properties"]
+    analyzer = TEMPLATE_ANALYZER if spec.lexical.analyzer == "standard" else spec.lexical.analyzer
+    if analyzer != TEMPLATE_ANALYZER:
+        del settings["analysis"]
+    for name in ("title", "text", "contents"):
+        props[name]["analyzer"] = analyzer
+    vector = props["vector"]
+    vector["dims"] = spec.dims
+    vector["similarity"] = es_similarity(spec.normalized)
+    options: dict[str, Any] = {"type": spec.vectors.es_type}
+    if "hnsw" in spec.vectors.es_type:
+        options.update(m=spec.vectors.m, ef_construction=spec.vectors.ef_construction)
+    vector["index_options"] = options
+    tpl["mappings"]["_meta"] = {"hybrid": {**meta, "template_version": template_version}}
+    return {"settings": tpl["settings"], "mappings": tpl["mappings"]}
+
+
+def restored_refresh_interval(template_version: int = LATEST) -> str:
+    """The refresh interval to restore after bulk loading."""
+    value: str = load_template(template_version)["settings"]["index"]["refresh_interval"]
+    return value
+
+
+def bm25_body(query: str, k: int) -> dict[str, Any]:
+    """BM25 over title + text (the ``contents`` copy field), BEIR's "flat" setting."""
+    return {"query": {"match": {"contents": {"query": query}}}, "size": k, "_source": SOURCE_FIELDS}
+
+
+def knn_body(vector: Sequence[float], k: int, num_candidates: int) -> dict[str, Any]:
+    """Approximate kNN on the ``vector`` field."""
+    return {
+        "knn": {
+            "field": "vector",
+            "query_vector": [float(x) for x in vector],
+            "k": k,
+            "num_candidates": max(k, num_candidates),
+        },
+        "size": k,
+        "_source": SOURCE_FIELDS,
+    }
+
+
+def msearch_lines(index: str, bodies: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Interleave headers and bodies for the multi-search API."""
+    lines: list[dict[str, Any]] = []
+    for body in bodies:
+        lines.append({"index": index})
+        lines.append(body)
+    return lines
+
+
+def similarity_from_es_score(score: float, similarity: str) -> float:
+    """Undo ES's kNN score transform so both backends report raw similarities.
+
+    ES maps cosine and dot_product to ``(1 + s) / 2`` and max_inner_product to
+    ``1 / (1 - s)`` for negative ``s`` and ``s + 1`` otherwise.
+    """
+    if similarity in ("cosine", "dot_product"):
+        return 2.0 * score - 1.0
+    if similarity == "max_inner_product":
+        return score - 1.0 if score >= 1.0 else 1.0 - 1.0 / score
+    return score

@@ -1,0 +1,101 @@
+"""Frozen, validated configuration objects. The CLI builds them; the library reads them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hybrid.errors import ConfigError
+
+VectorIndexType = Literal["hnsw", "int8_hnsw", "bbq_hnsw", "flat", "int8_flat"]
+EmbeddedVectorIndex = Literal["flat", "hnsw"]
+Stemmer = Literal["porter", "krovetz", "none"]
+
+
+@dataclass(frozen=True)
+class ElasticConfig:
+    """How to reach an Elasticsearch cluster. Secrets never appear in ``repr``."""
+
+    url: str
+    api_key: str | None = field(default=None, repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_certs: Path | None = None
+    verify_certs: bool = True
+    request_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"--es-url must start with http:// or https://, got '{self.url}'")
+        if self.api_key and (self.username or self.password):
+            raise ConfigError("give either an API key or a username/password, not both")
+        if (self.username is None) != (self.password is None):
+            raise ConfigError("basic auth needs both --es-user and --es-password")
+        if self.ca_certs is not None and not self.ca_certs.is_file():
+            raise ConfigError(f"CA certificate file not found: {self.ca_certs}")
+        if self.request_timeout <= 0:
+            raise ConfigError("--es-timeout must be positive")
+
+
+@dataclass(frozen=True)
+class LexicalSettings:
+    """BM25 parameters and text analysis, shared by both backends where they can be."""
+
+    k1: float = 0.9
+    b: float = 0.4
+    # Elasticsearch: an analyzer name; "standard" is the built-in standard analyzer with
+    # English stop words, available on every distribution. "english" needs analysis-common.
+    analyzer: str = "standard"
+    # Embedded (Lucene via Anserini): stemming and stop words of its English analyzer.
+    stemmer: Stemmer = "porter"
+    keep_stopwords: bool = False
+
+    def __post_init__(self) -> None:
+        if self.k1 < 0 or not 0 <= self.b <= 1:
+            raise ConfigError("BM25 needs k1 >= 0 and 0 <= b <= 1")
+
+
+@dataclass(frozen=True)
+class VectorSettings:
+    """Vector index options. ES: ``dense_vector`` index_options; embedded: FAISS type."""
+
+    es_type: VectorIndexType = "hnsw"
+    m: int = 16
+    ef_construction: int = 100
+    embedded_type: EmbeddedVectorIndex = "flat"
+    # kNN candidates per shard on ES (num_candidates = max(k, this)); HNSW efSearch embedded.
+    num_candidates: int = 100
+
+    def __post_init__(self) -> None:
+        if self.m < 2 or self.ef_construction < self.m or self.num_candidates < 1:
+            raise ConfigError("vector index needs m >= 2, ef_construction >= m, num_candidates >= 1")
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What an index holds: identity of the encoder and how text and vectors are indexed."""
+
+    name: str
+    dims: int
+    model: str
+    normalized: bool
+    lexical: LexicalSettings = field(default_factory=LexicalSettings)
+    vectors: VectorSettings = field(default_factory=VectorSettings)
+    replicas: int | None = None
+    shards: int | None = None
+
+    def __post_init__(self) -> None:
+        validate_index_name(self.name)
+        if self.dims < 1:
+            raise ConfigError("vector dimension must be positive")
+
+
+def validate_index_name(name: str) -> None:
+    """Names must be valid for both backends: lower-case ES index names and directory names."""
+    bad = set(name) & set('\\/*?"<>| ,#:')
+    if not name or name != name.lower() or bad or name.startswith(("-", "_", "+", ".")):
+        raise ConfigError(
+            f"invalid index name '{name}': use lower-case letters, digits, '-', '_' or '.', "
+            "not starting with '-', '_', '+' or '.'"
+        )

@@ -1,0 +1,102 @@
+"""Queries, qrels and DPR-style answers: small files, read whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hybrid.corpus._io import LineSource
+from hybrid.errors import CorpusError
+from hybrid.types import Query
+
+Qrels = dict[str, dict[str, int]]
+
+
+def read_queries(path: Path) -> list[Query]:
+    """Read queries from BEIR ``queries.jsonl``, a ``qid<TAB>text`` tsv or a DPR qa file.
+
+    A DPR qa file (``question<TAB>["answer", ...]``) has no ids: the 0-based line number
+    is the id, as in pyserini's DPR topics.
+    """
+    queries: list[Query] = []
+    source = LineSource(path)
+    is_json = path.name.lower().removesuffix(".gz").endswith((".jsonl", ".json"))
+    for lineno, line in source:
+        if not line.strip():
+            continue
+        if is_json:
+            queries.append(_json_query(line, path, lineno))
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise CorpusError(f"expected 'qid<TAB>query', found {len(parts)} column(s)", str(path), lineno)
+        if _looks_like_answers(parts[1]):
+            queries.append(Query(id=str(len(queries)), text=parts[0]))
+        else:
+            queries.append(Query(id=parts[0].strip(), text=parts[1]))
+    return queries
+
+
+def read_answers(path: Path) -> dict[str, list[str]]:
+    """Read a DPR qa file (``question<TAB>["a", ...]``): query id (line index) -> answers."""
+    answers: dict[str, list[str]] = {}
+    for lineno, line in LineSource(path):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not _looks_like_answers(parts[1]):
+            raise CorpusError("expected 'question<TAB>[\"answer\", ...]'", str(path), lineno)
+        answers[str(len(answers))] = [str(a) for a in json.loads(parts[1])]
+    return answers
+
+
+def read_qrels(path: Path) -> Qrels:
+    """Read qrels: TREC (``qid Q0 docid rel``), MS MARCO (``qid 0 pid 1``) or BEIR tsv.
+
+    BEIR's header line ``query-id corpus-id score`` is recognised and skipped.
+    """
+    qrels: Qrels = {}
+    for lineno, line in LineSource(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if lineno == 1 and parts[0].lower() in ("query-id", "qid", "query_id"):
+            continue
+        if len(parts) == 4:
+            qid, docid, rel = parts[0], parts[2], parts[3]
+        elif len(parts) == 3:
+            qid, docid, rel = parts
+        else:
+            raise CorpusError(
+                f"expected 'qid Q0 docid rel' or 'qid docid rel', found {len(parts)} column(s)",
+                str(path),
+                lineno,
+            )
+        try:
+            grade = int(float(rel))
+        except ValueError as exc:
+            raise CorpusError(f"relevance '{rel}' is not a number", str(path), lineno) from exc
+        qrels.setdefault(qid, {})[docid] = grade
+    return qrels
+
+
+def _json_query(line: str, path: Path, lineno: int) -> Query:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CorpusError(f"malformed JSON ({exc.msg})", str(path), lineno) from exc
+    qid = obj.get("_id", obj.get("id", obj.get("qid")))
+    text = obj.get("text", obj.get("query", obj.get("question")))
+    if qid is None or text is None:
+        raise CorpusError("a query needs an id (_id/id/qid) and text (text/query)", str(path), lineno)
+    return Query(id=str(qid), text=str(text))
+
+
+def _looks_like_answers(field: str) -> bool:
+    field = field.strip()
+    if not (field.startswith("[") and field.endswith("]")):
+        return False
+    try:
+        return isinstance(json.loads(field), list)
+    except json.JSONDecodeError:
+        return False

@@ -1,0 +1,98 @@
+"""Search one index with BM25, dense kNN or hybrid fusion, on any backend."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from hybrid.backends.base import Backend
+from hybrid.encoder import Encoder, EncoderConfig
+from hybrid.errors import ConfigError
+from hybrid.fusion import FusionConfig, fuse
+from hybrid.types import SEARCH_MODES, Hit, SearchMode
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search request's options."""
+
+    mode: SearchMode = "hybrid"
+    k: int = 10
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    num_candidates: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in SEARCH_MODES:
+            raise ConfigError(f"unknown mode '{self.mode}'; choose one of {', '.join(SEARCH_MODES)}")
+        if self.k < 1:
+            raise ConfigError("k must be at least 1")
+
+
+@dataclass
+class SearchTimings:
+    """Seconds spent per stage, summed over calls."""
+
+    encode: float = 0.0
+    bm25: float = 0.0
+    knn: float = 0.0
+    fuse: float = 0.0
+
+
+class Searcher:
+    """Runs searches against ``index`` on ``backend``; loads the encoder only when needed.
+
+    The encoder defaults to the model the index was built with.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        index: str,
+        encoder: Encoder | Callable[[], Encoder] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.index = index
+        self._encoder = encoder
+        self.timings = SearchTimings()
+
+    @property
+    def encoder(self) -> Encoder:
+        if isinstance(self._encoder, Encoder):
+            return self._encoder
+        if self._encoder is None:
+            model = self.backend.info(self.index).model
+            self._encoder = Encoder(EncoderConfig(model=model))
+        else:
+            self._encoder = self._encoder()
+        return self._encoder
+
+    def search(self, queries: Sequence[str], config: SearchConfig) -> list[list[Hit]]:
+        """Top ``config.k`` hits for each query, in order."""
+        if config.mode == "bm25":
+            return self._bm25(queries, config.k)
+        depth = config.k if config.mode == "dense" else max(config.k, config.fusion.depth)
+        dense = self._knn(queries, depth, config.num_candidates)
+        if config.mode == "dense":
+            return dense
+        lexical = self._bm25(queries, depth)
+        start = time.perf_counter()
+        fused = [fuse(b, d, config.fusion, config.k) for b, d in zip(lexical, dense, strict=True)]
+        self.timings.fuse += time.perf_counter() - start
+        return fused
+
+    def _bm25(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        start = time.perf_counter()
+        hits = self.backend.bm25(self.index, queries, k)
+        self.timings.bm25 += time.perf_counter() - start
+        return hits
+
+    def _knn(self, queries: Sequence[str], k: int, num_candidates: int | None) -> list[list[Hit]]:
+        encoder = self.encoder
+        start = time.perf_counter()
+        vectors = encoder.encode_queries(queries)
+        mid = time.perf_counter()
+        hits = self.backend.knn(self.index, vectors, k, num_candidates)
+        self.timings.encode += mid - start
+        self.timings.knn += time.perf_counter() - mid
+        return hits

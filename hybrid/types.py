@@ -1,0 +1,52 @@
+"""Plain data types shared by every layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+SearchMode = Literal["bm25", "dense", "hybrid"]
+SEARCH_MODES: tuple[str, ...] = ("bm25", "dense", "hybrid")
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One passage or document of a corpus."""
+
+    id: str
+    text: str
+    title: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One query (topic)."""
+
+    id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One ranked result. ``title``/``text`` are filled when the backend returns them."""
+
+    id: str
+    score: float
+    title: str | None = None
+    text: str | None = None
+    # Per-side scores of a fused hit, e.g. {"bm25": 12.3, "dense": 0.71}.
+    sources: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexInfo:
+    """What a backend knows about one index."""
+
+    name: str
+    backend: str
+    count: int
+    dims: int
+    model: str
+    version: str
+    similarity: str
+    extra: dict[str, object] = field(default_factory=dict)
