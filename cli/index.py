@@ -29,38 +29,69 @@ from .common import (
 
 if TYPE_CHECKING:
     from hybrid.backends.base import Backend
+    from hybrid.config import VectorSettings
     from hybrid.encoder import Encoder
     from hybrid.indexing import IndexJob, IndexStats
 
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Local Hugging Face model directory or a trained checkpoint "
-                 "[default: the shipped all-MiniLM-L6-v2]."),
+    typer.Option(
+        "--model",
+        "-m",
+        help="Local Hugging Face model directory or a trained checkpoint [default: the shipped all-MiniLM-L6-v2].",
+    ),
 ]
 
 
 @handle_errors
 def index(
-    corpus: Annotated[Path, typer.Argument(help="Corpus file or dataset directory (BEIR, MS MARCO, DPR, jsonl; .gz ok).")],
+    corpus: Annotated[
+        Path, typer.Argument(help="Corpus file or dataset directory (BEIR, MS MARCO, DPR, jsonl; .gz ok).")
+    ],
     index: IndexOpt,
-    format: Annotated[str | None, typer.Option("--format", "-f", help="beir, msmarco, dpr or jsonl [default: detected].")] = None,
-    recreate: Annotated[bool, typer.Option("--recreate", help="Build a new version from scratch; the old one serves until it is done.")] = False,
+    format: Annotated[
+        str | None, typer.Option("--format", "-f", help="beir, msmarco, dpr or jsonl [default: detected].")
+    ] = None,
+    recreate: Annotated[
+        bool, typer.Option("--recreate", help="Build a new version from scratch; the old one serves until it is done.")
+    ] = False,
     model: ModelOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per encode/write batch.")] = 256,
     encode_batch: Annotated[int, typer.Option("--encode-batch", help="Passages per forward pass.")] = 32,
-    passage_max_length: Annotated[int | None, typer.Option("--passage-max-length", help="Token limit for passages [default: the model's].")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 … [default: cuda when present].")] = None,
+    passage_max_length: Annotated[
+        int | None, typer.Option("--passage-max-length", help="Token limit for passages [default: the model's].")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 … [default: cuda when present].")
+    ] = None,
     k1: Annotated[float, typer.Option("--k1", help="BM25 k1.")] = 0.9,
     b: Annotated[float, typer.Option("--b", help="BM25 b.")] = 0.4,
-    analyzer: Annotated[str, typer.Option("--analyzer", help="ES analyzer: 'standard' (+English stop words, on every distribution) or a name the cluster has, e.g. 'english'.")] = "standard",
-    stemmer: Annotated[str, typer.Option("--stemmer", help="Embedded BM25 stemmer: porter, krovetz or none.")] = "porter",
-    vector_index: Annotated[str | None, typer.Option("--vector-index", help="ES: hnsw, int8_hnsw, bbq_hnsw, flat, int8_flat [hnsw]; embedded: flat or hnsw [flat].")] = None,
+    analyzer: Annotated[
+        str,
+        typer.Option(
+            "--analyzer",
+            help="ES analyzer: 'standard' (+English stop words, on every distribution) "
+            "or one the cluster has, e.g. 'english'.",
+        ),
+    ] = "standard",
+    stemmer: Annotated[
+        str, typer.Option("--stemmer", help="Embedded BM25 stemmer: porter, krovetz or none.")
+    ] = "porter",
+    vector_index: Annotated[
+        str | None,
+        typer.Option(
+            "--vector-index",
+            help="ES: hnsw, int8_hnsw, bbq_hnsw, flat, int8_flat [hnsw]; embedded: flat or hnsw [flat].",
+        ),
+    ] = None,
     hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="HNSW graph degree.")] = 16,
     ef_construction: Annotated[int, typer.Option("--ef-construction", help="HNSW build beam width.")] = 100,
     id_field: Annotated[str | None, typer.Option("--id-field", help="jsonl: key of the document id.")] = None,
     title_field: Annotated[str | None, typer.Option("--title-field", help="jsonl: key of the title.")] = None,
     text_field: Annotated[str | None, typer.Option("--text-field", help="jsonl: key of the text.")] = None,
-    skip_malformed: Annotated[bool, typer.Option("--skip-malformed", help="Skip and count malformed lines instead of stopping.")] = False,
+    skip_malformed: Annotated[
+        bool, typer.Option("--skip-malformed", help="Skip and count malformed lines instead of stopping.")
+    ] = False,
     limit: Annotated[int | None, typer.Option("--limit", help="Index at most this many documents.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final stats as JSON.")] = False,
     es_url: EsUrlOpt = None,
@@ -93,14 +124,22 @@ def index(
             text=(text_field,) if text_field else default.text,
         )
     job = IndexJob(
-        corpus=corpus, index=index, format=format, recreate=recreate, batch_size=batch_size,
-        skip_malformed=skip_malformed, fields=fields, limit=limit, vectors=vectors,
+        corpus=corpus,
+        index=index,
+        format=format,
+        recreate=recreate,
+        batch_size=batch_size,
+        skip_malformed=skip_malformed,
+        fields=fields,
+        limit=limit,
+        vectors=vectors,
         lexical=LexicalSettings(k1=k1, b=b, analyzer=analyzer, stemmer=stemmer),  # type: ignore[arg-type]
     )
     backend = backend_for(es, store)
     try:
-        encoder = Encoder(EncoderConfig(model=model, batch_size=encode_batch, device=device,
-                                        passage_max_length=passage_max_length))
+        encoder = Encoder(
+            EncoderConfig(model=model, batch_size=encode_batch, device=device, passage_max_length=passage_max_length)
+        )
         stats = run_with_progress(job, backend, encoder, quiet)
     finally:
         backend.close()
@@ -117,7 +156,7 @@ def run_with_progress(job: IndexJob, backend: Backend, encoder: Encoder, quiet: 
         return run_index(job, backend, encoder, bar.update)
 
 
-def _vector_settings(kind: str | None, elastic: bool, m: int, ef: int) -> object:
+def _vector_settings(kind: str | None, elastic: bool, m: int, ef: int) -> VectorSettings:
     from hybrid.config import VectorSettings
     from hybrid.errors import ConfigError
 
@@ -158,8 +197,12 @@ class _IndexProgress:
         description = {"committing": "committing", "done": "done"}.get(stats.phase, "indexing")
         done = stats.phase != "indexing"
         self.progress.update(
-            self.task, completed=stats.total_bytes if done else stats.bytes_read, total=stats.total_bytes or None,
-            docs=f"{stats.read:,}", rate=rate, description=description,
+            self.task,
+            completed=stats.total_bytes if done else stats.bytes_read,
+            total=stats.total_bytes or None,
+            docs=f"{stats.read:,}",
+            rate=rate,
+            description=description,
         )
 
 
@@ -176,7 +219,10 @@ def report(stats: IndexStats, name: str, backend: str, as_json: bool) -> None:
         ("already indexed (resumed)", f"{stats.already_indexed:,}"),
         ("repeated ids skipped", f"{stats.duplicates:,}"),
         ("malformed lines skipped", f"{stats.malformed:,}"),
-        ("encode / write / commit", f"{stats.encode_seconds:.1f}s / {stats.write_seconds:.1f}s / {stats.commit_seconds:.1f}s"),
+        (
+            "encode / write / commit",
+            f"{stats.encode_seconds:.1f}s / {stats.write_seconds:.1f}s / {stats.commit_seconds:.1f}s",
+        ),
         ("total", f"{stats.total_seconds:.1f}s"),
     ]
     for key, value in rows:

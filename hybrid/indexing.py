@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,9 +125,9 @@ def run_index(job: IndexJob, backend: Backend, encoder: Encoder, progress: Progr
     return stats
 
 
-def _batches(docs: Iterator[Document] | object, size: int, limit: int | None) -> Iterator[list[Document]]:
+def _batches(docs: Iterable[Document], size: int, limit: int | None) -> Iterator[list[Document]]:
     batch: list[Document] = []
-    for n, doc in enumerate(docs, start=1):  # type: ignore[call-overload]
+    for n, doc in enumerate(docs, start=1):
         batch.append(doc)
         if len(batch) >= size:
             yield batch
@@ -138,7 +138,9 @@ def _batches(docs: Iterator[Document] | object, size: int, limit: int | None) ->
         yield batch
 
 
-def _new_documents(batch: list[Document], writer: IndexWriter, in_flight: set[str], stats: IndexStats) -> list[Document]:
+def _new_documents(
+    batch: list[Document], writer: IndexWriter, in_flight: set[str], stats: IndexStats
+) -> list[Document]:
     """Drop repeats inside the batch, ids still being written, and ids already stored."""
     seen: dict[str, Document] = {}
     for doc in batch:

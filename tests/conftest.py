@@ -31,8 +31,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(str(default_model_dir()), local_files_only=True).save_pretrained(out)
     save_settings(out, EncoderSettings(pooling="mean", normalize=True, query_max_length=32, passage_max_length=64))
@@ -61,7 +67,7 @@ def es_url() -> Iterator[str]:
     version = os.environ.get("HYBRID_TEST_ES_VERSION", es_node.ES9)
     try:
         state = es_node.start(version)
-    except Exception as exc:  # noqa: BLE001 - any failure to start must fail, never skip
+    except Exception as exc:
         pytest.fail(f"could not start Elasticsearch {version} for the ES tests: {exc}")
     try:
         yield str(state["url"])

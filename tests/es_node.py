@@ -47,14 +47,23 @@ def fetch_zip(version: str, cache: Path) -> Path:
         return target
     if shutil.which("mvn"):
         subprocess.run(
-            ["mvn", "-q", "-B", "-Dstyle.color=never", "dependency:copy", f"-Dartifact={GROUP}:elasticsearch:{version}:zip",
-             f"-DoutputDirectory={cache}"],
-            check=True, cwd=cache, stdout=sys.stderr,
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-Dstyle.color=never",
+                "dependency:copy",
+                f"-Dartifact={GROUP}:elasticsearch:{version}:zip",
+                f"-DoutputDirectory={cache}",
+            ],
+            check=True,
+            cwd=cache,
+            stdout=sys.stderr,
         )
     else:
         url = f"{CENTRAL}/{GROUP.replace('.', '/')}/elasticsearch/{version}/elasticsearch-{version}.zip"
         tmp = target.with_suffix(".part")
-        urllib.request.urlretrieve(url, tmp)  # noqa: S310 - fixed https URL on Maven Central
+        urllib.request.urlretrieve(url, tmp)
         tmp.replace(target)
     return target
 
@@ -98,8 +107,7 @@ def _ensure_user() -> tuple[int, int] | None:
     try:
         entry = pwd.getpwnam(ES_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", ES_USER],
-                       check=True)
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", ES_USER], check=True)
         entry = pwd.getpwnam(ES_USER)
     return entry.pw_uid, entry.pw_gid
 

@@ -15,9 +15,7 @@ if TYPE_CHECKING:
     from hybrid.config import ElasticConfig
 
 
-def open_backend(
-    es: ElasticConfig | None, store: Path | None, java_home: str | None = None
-) -> Backend:
+def open_backend(es: ElasticConfig | None, store: Path | None, java_home: str | None = None) -> Backend:
     """Elasticsearch when ``es`` is given, else the embedded store under ``store``."""
     if es is not None:
         from hybrid.backends.elastic import ElasticBackend

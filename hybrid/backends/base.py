@@ -104,9 +104,7 @@ class Backend(Protocol):
         """BM25 top-``k`` for each query, in order."""
         ...
 
-    def knn(
-        self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None
-    ) -> list[list[Hit]]:
+    def knn(self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None) -> list[list[Hit]]:
         """Inner-product top-``k`` for each query vector; scores are raw similarities.
 
         ``num_candidates`` widens the approximate search (ES num_candidates, HNSW efSearch).

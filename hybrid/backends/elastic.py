@@ -55,8 +55,7 @@ def connect(config: ElasticConfig) -> Any:
         client.options(request_timeout=min(10.0, config.request_timeout)).cluster.health()
     except elasticsearch.AuthenticationException as exc:
         raise ClusterUnreachableError(
-            f"Elasticsearch at {config.url} refused the credentials; check --es-api-key or "
-            "--es-user/--es-password"
+            f"Elasticsearch at {config.url} refused the credentials; check --es-api-key or --es-user/--es-password"
         ) from exc
     except (elasticsearch.ConnectionError, elasticsearch.TransportError) as exc:
         raise ClusterUnreachableError(
@@ -99,8 +98,7 @@ class ElasticBackend:
         if physical is None:
             if self.client.indices.exists(index=name):
                 raise BackendError(
-                    f"'{name}' is a plain index, not one made by hybrid; index a corpus under "
-                    "another name"
+                    f"'{name}' is a plain index, not one made by hybrid; index a corpus under another name"
                 )
             raise IndexNotFoundError(f"index '{name}' not found; create it with: hybrid index CORPUS --index {name}")
         return physical
@@ -170,12 +168,10 @@ class ElasticBackend:
         physical = self._require(name)
         return self._msearch(physical, [bodies.bm25_body(q, k) for q in queries], None)
 
-    def knn(
-        self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None
-    ) -> list[list[Hit]]:
+    def knn(self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None) -> list[list[Hit]]:
         physical = self._require(name)
         meta = self.meta(physical)
-        dims = int(meta.get("dims", vectors.shape[1]))
+        dims = int(meta.get("dims") or vectors.shape[1])
         if vectors.shape[1] != dims:
             raise DimensionMismatchError(
                 f"query vectors have {vectors.shape[1]} dimensions but index '{name}' holds "

@@ -43,11 +43,11 @@ class LineSource:
         raw = self.path.open("rb")
         self._raw = raw
         try:
-            stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if is_gzip(self.path) else raw
+            stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if is_gzip(self.path) else raw  # type: ignore[assignment]
             text = io.TextIOWrapper(stream, encoding="utf-8", errors="strict", newline="\n")
             lineno = 0
             try:
-                for lineno, line in enumerate(text, start=1):  # noqa: B007
+                for lineno, line in enumerate(text, start=1):
                     yield lineno, line.rstrip("\r\n")
             except UnicodeDecodeError as exc:
                 raise CorpusError(f"not valid UTF-8 ({exc.reason})", str(self.path), lineno + 1) from exc

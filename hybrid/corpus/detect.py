@@ -84,8 +84,7 @@ def _detect_file(path: Path) -> str:
             return "dpr"
         return "msmarco"
     raise UnknownFormatError(
-        "cannot tell the corpus format from the file name; pass --format "
-        f"({', '.join(FORMATS)})",
+        f"cannot tell the corpus format from the file name; pass --format ({', '.join(FORMATS)})",
         str(path),
     )
 

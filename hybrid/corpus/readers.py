@@ -73,9 +73,7 @@ class JsonlReader(CorpusReader):
 
     format = "jsonl"
 
-    def __init__(
-        self, path: Path, *, fields: JsonlFields | None = None, skip_malformed: bool = False
-    ) -> None:
+    def __init__(self, path: Path, *, fields: JsonlFields | None = None, skip_malformed: bool = False) -> None:
         super().__init__(path, skip_malformed=skip_malformed)
         self.fields = fields or JsonlFields()
 

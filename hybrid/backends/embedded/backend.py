@@ -166,8 +166,13 @@ class EmbeddedBackend:
             model=str(meta["model"]),
             version=str(meta["version"]),
             similarity=str(meta["similarity"]),
-            extra={"path": str(opened.path), "lexical": meta["lexical"], "vectors": meta["vectors"],
-                   "created": meta["created"], "committed": meta["committed"]},
+            extra={
+                "path": str(opened.path),
+                "lexical": meta["lexical"],
+                "vectors": meta["vectors"],
+                "created": meta["created"],
+                "committed": meta["committed"],
+            },
         )
 
     def count(self, name: str) -> int:
@@ -179,9 +184,7 @@ class EmbeddedBackend:
         docs = opened.store.get(sorted({d for hits in ranked for d, _ in hits}))
         return [[_hit(doc_id, score, docs) for doc_id, score in hits] for hits in ranked]
 
-    def knn(
-        self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None
-    ) -> list[list[Hit]]:
+    def knn(self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None) -> list[list[Hit]]:
         opened = self._version(name)
         dims = int(opened.meta["dims"])
         if vectors.ndim != 2 or vectors.shape[1] != dims:
@@ -248,8 +251,9 @@ class EmbeddedWriter:
             self.backend.make_current(self.spec.name, self.version)  # nothing new: no rebuild
             return count
         lexical = LexicalSettings(**meta["lexical"])
-        built = build_lucene(self.path / "lucene", self.store.iter_docs(), lexical,
-                             self.backend.java_home, self.on_build)
+        built = build_lucene(
+            self.path / "lucene", self.store.iter_docs(), lexical, self.backend.java_home, self.on_build
+        )
         if built != count:
             raise CountMismatchError(f"Lucene indexed {built} of {count} documents in {self.path}")
         settings = VectorSettings(**meta["vectors"])

@@ -30,8 +30,18 @@ def build_lucene(
     indexer_cls = autoclass("io.anserini.index.SimpleIndexer")
     tmp = target.with_name(target.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
-    args = ["-index", str(tmp), "-collection", "JsonCollection", "-input", "",
-            "-threads", str(INDEX_THREADS), "-stemmer", lexical.stemmer]
+    args = [
+        "-index",
+        str(tmp),
+        "-collection",
+        "JsonCollection",
+        "-input",
+        "",
+        "-threads",
+        str(INDEX_THREADS),
+        "-stemmer",
+        lexical.stemmer,
+    ]
     if lexical.keep_stopwords:
         args.append("-keepStopwords")
     indexer = indexer_cls(args)

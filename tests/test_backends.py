@@ -1,0 +1,114 @@
+"""Behaviour every backend must share; each test runs on embedded and on real ES."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hybrid.errors import DimensionMismatchError, IndexNotFoundError
+from hybrid.indexing import IndexJob, run_index
+from hybrid.search import SearchConfig, Searcher
+from hybrid.types import Document
+from tests.conftest import FIXTURES, write_jsonl
+
+
+def build(backend: Any, name: str, encoder: Any, corpus: Path, **kw: Any) -> Any:
+    return run_index(IndexJob(corpus=corpus, index=name, batch_size=5, **kw), backend, encoder)
+
+
+def test_index_count_and_search_modes(backend_and_name: tuple[Any, str], tiny_encoder: Any, beir_small: Path) -> None:
+    backend, name = backend_and_name
+    stats = build(backend, name, tiny_encoder, beir_small)
+    assert (stats.read, stats.written, stats.count) == (12, 12, 12)
+    assert backend.count(name) == 12
+    info = backend.info(name)
+    assert (info.dims, info.count, info.model) == (32, 12, str(tiny_encoder.model_dir))
+
+    searcher = Searcher(backend, name, tiny_encoder)
+    bm25 = searcher.search(["ocean tides moon gravity"], SearchConfig(mode="bm25", k=3))[0]
+    assert bm25[0].id == "d6" and bm25[0].text.startswith("The gravity")
+
+    # kNN must agree with brute force over the encoder's own vectors.
+    docs = list(backend.get(name, [f"d{i}" for i in range(1, 13)]).values())
+    assert len(docs) == 12
+    doc_vecs = tiny_encoder.encode_passages(docs)
+    query_vec = tiny_encoder.encode_queries(["wild yeast bread"])
+    exact = np.argsort(-(doc_vecs @ query_vec[0]))[:3]
+    dense = backend.knn(name, query_vec, 3)[0]
+    assert [h.id for h in dense] == [docs[i].id for i in exact]
+    assert dense[0].score == pytest.approx(float(doc_vecs[exact[0]] @ query_vec[0]), abs=1e-4)
+
+    hybrid = searcher.search(["ocean tides moon gravity"], SearchConfig(mode="hybrid", k=5))[0]
+    assert len(hybrid) == 5 and "d6" in [h.id for h in hybrid]
+    assert set(hybrid[0].sources) <= {"bm25", "dense"}
+
+
+def test_rerun_is_idempotent(backend_and_name: tuple[Any, str], tiny_encoder: Any, beir_small: Path) -> None:
+    backend, name = backend_and_name
+    first = build(backend, name, tiny_encoder, beir_small)
+    again = build(backend, name, tiny_encoder, beir_small)
+    assert again.resumed and again.version == first.version
+    assert (again.written, again.already_indexed, again.count) == (0, 12, 12)
+
+
+def test_resume_after_partial_run(backend_and_name: tuple[Any, str], tiny_encoder: Any, beir_small: Path) -> None:
+    backend, name = backend_and_name
+    partial = build(backend, name, tiny_encoder, beir_small, limit=5)
+    assert partial.count == 5
+    rest = build(backend, name, tiny_encoder, beir_small)
+    assert (rest.written, rest.already_indexed, rest.count) == (7, 5, 12)
+
+
+def test_repeated_ids_are_indexed_once(backend_and_name: tuple[Any, str], tiny_encoder: Any, tmp_path: Path) -> None:
+    backend, name = backend_and_name
+    rows = [{"id": f"r{i % 7}", "text": f"text number {i}"} for i in range(12)]  # r0..r4 repeat
+    stats = build(backend, name, tiny_encoder, write_jsonl(tmp_path / "rep.jsonl", rows))
+    assert (stats.read, stats.written, stats.duplicates, stats.count) == (12, 7, 5, 7)
+    assert backend.get(name, ["r0"])["r0"].text == "text number 0"  # first occurrence kept
+
+
+def test_wrong_dimension_is_refused_and_index_intact(
+    backend_and_name: tuple[Any, str], tiny_encoder: Any, beir_small: Path
+) -> None:
+    backend, name = backend_and_name
+    build(backend, name, tiny_encoder, beir_small)
+    writer = backend.open_writer(_spec(name, tiny_encoder))
+    with pytest.raises(DimensionMismatchError, match="vectors have 16 dimensions but index"):
+        writer.write([Document(id="new", text="x")], np.ones((1, 16), dtype=np.float32))
+    writer.close()
+    with pytest.raises(DimensionMismatchError, match="holds 32-d vectors"):
+        backend.open_writer(_spec(name, tiny_encoder, dims=16))
+    with pytest.raises(DimensionMismatchError):
+        backend.knn(name, np.ones((1, 16), dtype=np.float32), 3)
+    assert backend.count(name) == 12
+    assert backend.bm25(name, ["honey bees"], 1)[0][0].id == "d5"
+
+
+def test_recreate_swaps_to_new_version(backend_and_name: tuple[Any, str], tiny_encoder: Any, beir_small: Path) -> None:
+    backend, name = backend_and_name
+    first = build(backend, name, tiny_encoder, beir_small)
+    second = build(backend, name, tiny_encoder, FIXTURES / "msmarco-collection.tsv", recreate=True)
+    assert second.version != first.version and second.version.endswith("v000002")
+    assert backend.info(name).version == second.version
+    assert set(backend.get(name, ["d1", "0"])) == {"0"}
+    assert backend.count(name) == 12
+    assert not _has_version(backend, name, first.version)
+
+
+def test_unknown_index(backend_and_name: tuple[Any, str]) -> None:
+    backend, name = backend_and_name
+    with pytest.raises(IndexNotFoundError, match=f"index '{name}' not found"):
+        backend.bm25(name, ["x"], 1)
+
+
+def _spec(name: str, encoder: Any, dims: int | None = None) -> Any:
+    from hybrid.config import IndexSpec
+
+    return IndexSpec(name=name, dims=dims or encoder.dims, model=encoder.name, normalized=True)
+
+
+def _has_version(backend: Any, name: str, version: str) -> bool:
+    return version in backend.versions(name)

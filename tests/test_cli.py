@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hybrid.cli.app import app
+from typer.testing import CliRunner
+
+from tests.conftest import FIXTURES
+
+runner = CliRunner()
+COMMANDS = ["index", "search", "info", "quickstart"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.output and len(result.output) > 200
+
+
+def test_top_level_help_lists_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output
+
+
+def test_missing_corpus_error_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["index", str(tmp_path / "nope.jsonl"), "--index", "x", "--store", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {tmp_path / 'nope.jsonl'}: corpus not found; check the path"
+
+
+def test_unknown_format_error_line(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["index", str(FIXTURES / "custom.jsonl"), "--index", "x", "--format", "xml", "--store", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "Error: unknown corpus format 'xml'; choose one of beir, msmarco, dpr, jsonl"
+
+
+def test_unreachable_cluster_error_line() -> None:
+    result = runner.invoke(app, ["info", "--index", "x", "--es-url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "Error: cannot reach Elasticsearch at http://127.0.0.1:9; check --es-url (or HYBRID_ES_URL) "
+        "and that the cluster is running"
+    )
+
+
+def test_bad_url_and_unknown_index(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["info", "--index", "x", "--es-url", "localhost:9200"])
+    assert result.stderr.strip() == "Error: --es-url must start with http:// or https://, got 'localhost:9200'"
+    result = runner.invoke(app, ["info", "--index", "missing", "--store", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("Error: index 'missing' not found in")
+
+
+def test_index_search_info_on_embedded(tmp_path: Path, tiny_model: Path, beir_small: Path) -> None:
+    store = ["--store", str(tmp_path / "store")]
+    result = runner.invoke(
+        app, ["index", str(beir_small), "--index", "docs", "--model", str(tiny_model), "--quiet", "--json", *store]
+    )
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert (stats["count"], stats["written"], stats["backend"]) == (12, 12, "embedded")
+
+    result = runner.invoke(
+        app, ["search", "electricity", "--index", "docs", "--mode", "bm25", "--json", "-k", "2", *store]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["rank"] for r in rows] == [1, 2] and {r["id"] for r in rows} == {"d1", "d2"}
+
+    for mode in ("dense", "hybrid"):
+        result = runner.invoke(app, ["search", "honey bees", "--index", "docs", "--mode", mode, "--json", *store])
+        assert result.exit_code == 0, result.output
+        assert len(result.stdout.splitlines()) == 10
+
+    result = runner.invoke(app, ["info", "--index", "docs", "--json", *store])
+    info = json.loads(result.stdout)
+    assert (info["count"], info["dims"], info["version"]) == (12, 32, "docs-v000001")
+
+    result = runner.invoke(app, ["search", "x", "--index", "docs", "--mode", "fuzzy", *store])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "Error: unknown mode 'fuzzy'; choose one of bm25, dense, hybrid"
+
+
+@pytest.mark.es
+def test_index_and_search_on_elasticsearch(es_url: str, es_prefix: str, tiny_model: Path, beir_small: Path) -> None:
+    from hybrid.backends.elastic import ElasticBackend
+    from hybrid.config import ElasticConfig
+
+    name = f"{es_prefix}-cli"
+    try:
+        result = runner.invoke(
+            app, ["index", str(beir_small), "-i", name, "-m", str(tiny_model), "-q", "--json", "--es-url", es_url]
+        )
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["count"] == 12
+        result = runner.invoke(
+            app, ["search", "ocean tides", "-i", name, "--mode", "hybrid", "--json", "--es-url", es_url]
+        )
+        assert result.exit_code == 0, result.output
+        assert "d6" in [json.loads(line)["id"] for line in result.stdout.splitlines()]
+        result = runner.invoke(app, ["info", "-i", name, "--json", "--es-url", es_url])
+        info = json.loads(result.stdout)
+        assert info["backend"] == "elasticsearch" and info["extra"]["mapping"]["properties"]["vector"]["dims"] == 32
+    finally:
+        ElasticBackend(ElasticConfig(url=es_url)).drop(name)

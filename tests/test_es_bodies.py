@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+
+from hybrid.backends.base import version_name, version_number
+from hybrid.backends.es_bodies import (
+    bm25_body,
+    es_similarity,
+    knn_body,
+    msearch_lines,
+    render_index_body,
+    similarity_from_es_score,
+)
+from hybrid.config import IndexSpec, LexicalSettings, VectorSettings
+from hybrid.errors import ConfigError
+
+
+def test_render_defaults() -> None:
+    body = render_index_body(IndexSpec(name="docs", dims=384, model="m", normalized=True), {"model": "m"})
+    index = body["settings"]["index"]
+    assert index["refresh_interval"] == "-1"
+    assert index["similarity"]["default"] == {"type": "BM25", "k1": 0.9, "b": 0.4}
+    assert index["analysis"]["analyzer"]["hybrid_standard"] == {"type": "standard", "stopwords": "_english_"}
+    props = body["mappings"]["properties"]
+    assert props["vector"] == {
+        "type": "dense_vector",
+        "dims": 384,
+        "index": True,
+        "similarity": "dot_product",
+        "index_options": {"type": "hnsw", "m": 16, "ef_construction": 100},
+    }
+    assert props["title"]["copy_to"] == "contents" and props["text"]["analyzer"] == "hybrid_standard"
+    assert body["mappings"]["_meta"] == {"hybrid": {"model": "m", "template_version": 1}}
+    assert body["mappings"]["_source"] == {"excludes": ["vector"]}
+
+
+def test_render_options() -> None:
+    spec = IndexSpec(
+        name="docs",
+        dims=768,
+        model="m",
+        normalized=False,
+        lexical=LexicalSettings(k1=1.2, b=0.75, analyzer="english"),
+        vectors=VectorSettings(es_type="int8_flat"),
+        replicas=0,
+        shards=2,
+    )
+    body = render_index_body(spec, {})
+    index = body["settings"]["index"]
+    assert "analysis" not in index
+    assert index["similarity"]["default"]["k1"] == 1.2
+    assert (index["number_of_replicas"], index["number_of_shards"]) == (0, 2)
+    props = body["mappings"]["properties"]
+    assert props["contents"]["analyzer"] == "english"
+    assert props["vector"]["similarity"] == "max_inner_product"
+    assert props["vector"]["index_options"] == {"type": "int8_flat"}
+
+
+def test_query_bodies() -> None:
+    assert bm25_body("q", 5) == {
+        "query": {"match": {"contents": {"query": "q"}}},
+        "size": 5,
+        "_source": ["id", "title", "text"],
+    }
+    knn = knn_body([0.5, 0.25], 10, 50)["knn"]
+    assert knn == {"field": "vector", "query_vector": [0.5, 0.25], "k": 10, "num_candidates": 50}
+    assert knn_body([1.0], 200, 50)["knn"]["num_candidates"] == 200
+    assert msearch_lines("i", [{"a": 1}, {"b": 2}]) == [{"index": "i"}, {"a": 1}, {"index": "i"}, {"b": 2}]
+
+
+@pytest.mark.parametrize("sim", [0.8, 0.0, -0.6])
+def test_es_score_transform_is_undone(sim: float) -> None:
+    assert similarity_from_es_score((1 + sim) / 2, "dot_product") == pytest.approx(sim)
+    es_mip = sim + 1 if sim >= 0 else 1 / (1 - sim)
+    assert similarity_from_es_score(es_mip, "max_inner_product") == pytest.approx(sim)
+    assert es_similarity(True) == "dot_product"
+
+
+def test_version_names_and_index_names() -> None:
+    assert version_name("docs", 3) == "docs-v000003"
+    assert version_number("docs", "docs-v000003") == 3
+    assert version_number("docs", "docs-x-v000003") is None
+    assert version_number("docs", "docs-v3") is None
+    with pytest.raises(ConfigError, match="invalid index name 'Docs'"):
+        IndexSpec(name="Docs", dims=3, model="m", normalized=True)
