@@ -93,9 +93,9 @@ def search(
     try:
         encoder = None
         if model is not None:
-            from hybrid.encoder import Encoder, EncoderConfig
+            from hybrid.query_encoder import open_query_encoder
 
-            encoder = Encoder(EncoderConfig(model=model))
+            encoder = open_query_encoder(model)
         hits = Searcher(backend, index, encoder).search([query], config)[0]
     finally:
         backend.close()

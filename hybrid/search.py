@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from hybrid.backends.base import Backend
-from hybrid.encoder import Encoder, EncoderConfig
 from hybrid.errors import ConfigError
 from hybrid.fusion import FusionConfig, fuse
+from hybrid.query_encoder import QueryEncoder, open_query_encoder
 from hybrid.types import SEARCH_MODES, Hit, SearchMode
 
 
@@ -40,16 +40,17 @@ class SearchTimings:
 
 
 class Searcher:
-    """Runs searches against ``index`` on ``backend``; loads the encoder only when needed.
+    """Runs searches against ``index`` on ``backend``; loads a query encoder only when needed.
 
-    The encoder defaults to the model the index was built with.
+    The encoder defaults to the model the index was built with, through the numpy fast
+    path when the model allows it (see :mod:`hybrid.query_encoder`).
     """
 
     def __init__(
         self,
         backend: Backend,
         index: str,
-        encoder: Encoder | Callable[[], Encoder] | None = None,
+        encoder: QueryEncoder | Callable[[], QueryEncoder] | None = None,
     ) -> None:
         self.backend = backend
         self.index = index
@@ -57,15 +58,12 @@ class Searcher:
         self.timings = SearchTimings()
 
     @property
-    def encoder(self) -> Encoder:
-        if isinstance(self._encoder, Encoder):
-            return self._encoder
+    def encoder(self) -> QueryEncoder:
         if self._encoder is None:
-            model = self.backend.info(self.index).model
-            self._encoder = Encoder(EncoderConfig(model=model))
-        else:
+            self._encoder = open_query_encoder(self.backend.info(self.index).model)
+        elif callable(self._encoder) and not hasattr(self._encoder, "encode_queries"):
             self._encoder = self._encoder()
-        return self._encoder
+        return self._encoder  # type: ignore[return-value]
 
     def search(self, queries: Sequence[str], config: SearchConfig) -> list[list[Hit]]:
         """Top ``config.k`` hits for each query, in order."""

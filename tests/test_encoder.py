@@ -61,3 +61,35 @@ def test_shipped_minilm_gives_meaningful_vectors() -> None:
 def test_missing_model_dir_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="is not a local Hugging Face model directory"):
         Encoder(EncoderConfig(model=str(tmp_path)))
+
+
+QUERIES = ["how do solar panels work", "What is the effect of statins on LDL cholesterol in elderly patients?", "a"]
+
+
+def test_numpy_query_encoder_matches_torch_on_tiny_model(tiny_model: Path, tiny_encoder: Any) -> None:
+    from hybrid.query_encoder import NumpyBertQueryEncoder, supports_numpy
+
+    assert supports_numpy(tiny_model)
+    fast = NumpyBertQueryEncoder(str(tiny_model))
+    np.testing.assert_allclose(fast.encode_queries(QUERIES), tiny_encoder.encode_queries(QUERIES), atol=1e-5)
+
+
+def test_numpy_query_encoder_matches_torch_on_minilm() -> None:
+    from hybrid.query_encoder import NumpyBertQueryEncoder, open_query_encoder
+
+    fast = open_query_encoder(None)
+    assert isinstance(fast, NumpyBertQueryEncoder) and fast.dims == 384
+    np.testing.assert_allclose(fast.encode_queries(QUERIES), Encoder().encode_queries(QUERIES), atol=1e-5)
+
+
+def test_non_bert_models_fall_back_to_torch(tmp_path: Path, tiny_model: Path) -> None:
+    import shutil
+
+    from hybrid.query_encoder import supports_numpy
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["model_type"] = "roberta"
+    (other / "config.json").write_text(json.dumps(cfg))
+    assert not supports_numpy(other)
