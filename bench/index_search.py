@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, SHARED, machine, percentile, trec_eval, write_json  # noqa: E402
+from bench.common import REPO, SHARED, machine, percentile, trec_eval, write_json
 
 
 def index_dataset(backend: Any, name: str, corpus: Path, max_length: int) -> dict[str, Any]:
