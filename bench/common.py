@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,30 +36,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def trec_eval(qrels: Path, run: dict[str, list[tuple[str, float]]], measures: list[str]) -> dict[str, float]:
-    """Score a run with pyserini's trec_eval in a subprocess (local qrels, nothing downloaded)."""
+    """Score a run with trec_eval from pyserini's Anserini jar (local files, Java 21+)."""
+    from hybrid.corpus import read_qrels
+    from hybrid.evaluation.trec_eval import trec_eval as run_trec_eval
+    from hybrid.evaluation.trec_eval import write_trec_qrels
+
     with tempfile.TemporaryDirectory() as tmp:
         run_file = Path(tmp) / "run.trec"
         with run_file.open("w") as fh:
             for qid, hits in run.items():
                 for rank, (doc, score) in enumerate(hits, start=1):
                     fh.write(f"{qid} Q0 {doc} {rank} {score:.6f} hybrid\n")
-        qrels_file = Path(tmp) / "qrels.trec"
-        with qrels_file.open("w") as fh:
-            for line in qrels.read_text().splitlines():
-                parts = line.split()
-                if len(parts) == 3 and parts[0] != "query-id":
-                    fh.write(f"{parts[0]} 0 {parts[1]} {parts[2]}\n")
-                elif len(parts) == 4:
-                    fh.write(line + "\n")
-        out: dict[str, float] = {}
-        for measure in measures:
-            cmd = [sys.executable, "-m", "pyserini.eval.trec_eval", "-c", "-m", measure, str(qrels_file), str(run_file)]
-            text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            for line in text.splitlines():
-                parts = line.split()
-                if len(parts) == 3 and parts[1] == "all":
-                    out[parts[0]] = float(parts[2])
-        return out
+        qrels_file = write_trec_qrels(read_qrels(qrels), Path(tmp) / "qrels.trec")
+        return run_trec_eval(qrels_file, run_file, measures)["all"]
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

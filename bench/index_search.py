@@ -81,7 +81,7 @@ def cold_start(store: Path, name: str, repeats: int = 3) -> dict[str, float]:
             t0 = time.perf_counter()
             subprocess.run(
                 [
-                    "hybrid",
+                    str(Path(sys.executable).parent / "hybrid"),
                     "search",
                     "cholesterol and heart disease",
                     "--index",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from . import evaluate as evaluate_cmd
 from . import index as index_cmd
 from . import info as info_cmd
 from . import quickstart as quickstart_cmd
@@ -21,6 +22,7 @@ app.command("index")(index_cmd.index)
 app.command("search")(search_cmd.search)
 app.command("info")(info_cmd.info)
 app.command("quickstart")(quickstart_cmd.quickstart)
+app.command("eval")(evaluate_cmd.evaluate)
 
 
 @app.callback()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 BULK_CHUNK = 200  # vectors make documents large: keep bulk requests a few MB
 MSEARCH_CHUNK = 64
 DEFAULT_NUM_CANDIDATES = 100
+MSEARCH_HITS = 20_000  # hits per multi-search response, at most
 
 
 def connect(config: ElasticConfig) -> Any:
@@ -140,6 +142,8 @@ class ElasticBackend:
             "dims": spec.dims,
             "normalized": spec.normalized,
             "similarity": bodies.es_similarity(spec.normalized),
+            "lexical": asdict(spec.lexical),
+            "vectors": asdict(spec.vectors),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         self.client.indices.create(index=physical, **render(spec, meta))
@@ -183,8 +187,10 @@ class ElasticBackend:
 
     def _msearch(self, index: str, body: list[dict[str, Any]], similarity: str | None) -> list[list[Hit]]:
         results: list[list[Hit]] = []
-        for start in range(0, len(body), MSEARCH_CHUNK):
-            chunk = body[start : start + MSEARCH_CHUNK]
+        size = max((int(b.get("size", 10)) for b in body), default=10)
+        step = max(1, min(MSEARCH_CHUNK, MSEARCH_HITS // size))  # bound response size for deep runs
+        for start in range(0, len(body), step):
+            chunk = body[start : start + step]
             resp = self.client.msearch(searches=bodies.msearch_lines(index, chunk))
             for item in resp["responses"]:
                 if "error" in item:
