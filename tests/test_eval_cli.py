@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from hybrid.cli.app import app
 from typer.testing import CliRunner
 
-from hybrid.cli.app import app
 from tests.conftest import FIXTURES
 
 runner = CliRunner()

@@ -141,6 +141,6 @@ def test_randomization_test_and_compare(tmp_path: Path) -> None:
         return path
 
     rows = compare([report(tmp_path / "a.json", a), report(tmp_path / "b.json", a + 0.2)])
-    assert [r.p_value for r in rows][0] is None
+    assert rows[0].p_value is None
     assert rows[1].delta == pytest.approx(0.2) and rows[1].p_value is not None and rows[1].p_value < 0.001
     assert rows[1].queries == 40

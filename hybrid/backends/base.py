@@ -111,6 +111,13 @@ class Backend(Protocol):
         """
         ...
 
+    def score(self, name: str, vectors: np.ndarray, ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """Exact similarity of query ``i`` to each document in ``ids[i]`` from stored vectors.
+
+        Documents not in the index are absent from that query's result.
+        """
+        ...
+
     def get(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
         """Documents by id; ids not found are absent from the result."""
         ...

@@ -198,6 +198,25 @@ class ElasticBackend:
                 results.append([_hit(h, similarity) for h in item["hits"]["hits"]])
         return results
 
+    def score(self, name: str, vectors: np.ndarray, ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """Exact scores through a kNN search filtered to the ids.
+
+        With num_candidates no smaller than the filter, Lucene searches the filtered
+        documents exhaustively, so this is exact for float vectors (quantized index options
+        give their quantized similarity). Vectors are not kept in _source, so they cannot be
+        fetched and scored locally.
+        """
+        physical = self._require(name)
+        similarity = str(self.meta(physical).get("similarity", "dot_product"))
+        bodies_ = []
+        for vector, group in zip(vectors, ids, strict=True):
+            body = bodies.knn_body(vector, max(1, len(group)), max(1, len(group)))
+            body["knn"]["filter"] = {"ids": {"values": list(group)}}
+            body["_source"] = False
+            bodies_.append(body)
+        hits = self._msearch(physical, bodies_, similarity)
+        return [{h.id: h.score for h in row} for row in hits]
+
     def get(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
         physical = self._require(name)
         if not ids:

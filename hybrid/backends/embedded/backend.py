@@ -200,6 +200,17 @@ class EmbeddedBackend:
             for qs, qr in zip(scores, rows, strict=True)
         ]
 
+    def score(self, name: str, vectors: np.ndarray, ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        opened = self._version(name)
+        matrix = opened.store.vectors()
+        rows = opened.store.rows_for_ids(sorted({d for group in ids for d in group}))
+        out: list[dict[str, float]] = []
+        for vector, group in zip(vectors, ids, strict=True):
+            present = [d for d in group if d in rows]
+            sims = matrix[[rows[d] for d in present]] @ vector if present else np.empty(0)
+            out.append({d: float(s) for d, s in zip(present, sims, strict=True)})
+        return out
+
     def get(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
         return self._version(name).store.get(ids)
 

@@ -129,6 +129,16 @@ class VersionStore:
                     out[row - 1] = doc_id
         return out
 
+    def rows_for_ids(self, ids: Sequence[str]) -> dict[str, int]:
+        """0-based vector rows of the given ids (absent ids are left out)."""
+        out: dict[str, int] = {}
+        with self._lock:
+            for chunk in _chunks(list(ids)):
+                marks = ",".join("?" * len(chunk))
+                for doc_id, row in self.db.execute(f"SELECT id, row FROM docs WHERE id IN ({marks})", chunk):
+                    out[doc_id] = row - 1
+        return out
+
     def get(self, ids: Sequence[str]) -> dict[str, Document]:
         out: dict[str, Document] = {}
         with self._lock:

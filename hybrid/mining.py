@@ -1,0 +1,228 @@
+"""Candidate pools for training queries: BM25 top-k union dense top-k, scored exactly.
+
+Each pool line (jsonl.gz) is one query::
+
+    {"qid": "q1", "query": "...", "version": "docs-v000002",
+     "positives": [["d7", 0.71]],
+     "candidates": [["d3", 0.69, "both", false], ["d9", 0.42, "bm25", true], ...]}
+
+Candidates are sorted by score, best first; each has its source (bm25 / knn / both) and a
+"likely false negative" flag (an answer string occurs in it, for answer-labelled data).
+Scores are exact inner products of the query with the stored vectors of the index version
+(which the current encoder produced), not the ANN's approximations. Labelled positives are
+never candidates. Mining streams in batches into part files and resumes from them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hybrid.backends.base import Backend
+from hybrid.corpus import read_answers, read_qrels, read_queries
+from hybrid.errors import ConfigError
+from hybrid.query_encoder import QueryEncoder
+from hybrid.types import Hit, Query
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MineJob:
+    """What to mine and where to write it."""
+
+    index: str
+    queries: Path
+    out: Path
+    qrels: Path | None = None
+    answers: Path | None = None
+    bm25_depth: int = 100
+    knn_depth: int = 100
+    batch_size: int = 64
+    num_candidates: int | None = None
+    min_relevance: int = 1
+    recreate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.qrels is None and self.answers is None:
+            raise ConfigError("mine needs --qrels (labelled positives) or --answers (DPR qa file)")
+        if self.bm25_depth < 0 or self.knn_depth < 0 or self.bm25_depth + self.knn_depth == 0:
+            raise ConfigError("mine needs a positive --bm25-depth or --knn-depth")
+        if not self.out.name.endswith(".jsonl.gz"):
+            raise ConfigError(f"the pool file must end in .jsonl.gz, got {self.out.name}")
+
+
+@dataclass
+class MineStats:
+    queries: int = 0
+    mined: int = 0
+    resumed: int = 0
+    candidates: int = 0
+    false_negatives: int = 0
+    missing_positives: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One query's pool as read back from disk."""
+
+    qid: str
+    query: str
+    positives: list[tuple[str, float]]
+    candidates: list[tuple[str, float, str, bool]]
+
+
+def parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def run_mine(
+    job: MineJob, backend: Backend, encoder: QueryEncoder, progress: Callable[[int, int], None] | None = None
+) -> MineStats:
+    """Mine pools for every labelled query; resumes from finished part files."""
+    started = time.perf_counter()
+    if job.recreate:
+        job.out.unlink(missing_ok=True)
+        shutil.rmtree(parts_dir(job.out), ignore_errors=True)
+    if job.out.exists():
+        raise ConfigError(f"{job.out} exists; pass --recreate to mine again")
+    positives, answers = _labels(job)
+    queries = [q for q in read_queries(job.queries) if q.id in positives or q.id in answers]
+    if not queries:
+        raise ConfigError("no query has qrels or answers: check that the query ids match")
+    parts = parts_dir(job.out)
+    parts.mkdir(parents=True, exist_ok=True)
+    done = _finished_qids(parts)
+    todo = [q for q in queries if q.id not in done]
+    stats = MineStats(queries=len(queries), resumed=len(queries) - len(todo))
+    version = backend.info(job.index).version
+    matcher = None
+    if answers:
+        from hybrid.evaluation.runs import answer_matcher
+
+        matcher = answer_matcher()
+    part_no = len(list(parts.glob("part-*.jsonl.gz")))
+    for start in range(0, len(todo), job.batch_size):
+        batch = todo[start : start + job.batch_size]
+        records = _mine_batch(job, backend, encoder, batch, positives, answers, matcher, version, stats)
+        part_no += 1
+        _write_part(parts / f"part-{part_no:06d}.jsonl.gz", records)
+        stats.mined += len(batch)
+        if progress is not None:
+            progress(stats.resumed + stats.mined, stats.queries)
+    _concatenate(parts, job.out)
+    meta = {
+        **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()},
+        "version": version,
+        "model": encoder.name,
+        "stats": asdict(stats),
+    }
+    job.out.with_name(job.out.name.removesuffix(".jsonl.gz") + ".meta.json").write_text(json.dumps(meta, indent=1))
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _mine_batch(
+    job: MineJob,
+    backend: Backend,
+    encoder: QueryEncoder,
+    batch: list[Query],
+    positives: dict[str, set[str]],
+    answers: dict[str, list[str]],
+    matcher: Callable[[str, list[str]], bool] | None,
+    version: str,
+    stats: MineStats,
+) -> list[dict[str, Any]]:
+    texts = [q.text for q in batch]
+    vectors = encoder.encode_queries(texts)
+    lexical = backend.bm25(job.index, texts, job.bm25_depth) if job.bm25_depth else [[] for _ in batch]
+    dense = backend.knn(job.index, vectors, job.knn_depth, job.num_candidates) if job.knn_depth else [[] for _ in batch]
+    union: list[dict[str, Hit]] = []
+    sources: list[dict[str, str]] = []
+    for lex_hits, dense_hits in zip(lexical, dense, strict=True):
+        found: dict[str, Hit] = {}
+        source: dict[str, str] = {}
+        for side, hits in (("bm25", lex_hits), ("knn", dense_hits)):
+            for hit in hits:
+                found.setdefault(hit.id, hit)
+                source[hit.id] = "both" if hit.id in source and source[hit.id] != side else side
+        union.append(found)
+        sources.append(source)
+    to_score = [sorted(set(found) | positives.get(q.id, set())) for q, found in zip(batch, union, strict=True)]
+    exact = backend.score(job.index, vectors, to_score)
+    records = []
+    for query, found, source, scores in zip(batch, union, sources, exact, strict=True):
+        pos_ids = positives.get(query.id, set())
+        pos = sorted(((d, round(scores[d], 6)) for d in pos_ids if d in scores), key=lambda p: -p[1])
+        stats.missing_positives += len(pos_ids) - len(pos)
+        cands: list[tuple[str, float, str, bool]] = []
+        for doc_id, hit in found.items():
+            if doc_id in pos_ids or doc_id not in scores:
+                continue
+            flagged = bool(matcher and matcher(hit.text or "", answers.get(query.id, [])))
+            stats.false_negatives += flagged
+            cands.append((doc_id, round(scores[doc_id], 6), source[doc_id], flagged))
+        cands.sort(key=lambda c: (-c[1], c[0]))
+        stats.candidates += len(cands)
+        records.append(
+            {"qid": query.id, "query": query.text, "version": version, "positives": pos, "candidates": cands}
+        )
+    return records
+
+
+def read_pools(path: Path) -> Iterator[Pool]:
+    """Stream pools from a mined ``.jsonl.gz`` file."""
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            yield Pool(
+                qid=row["qid"],
+                query=row["query"],
+                positives=[(d, float(s)) for d, s in row["positives"]],
+                candidates=[(d, float(s), src, bool(fn)) for d, s, src, fn in row["candidates"]],
+            )
+
+
+def _labels(job: MineJob) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
+    positives: dict[str, set[str]] = {}
+    if job.qrels is not None:
+        for qid, docs in read_qrels(job.qrels).items():
+            rel = {d for d, g in docs.items() if g >= job.min_relevance}
+            if rel:
+                positives[qid] = rel
+    answers = read_answers(job.answers) if job.answers is not None else {}
+    return positives, answers
+
+
+def _finished_qids(parts: Path) -> set[str]:
+    done: set[str] = set()
+    for part in sorted(parts.glob("part-*.jsonl.gz")):
+        with gzip.open(part, "rt", encoding="utf-8") as fh:
+            done.update(json.loads(line)["qid"] for line in fh)
+    return done
+
+
+def _write_part(path: Path, records: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    tmp.replace(path)  # a part exists only when complete: resuming never reads half a part
+
+
+def _concatenate(parts: Path, out: Path) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("wb") as dst:
+        for part in sorted(parts.glob("part-*.jsonl.gz")):
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, dst)  # concatenated gzip members are one valid gzip file
+    tmp.replace(out)
+    shutil.rmtree(parts, ignore_errors=True)

@@ -1,0 +1,116 @@
+"""Mining pools on both backends: union of BM25 and kNN, exact scores, resume, flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hybrid.errors import ConfigError
+from hybrid.indexing import IndexJob, run_index
+from hybrid.mining import MineJob, read_pools, run_mine
+from tests.conftest import FIXTURES
+
+
+class Stop(Exception):
+    pass
+
+
+def test_pools_union_exact_scores_and_resume(
+    backend_and_name: tuple[Any, str], tiny_encoder: Any, beir_small: Path, tmp_path: Path
+) -> None:
+    backend, name = backend_and_name
+    run_index(IndexJob(corpus=beir_small, index=name), backend, tiny_encoder)
+    out = tmp_path / "pools.jsonl.gz"
+    job = MineJob(
+        index=name,
+        queries=beir_small / "queries.jsonl",
+        qrels=beir_small / "qrels/test.tsv",
+        out=out,
+        bm25_depth=3,
+        knn_depth=3,
+        batch_size=1,
+    )
+
+    def stop_after_two(done: int, total: int) -> None:
+        if done == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_mine(job, backend, tiny_encoder, stop_after_two)
+    stats = run_mine(job, backend, tiny_encoder)
+    assert (stats.queries, stats.resumed, stats.mined) == (4, 2, 2)
+
+    pools = {p.qid: p for p in read_pools(out)}
+    assert sorted(pools) == ["q1", "q2", "q3", "q4"]
+    docs = backend.get(name, [f"d{i}" for i in range(1, 13)])
+    doc_ids = sorted(docs)
+    doc_vecs = dict(zip(doc_ids, tiny_encoder.encode_passages([docs[d] for d in doc_ids]), strict=True))
+    for pool in pools.values():
+        q = tiny_encoder.encode_queries([pool.query])[0]
+        bm25 = {h.id for h in backend.bm25(name, [pool.query], 3)[0]}
+        knn = {h.id for h in backend.knn(name, q[None, :], 3)[0]}
+        positive = {d for d, _ in pool.positives}
+        assert {c[0] for c in pool.candidates} == (bm25 | knn) - positive
+        for doc_id, score, source, flagged in pool.candidates:
+            assert score == pytest.approx(float(doc_vecs[doc_id] @ q), abs=1e-4)
+            assert source == ("both" if doc_id in bm25 and doc_id in knn else "bm25" if doc_id in bm25 else "knn")
+            assert flagged is False
+        assert [c[1] for c in pool.candidates] == sorted((c[1] for c in pool.candidates), reverse=True)
+        ((pos_id, pos_score),) = pool.positives
+        assert pos_score == pytest.approx(float(doc_vecs[pos_id] @ q), abs=1e-4)
+    assert not (tmp_path / "pools.jsonl.gz.parts").exists()
+    with pytest.raises(ConfigError, match="exists; pass --recreate"):
+        run_mine(job, backend, tiny_encoder)
+
+
+def test_answer_strings_flag_likely_false_negatives(embedded_backend: Any, tiny_encoder: Any, tmp_path: Path) -> None:
+    run_index(IndexJob(corpus=FIXTURES / "dpr-psgs.tsv", index="psgs"), embedded_backend, tiny_encoder)
+    out = tmp_path / "nq.jsonl.gz"
+    job = MineJob(
+        index="psgs",
+        queries=FIXTURES / "dpr-qa.tsv",
+        answers=FIXTURES / "dpr-qa.tsv",
+        out=out,
+        bm25_depth=5,
+        knn_depth=5,
+    )
+    stats = run_mine(job, embedded_backend, tiny_encoder)
+    pools = {p.qid: p for p in read_pools(out)}
+    flagged = {c[0] for c in pools["0"].candidates if c[3]}
+    assert flagged == {"7"}  # "Iron oxide dust makes the surface of Mars look red."
+    assert stats.false_negatives >= 1 and pools["0"].positives == []
+
+
+def test_mine_job_validation(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs --qrels"):
+        MineJob(index="x", queries=tmp_path / "q", out=tmp_path / "p.jsonl.gz")
+    with pytest.raises(ConfigError, match=r"must end in \.jsonl\.gz"):
+        MineJob(index="x", queries=tmp_path / "q", qrels=tmp_path / "r", out=tmp_path / "p.json")
+
+
+def test_samples_from_mined_pool_follow_scores(
+    embedded_backend: Any, tiny_encoder: Any, beir_small: Path, tmp_path: Path
+) -> None:
+    from hybrid.negatives import SamplerConfig, sample_negatives
+
+    run_index(IndexJob(corpus=beir_small, index="idx"), embedded_backend, tiny_encoder)
+    out = tmp_path / "p.jsonl.gz"
+    run_mine(
+        MineJob(
+            index="idx",
+            queries=beir_small / "queries.jsonl",
+            qrels=beir_small / "qrels/test.tsv",
+            out=out,
+            bm25_depth=12,
+            knn_depth=12,
+        ),
+        embedded_backend,
+        tiny_encoder,
+    )
+    pool = next(read_pools(out))
+    scores = np.array([c[1] for c in pool.candidates])
+    drawn = sample_negatives(scores, pool.positives[0][1], SamplerConfig(n=4), np.random.default_rng(0))
+    assert len(drawn) == 4 and len(set(drawn)) == 4
