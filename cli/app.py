@@ -7,6 +7,7 @@ import typer
 from . import evaluate as evaluate_cmd
 from . import index as index_cmd
 from . import info as info_cmd
+from . import mine as mine_cmd
 from . import quickstart as quickstart_cmd
 from . import search as search_cmd
 
@@ -23,6 +24,7 @@ app.command("search")(search_cmd.search)
 app.command("info")(info_cmd.info)
 app.command("quickstart")(quickstart_cmd.quickstart)
 app.command("eval")(evaluate_cmd.evaluate)
+app.command("mine")(mine_cmd.mine)
 
 
 @app.callback()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hybrid.backends.base import Backend, IndexWriter
 from hybrid.config import IndexSpec, LexicalSettings, VectorSettings
-from hybrid.corpus import JsonlFields, open_corpus
+from hybrid.corpus import CorpusReader, JsonlFields, open_corpus
 from hybrid.encoder import Encoder
 from hybrid.errors import ConfigError
 from hybrid.types import Document
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class IndexJob:
     """What to index and where."""
 
-    corpus: Path
+    corpus: Path | None
     index: str
     format: str | None = None
     recreate: bool = False
@@ -68,8 +68,14 @@ class IndexStats:
 Progress = Callable[[IndexStats], None]
 
 
-def run_index(job: IndexJob, backend: Backend, encoder: Encoder, progress: Progress | None = None) -> IndexStats:
-    """Index ``job.corpus`` into ``job.index``; returns verified stats.
+def run_index(
+    job: IndexJob,
+    backend: Backend,
+    encoder: Encoder,
+    progress: Progress | None = None,
+    documents: Iterable[Document] | None = None,
+) -> IndexStats:
+    """Index ``job.corpus`` (or ``documents``) into ``job.index``; returns verified stats.
 
     Raises:
         CorpusError: a malformed line (unless ``skip_malformed``); what was written stays.
@@ -77,7 +83,13 @@ def run_index(job: IndexJob, backend: Backend, encoder: Encoder, progress: Progr
         CountMismatchError: the backend's count differs from what was written.
     """
     started = time.perf_counter()
-    reader = open_corpus(job.corpus, job.format, fields=job.fields, skip_malformed=job.skip_malformed)
+    reader: CorpusReader | _Documents
+    if documents is not None:
+        reader = _Documents(documents)
+    elif job.corpus is not None:
+        reader = open_corpus(job.corpus, job.format, fields=job.fields, skip_malformed=job.skip_malformed)
+    else:
+        raise ConfigError("nothing to index: give a corpus path or documents")
     spec = IndexSpec(
         name=job.index,
         dims=encoder.dims,
@@ -123,6 +135,18 @@ def run_index(job: IndexJob, backend: Backend, encoder: Encoder, progress: Progr
     stats.phase = "done"
     notify(stats)
     return stats
+
+
+class _Documents:
+    """An in-process document stream with the reader interface (no byte progress)."""
+
+    def __init__(self, documents: Iterable[Document]) -> None:
+        self.documents = documents
+        self.skipped = 0
+        self.progress = (0, 0)
+
+    def __iter__(self) -> Iterator[Document]:
+        return iter(self.documents)
 
 
 def _batches(docs: Iterable[Document], size: int, limit: int | None) -> Iterator[list[Document]]:

@@ -8,7 +8,7 @@ current in one atomic step, so readers never see a half-built index.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -120,6 +120,10 @@ class Backend(Protocol):
 
     def get(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
         """Documents by id; ids not found are absent from the result."""
+        ...
+
+    def iter_documents(self, name: str, batch: int = 1000) -> Iterator[list[Document]]:
+        """Every document of the current version, in batches (for re-embedding)."""
         ...
 
     def drop(self, name: str) -> None:

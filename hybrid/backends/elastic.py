@@ -33,6 +33,7 @@ BULK_CHUNK = 200  # vectors make documents large: keep bulk requests a few MB
 MSEARCH_CHUNK = 64
 DEFAULT_NUM_CANDIDATES = 100
 MSEARCH_HITS = 20_000  # hits per multi-search response, at most
+SWAP_RETRIES = 2
 
 
 def connect(config: ElasticConfig) -> Any:
@@ -75,6 +76,7 @@ class ElasticBackend:
     def __init__(self, config: ElasticConfig, client: Any | None = None) -> None:
         self.config = config
         self.client = client if client is not None else connect(config)
+        self._meta_cache: dict[str, dict[str, Any]] = {}
 
     # -- names and versions -------------------------------------------------
     def current(self, name: str) -> str | None:
@@ -166,15 +168,24 @@ class ElasticBackend:
         )
 
     def count(self, name: str) -> int:
-        return int(self.client.count(index=self._require(name))["count"])
+        self._search_meta(name)
+        return int(self.client.count(index=name)["count"])
+
+    def _search_meta(self, name: str) -> dict[str, Any]:
+        """The current version's metadata, cached per alias (searches hit the alias itself)."""
+        cached = self._meta_cache.get(name)
+        if cached is None:
+            physical = self._require(name)
+            cached = {**self.meta(physical), "physical": physical}
+            self._meta_cache[name] = cached
+        return cached
 
     def bm25(self, name: str, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        physical = self._require(name)
-        return self._msearch(physical, [bodies.bm25_body(q, k) for q in queries], None)
+        self._search_meta(name)
+        return self._msearch(name, [bodies.bm25_body(q, k) for q in queries], None)
 
     def knn(self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None) -> list[list[Hit]]:
-        physical = self._require(name)
-        meta = self.meta(physical)
+        meta = self._search_meta(name)
         dims = int(meta.get("dims") or vectors.shape[1])
         if vectors.shape[1] != dims:
             raise DimensionMismatchError(
@@ -183,20 +194,46 @@ class ElasticBackend:
             )
         nc = max(k, num_candidates or DEFAULT_NUM_CANDIDATES)
         body = [bodies.knn_body(v, k, nc) for v in vectors]
-        return self._msearch(physical, body, str(meta.get("similarity", "dot_product")))
+        return self._msearch(name, body, str(meta.get("similarity", "dot_product")))
 
-    def _msearch(self, index: str, body: list[dict[str, Any]], similarity: str | None) -> list[list[Hit]]:
+    def _msearch(self, name: str, body: list[dict[str, Any]], similarity: str | None) -> list[list[Hit]]:
+        """Multi-search the alias in chunks; a chunk that fails during a version swap is retried."""
         results: list[list[Hit]] = []
         size = max((int(b.get("size", 10)) for b in body), default=10)
         step = max(1, min(MSEARCH_CHUNK, MSEARCH_HITS // size))  # bound response size for deep runs
         for start in range(0, len(body), step):
             chunk = body[start : start + step]
-            resp = self.client.msearch(searches=bodies.msearch_lines(index, chunk))
-            for item in resp["responses"]:
-                if "error" in item:
-                    raise BackendError(f"search failed on '{index}': {_reason(item['error'])}")
-                results.append([_hit(h, similarity) for h in item["hits"]["hits"]])
+            for attempt in range(SWAP_RETRIES + 1):
+                try:
+                    results.extend(self._msearch_chunk(name, chunk, similarity))
+                    break
+                except BackendError:
+                    # The alias may have moved and the old version been deleted mid-request.
+                    self._meta_cache.pop(name, None)
+                    if attempt == SWAP_RETRIES:
+                        raise
+                    self._search_meta(name)
         return results
+
+    def _msearch_chunk(self, name: str, chunk: list[dict[str, Any]], similarity: str | None) -> list[list[Hit]]:
+        import elasticsearch
+
+        try:
+            resp = self.client.msearch(searches=bodies.msearch_lines(name, chunk))
+        except elasticsearch.NotFoundError as exc:
+            raise BackendError(f"search failed on '{name}': {exc}") from exc
+        out = []
+        current = self._meta_cache.get(name, {}).get("physical")
+        for item in resp["responses"]:
+            if "error" in item:
+                raise BackendError(f"search failed on '{name}': {_reason(item['error'])}")
+            if item.get("_shards", {}).get("failed"):
+                raise BackendError(f"search on '{name}' had failed shards: {item['_shards']}")
+            hits = item["hits"]["hits"]
+            if hits and hits[0].get("_index") != current:
+                self._meta_cache.pop(name, None)  # served by a newer version: reload its metadata
+            out.append([_hit(h, similarity) for h in hits])
+        return out
 
     def score(self, name: str, vectors: np.ndarray, ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
         """Exact scores through a kNN search filtered to the ids.
@@ -206,22 +243,21 @@ class ElasticBackend:
         give their quantized similarity). Vectors are not kept in _source, so they cannot be
         fetched and scored locally.
         """
-        physical = self._require(name)
-        similarity = str(self.meta(physical).get("similarity", "dot_product"))
+        similarity = str(self._search_meta(name).get("similarity", "dot_product"))
         bodies_ = []
         for vector, group in zip(vectors, ids, strict=True):
             body = bodies.knn_body(vector, max(1, len(group)), max(1, len(group)))
             body["knn"]["filter"] = {"ids": {"values": list(group)}}
             body["_source"] = False
             bodies_.append(body)
-        hits = self._msearch(physical, bodies_, similarity)
+        hits = self._msearch(name, bodies_, similarity)
         return [{h.id: h.score for h in row} for row in hits]
 
     def get(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
-        physical = self._require(name)
+        self._search_meta(name)
         if not ids:
             return {}
-        resp = self.client.mget(index=physical, ids=list(ids), source=bodies.SOURCE_FIELDS)
+        resp = self.client.mget(index=name, ids=list(ids), source=bodies.SOURCE_FIELDS)
         out: dict[str, Document] = {}
         for doc in resp["docs"]:
             if doc.get("found"):
@@ -229,7 +265,30 @@ class ElasticBackend:
                 out[doc["_id"]] = Document(id=doc["_id"], text=src.get("text", ""), title=src.get("title", ""))
         return out
 
+    def iter_documents(self, name: str, batch: int = 1000) -> Iterator[list[Document]]:
+        """Every document of the current version, in batches (a scroll over one version)."""
+        from elasticsearch import helpers
+
+        physical = self._require(name)
+        out: list[Document] = []
+        for hit in helpers.scan(
+            self.client,
+            index=physical,
+            query={"query": {"match_all": {}}},
+            _source=bodies.SOURCE_FIELDS,
+            size=batch,
+            preserve_order=False,
+        ):
+            src = hit["_source"]
+            out.append(Document(id=hit["_id"], text=src.get("text", ""), title=src.get("title", "")))
+            if len(out) >= batch:
+                yield out
+                out = []
+        if out:
+            yield out
+
     def drop(self, name: str) -> None:
+        self._meta_cache.pop(name, None)
         for physical in self.versions(name):
             self.client.indices.delete(index=physical)
 
@@ -315,6 +374,7 @@ class ElasticWriter:
         if old is not None and old != self.version:
             actions.insert(0, {"remove": {"index": old, "alias": name}})
         indices.update_aliases(actions=actions)  # one atomic step: searches never miss
+        self.backend._meta_cache.pop(name, None)
         for stale in self.backend.versions(name):
             if stale != self.version:
                 indices.delete(index=stale)

@@ -15,9 +15,9 @@ from hybrid.backends.base import Backend
 from hybrid.corpus import Qrels, read_answers, read_qrels, read_queries
 from hybrid.errors import ConfigError
 from hybrid.evaluation.metrics import (
-    DEFAULT_TREC_METRICS,
     auto_relevance_level,
     dpr_accuracy,
+    metrics_for_depth,
     msmarco_mrr10,
     trec_metrics,
 )
@@ -102,7 +102,7 @@ def run_eval(
     level = job.relevance_level or (auto_relevance_level(qrels) if qrels else 1)
     if qrels:
         metrics, per_query = trec_metrics(
-            qrels, run, DEFAULT_TREC_METRICS, relevance_level=level, java_home=job.java_home
+            qrels, run, metrics_for_depth(job.search.k), relevance_level=level, java_home=job.java_home
         )
     if fmt == "dpr":
         flags = write_dpr(run, run_path, {q.id: q.text for q in queries}, answers, texts, regex=job.regex)

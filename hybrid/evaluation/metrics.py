@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hybrid.corpus import Qrels
 from hybrid.evaluation.runs import Run, canonical, write_trec
-from hybrid.evaluation.trec_eval import trec_eval, write_trec_qrels
+from hybrid.evaluation.trec_eval import EvaluationError, trec_eval, write_trec_qrels
 
 # Our metric name -> (trec_eval measure, its output name, run depth it is computed on)
 TREC_MEASURES: dict[str, tuple[str, str, int | None]] = {
@@ -51,18 +51,36 @@ def trec_metrics(
             result = trec_eval(
                 qrels_file,
                 run_file,
-                [TREC_MEASURES[n][0] for n in names],
+                _merge_cutoffs([TREC_MEASURES[n][0] for n in names]),
                 per_query=True,
                 relevance_level=relevance_level,
                 java_home=java_home,
             )
             for name in names:
                 key = TREC_MEASURES[name][1]
-                mean[name] = result.get("all", {}).get(key, 0.0)
+                if key not in result.get("all", {}):
+                    raise EvaluationError(f"trec_eval did not report {key}")
+                mean[name] = result["all"][key]
                 for qid, values in result.items():
                     if qid != "all" and key in values:
                         per_query.setdefault(qid, {})[name] = values[key]
     return {n: mean[n] for n in metrics}, per_query
+
+
+def _merge_cutoffs(measures: list[str]) -> list[str]:
+    """trec_eval keeps only the last ``-m recall.X``: pass ``recall.100,1000`` instead."""
+    merged: dict[str, list[str]] = {}
+    for measure in measures:
+        base, _, cutoff = measure.partition(".")
+        merged.setdefault(base, [])
+        if cutoff:
+            merged[base].append(cutoff)
+    return [f"{base}.{','.join(cuts)}" if cuts else base for base, cuts in merged.items()]
+
+
+def metrics_for_depth(depth: int, metrics: Sequence[str] = DEFAULT_TREC_METRICS) -> tuple[str, ...]:
+    """The metrics a run of ``depth`` hits can support (no recall@1000 from 100 hits)."""
+    return tuple(m for m in metrics if "@" not in m or int(m.split("@")[1]) <= depth)
 
 
 def msmarco_mrr10(qrels: Qrels, run: Run, relevance_level: int = 1) -> tuple[float, dict[str, float]]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,11 +99,19 @@ class EmbeddedBackend:
         with self._lock:
             opened = self._open.get(name)
             if opened is None or opened.path.name != current:
-                if opened is not None:
-                    opened.close()
-                opened = _OpenVersion(self.index_dir(name) / current, self.java_home)
+                opened = self._open_current(name, current)
                 self._open[name] = opened
             return opened
+
+    def _open_current(self, name: str, current: str) -> _OpenVersion:
+        try:
+            return _OpenVersion(self.index_dir(name) / current, self.java_home)
+        except (BackendError, OSError, sqlite3.Error):
+            # Another process may have swapped versions and deleted this one just now.
+            moved = self.current(name)
+            if moved is None or moved == current:
+                raise
+            return _OpenVersion(self.index_dir(name) / moved, self.java_home)
 
     # -- writing ------------------------------------------------------------
     def open_writer(self, spec: IndexSpec, *, recreate: bool = False) -> EmbeddedWriter:
@@ -147,9 +156,9 @@ class EmbeddedBackend:
         base = self.index_dir(name)
         write_atomic(base / CURRENT, version + "\n")
         with self._lock:
-            opened = self._open.pop(name, None)
-        if opened is not None:
-            opened.close()
+            # Not closed: a search in another thread may still hold it. Its files stay
+            # readable after deletion (open descriptors and maps) until it is collected.
+            self._open.pop(name, None)
         for stale in self.versions(name):
             if stale != version:
                 shutil.rmtree(base / stale, ignore_errors=True)
@@ -213,6 +222,10 @@ class EmbeddedBackend:
 
     def get(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
         return self._version(name).store.get(ids)
+
+    def iter_documents(self, name: str, batch: int = 1000) -> Iterator[list[Document]]:
+        """Every document of the current version, in batches."""
+        yield from self._version(name).store.iter_docs(batch)
 
     def drop(self, name: str) -> None:
         with self._lock:
