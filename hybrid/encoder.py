@@ -161,12 +161,16 @@ class Encoder:
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load model from {self.model_dir}: {exc}") from exc
         self.model.to(self.device).eval()
+        self.query_model = self.model
+        query_dir = self.model_dir / "query_encoder"  # a checkpoint with separate towers
+        if query_dir.is_dir():
+            self.query_model = AutoModel.from_pretrained(str(query_dir), local_files_only=True).to(self.device).eval()
         self.dims = int(self.model.config.hidden_size)
 
     def encode_queries(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """Encode queries; returns ``(len(texts), dims)`` float32."""
         prefixed = [self.settings.query_prefix + t for t in texts]
-        return self._encode(prefixed, self.settings.query_max_length, batch_size)
+        return self._encode(prefixed, self.settings.query_max_length, batch_size, query=True)
 
     def encode_passages(
         self,
@@ -184,6 +188,7 @@ class Encoder:
         max_length: int,
         batch_size: int | None,
         progress: Callable[[int], None] | None = None,
+        query: bool = False,
     ) -> np.ndarray:
         import torch
 
@@ -193,13 +198,13 @@ class Encoder:
         with torch.inference_mode():
             for start in range(0, len(order), size):
                 idx = order[start : start + size]
-                out[idx] = self.embed([texts[i] for i in idx], max_length).float().cpu().numpy()
+                out[idx] = self.embed([texts[i] for i in idx], max_length, query).float().cpu().numpy()
                 if progress is not None:
                     progress(len(idx))
         return out
 
-    def embed(self, texts: Sequence[str], max_length: int) -> torch.Tensor:
-        """Tokenize and embed one batch; keeps the autograd graph (used by training)."""
+    def embed(self, texts: Sequence[str], max_length: int, query: bool = False) -> torch.Tensor:
+        """Tokenize and embed one batch with the query or passage tower."""
         import torch
 
         batch = self.tokenizer(
@@ -207,7 +212,8 @@ class Encoder:
         ).to(self.device)
         use_amp = self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            hidden = self.model(**batch).last_hidden_state  # (batch, tokens, dims)
+            model = self.query_model if query else self.model
+            hidden = model(**batch).last_hidden_state  # (batch, tokens, dims)
         return pool(hidden.float(), batch["attention_mask"], self.settings)
 
 

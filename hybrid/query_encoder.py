@@ -61,6 +61,8 @@ class NumpyBertQueryEncoder:
         from tokenizers import Tokenizer
 
         self.model_dir, self.name = resolve_model(model)
+        if (self.model_dir / "query_encoder").is_dir():  # separate query tower of a checkpoint
+            self.model_dir = self.model_dir / "query_encoder"
         self.settings = settings or load_settings(self.model_dir)
         self.cfg = json.loads((self.model_dir / "config.json").read_text())
         raw = load_file(str(self.model_dir / "model.safetensors"))

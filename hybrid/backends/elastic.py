@@ -164,7 +164,12 @@ class ElasticBackend:
             model=str(meta.get("model", "?")),
             version=physical,
             similarity=str(meta.get("similarity", "?")),
-            extra={"mapping": mapping, "cluster_version": self.cluster_version()},
+            extra={
+                "mapping": mapping,
+                "cluster_version": self.cluster_version(),
+                "lexical": meta.get("lexical", {}),
+                "vectors": meta.get("vectors", {}),
+            },
         )
 
     def count(self, name: str) -> int:

@@ -1,0 +1,76 @@
+"""Checkpoints: Hugging Face model + tokenizer + pooling, resolved config, trainer state."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hybrid.training.config import TrainConfig
+from hybrid.training.model import DualEncoder
+
+STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "train_config.json"
+PREFIX = "checkpoint-"
+
+
+def checkpoint_dir(out: Path, step: int) -> Path:
+    return out / f"{PREFIX}{step:07d}"
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint in a run directory."""
+    done = sorted(p for p in out.glob(f"{PREFIX}*") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def save_checkpoint(
+    path: Path,
+    model: DualEncoder,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    step: int,
+    extra: dict[str, Any],
+) -> Path:
+    """Write a checkpoint atomically (a sibling directory renamed into place)."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+    torch.save(
+        {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            **extra,
+        },
+        tmp / STATE_FILE,
+    )
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    rng = state.get("rng", {})
+    if rng:
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+    return state
+
+
+def prune(out: Path, keep: int, protect: set[Path]) -> None:
+    """Delete all but the ``keep`` newest checkpoints (never one in ``protect``)."""
+    done = sorted(p for p in out.glob(f"{PREFIX}*") if (p / STATE_FILE).is_file())
+    for old in done[: max(0, len(done) - keep)]:
+        if old not in protect:
+            shutil.rmtree(old, ignore_errors=True)

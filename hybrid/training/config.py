@@ -1,0 +1,137 @@
+"""Training configuration: a frozen dataclass, loadable from YAML or TOML with overrides."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from hybrid.errors import ConfigError
+from hybrid.negatives import SamplerConfig
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+_PATHS = ("queries", "qrels", "answers", "pools", "out", "dev_queries", "dev_qrels")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; saved as JSON beside every checkpoint."""
+
+    index: str
+    queries: Path
+    out: Path
+    qrels: Path | None = None  # positives; or answers (DPR qa) for NQ-style data
+    answers: Path | None = None
+    pools: Path | None = None  # mined pools to start from; mined at start when absent
+    model: str | None = None  # initial model directory [default: all-MiniLM-L6-v2]
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    steps: int = 1000
+    batch_size: int = 16  # queries per micro-batch
+    grad_accum: int = 1
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of steps
+    max_grad_norm: float = 1.0
+    temperature: float = 0.05
+    in_batch: bool = True  # other queries' passages are negatives too
+    shared: bool = True  # one tower for queries and passages
+    query_max_length: int = 64
+    passage_max_length: int = 128
+    grad_checkpointing: bool = False
+    precision: Precision = "auto"  # bf16 (or fp16) autocast on CUDA, fp32 on CPU
+    seed: int = 13
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    refresh_every: int = 0  # re-embed + re-mine every N steps (0: never during training)
+    refresh_at_end: bool = True
+    bm25_depth: int = 100
+    knn_depth: int = 100
+    dev_queries: Path | None = None  # evaluated (dense nDCG@10) at each refresh
+    dev_qrels: Path | None = None
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.qrels is None and self.answers is None and self.pools is None:
+            raise ConfigError("train needs --qrels, --answers or --pools")
+        if min(self.steps, self.batch_size, self.grad_accum) < 1:
+            raise ConfigError("steps, batch size and gradient accumulation must be at least 1")
+        if self.lr <= 0 or self.temperature <= 0 or not 0 <= self.warmup < 1:
+            raise ConfigError("train needs lr > 0, temperature > 0 and 0 <= warmup < 1")
+        if self.sampler.name == "inbatch" and not self.in_batch:
+            raise ConfigError("the inbatch sampler needs in-batch negatives (--in-batch)")
+        if (self.dev_queries is None) != (self.dev_qrels is None):
+            raise ConfigError("give both --dev-queries and --dev-qrels, or neither")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"unknown precision '{self.precision}'; choose auto, fp32, bf16 or fp16")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in _PATHS:
+            if data[key] is not None:
+                data[key] = str(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        values = dict(data)
+        for key in _PATHS:
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        sampler = values.get("sampler")
+        if isinstance(sampler, dict):
+            bad = set(sampler) - {f.name for f in fields(SamplerConfig)}
+            if bad:
+                raise ConfigError(f"unknown sampler option(s): {', '.join(sorted(bad))}")
+            values["sampler"] = SamplerConfig(**sampler)
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"incomplete training config: {exc}") from exc
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml), TOML (.toml) or JSON config file into a dict."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise ConfigError(f"cannot parse {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of options")
+    return data
+
+
+def merge(file_values: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """File values, then every override that is not None; nested ``sampler`` keys merge."""
+    values = dict(file_values)
+    sampler = dict(values.get("sampler") or {})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key.startswith("sampler_"):
+            sampler[key.removeprefix("sampler_")] = value
+        else:
+            values[key] = value
+    if sampler:
+        values["sampler"] = sampler
+    return TrainConfig.from_dict(values)
+
+
+def with_pools(config: TrainConfig, pools: Path) -> TrainConfig:
+    return replace(config, pools=pools)

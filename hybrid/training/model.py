@@ -1,0 +1,79 @@
+"""The dual encoder being trained: one shared tower, or separate query/passage towers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hybrid.encoder import EncoderSettings, pool, save_settings
+
+QUERY_TOWER = "query_encoder"  # subdirectory of a checkpoint holding a separate query tower
+
+
+class DualEncoder(torch.nn.Module):
+    """Query and passage towers over Hugging Face models; pooling per ``settings``."""
+
+    def __init__(self, model_dir: Path, settings: EncoderSettings, shared: bool = True) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.settings = settings
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        self.passage = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+        query_dir = model_dir / QUERY_TOWER
+        if shared:
+            self.query = self.passage
+        else:
+            source = query_dir if query_dir.is_dir() else model_dir
+            self.query = AutoModel.from_pretrained(str(source), local_files_only=True)
+        self.shared = shared
+
+    def towers(self) -> list[Any]:
+        return [self.passage] if self.shared else [self.passage, self.query]
+
+    def embed(self, texts: list[str], query: bool, device: torch.device) -> torch.Tensor:
+        """``(len(texts), dims)`` embeddings with gradients."""
+        max_length = self.settings.query_max_length if query else self.settings.passage_max_length
+        prefix = self.settings.query_prefix if query else self.settings.passage_prefix
+        batch = self.tokenizer(
+            [prefix + t for t in texts], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(device)
+        model = self.query if query else self.passage
+        hidden = model(**batch).last_hidden_state  # (batch, tokens, dims)
+        return pool(hidden.float(), batch["attention_mask"], self.settings)
+
+    def save(self, path: Path) -> None:
+        """Hugging Face layout + tokenizer + pooling settings; a query tower in a subdir."""
+        path.mkdir(parents=True, exist_ok=True)
+        self.passage.save_pretrained(str(path))
+        self.tokenizer.save_pretrained(str(path))
+        save_settings(path, self.settings)
+        if not self.shared:
+            self.query.save_pretrained(str(path / QUERY_TOWER))
+            self.tokenizer.save_pretrained(str(path / QUERY_TOWER))
+            save_settings(path / QUERY_TOWER, self.settings)
+
+
+def contrastive_loss(
+    queries: torch.Tensor,
+    passages: torch.Tensor,
+    positives: torch.Tensor,
+    groups: torch.Tensor,
+    temperature: float,
+    in_batch: bool,
+) -> torch.Tensor:
+    """Cross-entropy of each query over passages, its positive the target.
+
+    queries ``(B, d)``, passages ``(P, d)``; ``positives[i]`` is query i's positive column and
+    ``groups[p]`` the query passage p belongs to. With ``in_batch`` every passage in the batch
+    competes (other queries' positives and negatives too); otherwise only the query's own.
+    """
+    scores = queries @ passages.T / temperature  # (B, P)
+    if not in_batch:
+        own = groups.unsqueeze(0) == torch.arange(queries.shape[0], device=scores.device).unsqueeze(1)
+        scores = scores.masked_fill(~own, float("-inf"))
+    return torch.nn.functional.cross_entropy(scores, positives)

@@ -1,0 +1,179 @@
+"""Training end to end with a tiny model: refresh, swap safety, exact resume, config files."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hybrid.errors import ConfigError
+from hybrid.indexing import IndexJob, run_index
+from hybrid.negatives import SamplerConfig
+from hybrid.training.config import TrainConfig, load_config_file, merge
+from hybrid.training.trainer import train
+
+
+def _config(name: str, beir_small: Path, out: Path, tiny_model: Path, **kw: Any) -> TrainConfig:
+    values: dict[str, Any] = {
+        "index": name,
+        "queries": beir_small / "queries.jsonl",
+        "qrels": beir_small / "qrels/test.tsv",
+        "out": out,
+        "model": str(tiny_model),
+        "sampler": SamplerConfig(n=2, depth=10),
+        "steps": 4,
+        "batch_size": 2,
+        "lr": 1e-3,
+        "log_every": 1,
+        "save_every": 0,
+        "bm25_depth": 5,
+        "knn_depth": 5,
+        "passage_max_length": 32,
+        "refresh_at_end": False,
+    }
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def _losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "step" in r}
+
+
+def test_train_with_refresh_end_to_end(
+    backend_and_name: tuple[Any, str], tiny_encoder: Any, tiny_model: Path, beir_small: Path, tmp_path: Path
+) -> None:
+    from hybrid.search import SearchConfig, Searcher
+
+    backend, name = backend_and_name
+    run_index(IndexJob(corpus=beir_small, index=name), backend, tiny_encoder)
+    config = _config(
+        name,
+        beir_small,
+        tmp_path / "run",
+        tiny_model,
+        refresh_every=2,
+        refresh_at_end=True,
+        dev_queries=beir_small / "queries.jsonl",
+        dev_qrels=beir_small / "qrels/test.tsv",
+    )
+    result = train(config, backend)
+    assert len(result.losses) == 4 and all(math.isfinite(x) for x in result.losses)
+    assert [r["step"] for r in result.refreshes] == [2, 4]
+    assert [r["version"][-7:] for r in result.refreshes] == ["v000002", "v000003"]
+    assert all(r["documents"] == 12 and r["dev_ndcg@10"] is not None for r in result.refreshes)
+    final = tmp_path / "run" / "checkpoint-0000004"
+    assert result.final == final and (final / "model.safetensors").is_file()
+    assert (final / "hybrid_encoder.json").is_file() and (final / "train_config.json").is_file()
+    info = backend.info(name)
+    assert (info.version[-7:], info.model, info.count) == ("v000003", str(final), 12)
+    assert (tmp_path / "run" / "pools" / "pools-0000004.jsonl.gz").is_file()
+    assert result.best is not None and (result.best / "best.json").is_file()
+    # the index and a search accept the checkpoint as the model
+    hits = Searcher(backend, name).search(["ocean tides"], SearchConfig(mode="dense", k=3))[0]
+    assert len(hits) == 3
+
+
+def test_searches_never_fail_during_swap(
+    backend_and_name: tuple[Any, str], tiny_encoder: Any, tiny_model: Path, beir_small: Path
+) -> None:
+    from hybrid.search import SearchConfig, Searcher
+    from hybrid.training.refresh import reembed
+
+    backend, name = backend_and_name
+    run_index(IndexJob(corpus=beir_small, index=name), backend, tiny_encoder)
+    searcher = Searcher(backend, name, tiny_encoder)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    counts = {"searches": 0}
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                for mode in ("bm25", "dense"):
+                    hits = searcher.search(["honey bees", "ocean tides"], SearchConfig(mode=mode, k=3))  # type: ignore[arg-type]
+                    assert all(len(h) == 3 for h in hits) if mode == "dense" else all(hits)
+                    counts["searches"] += 1
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        for _ in range(3):
+            reembed(backend, name, tiny_encoder, batch_size=4)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not errors, errors[0]
+    assert counts["searches"] > 3
+    assert backend.info(name).version.endswith("v000004")
+
+
+def test_resume_reproduces_the_uninterrupted_run(
+    embedded_backend: Any, tiny_encoder: Any, tiny_model: Path, beir_small: Path, tmp_path: Path
+) -> None:
+    run_index(IndexJob(corpus=beir_small, index="idx"), embedded_backend, tiny_encoder)
+    steps = {"steps": 6, "save_every": 3}
+    straight = train(_config("idx", beir_small, tmp_path / "a", tiny_model, **steps), embedded_backend)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_5(p: Any) -> None:
+        if p.step == 5:
+            raise Crash
+
+    config = _config(
+        "idx", beir_small, tmp_path / "b", tiny_model, pools=tmp_path / "a/pools/pools-0000000.jsonl.gz", **steps
+    )
+    with pytest.raises(Crash):
+        train(config, embedded_backend, progress=crash_at_5)
+    with pytest.raises(ConfigError, match="already has checkpoints; pass --resume"):
+        train(config, embedded_backend)
+    resumed = train(config, embedded_backend, resume=True)
+    assert len(resumed.losses) == 3  # steps 4..6 only
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert sorted(b) == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([b[s] for s in range(1, 7)], [a[s] for s in range(1, 7)], rtol=1e-5, atol=1e-6)
+    assert straight.losses == pytest.approx([a[s] for s in range(1, 7)], abs=1e-6)
+
+
+def test_separate_towers_save_a_query_tower(
+    embedded_backend: Any, tiny_encoder: Any, tiny_model: Path, beir_small: Path, tmp_path: Path
+) -> None:
+    from hybrid.encoder import Encoder, EncoderConfig
+    from hybrid.query_encoder import NumpyBertQueryEncoder
+
+    run_index(IndexJob(corpus=beir_small, index="idx"), embedded_backend, tiny_encoder)
+    result = train(_config("idx", beir_small, tmp_path / "run", tiny_model, shared=False, steps=2), embedded_backend)
+    assert (result.final / "query_encoder" / "model.safetensors").is_file()
+    torch_q = Encoder(EncoderConfig(model=str(result.final))).encode_queries(["honey"])
+    numpy_q = NumpyBertQueryEncoder(str(result.final)).encode_queries(["honey"])
+    np.testing.assert_allclose(torch_q, numpy_q, atol=1e-5)
+
+
+def test_config_files_and_overrides(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "train.yaml"
+    yaml_file.write_text(
+        "index: docs\nqueries: q.jsonl\nqrels: r.tsv\nout: run\nsteps: 50\n"
+        "sampler:\n  name: simans\n  a: 0.7\n  b: -1.0\n"
+    )
+    config = merge(load_config_file(yaml_file), {"steps": 20, "sampler_n": 7, "lr": None})
+    assert (config.steps, config.sampler.a, config.sampler.b, config.sampler.n) == (20, 0.7, -1.0, 7)
+    assert config.out == Path("run") and config.lr == 2e-5
+    toml_file = tmp_path / "train.toml"
+    toml_file.write_text(
+        'index = "docs"\nqueries = "q.jsonl"\nqrels = "r.tsv"\nout = "run"\n[sampler]\nname = "topk"\n'
+    )
+    assert merge(load_config_file(toml_file), {}).sampler.name == "topk"
+    with pytest.raises(ConfigError, match="unknown training option\\(s\\): stepz"):
+        merge({"index": "d", "queries": "q", "qrels": "r", "out": "o", "stepz": 3}, {})
+    with pytest.raises(ConfigError, match="train needs --qrels, --answers or --pools"):
+        merge({"index": "d", "queries": "q", "out": "o"}, {})
