@@ -8,8 +8,10 @@ from . import evaluate as evaluate_cmd
 from . import index as index_cmd
 from . import info as info_cmd
 from . import mine as mine_cmd
+from . import negatives as negatives_cmd
 from . import quickstart as quickstart_cmd
 from . import search as search_cmd
+from . import train as train_cmd
 
 app = typer.Typer(
     name="hybrid",
@@ -25,6 +27,8 @@ app.command("info")(info_cmd.info)
 app.command("quickstart")(quickstart_cmd.quickstart)
 app.command("eval")(evaluate_cmd.evaluate)
 app.command("mine")(mine_cmd.mine)
+app.command("train")(train_cmd.train)
+app.command("negatives")(negatives_cmd.negatives)
 
 
 @app.callback()

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from tests.conftest import FIXTURES
 
 runner = CliRunner()
-COMMANDS = ["index", "search", "info", "quickstart", "eval", "mine"]
+COMMANDS = ["index", "search", "info", "quickstart", "eval", "mine", "negatives", "train"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
