@@ -72,7 +72,8 @@ def test_train_with_refresh_end_to_end(
     assert (final / "hybrid_encoder.json").is_file() and (final / "train_config.json").is_file()
     info = backend.info(name)
     assert (info.version[-7:], info.model, info.count) == ("v000003", str(final), 12)
-    assert (tmp_path / "run" / "pools" / "pools-0000004.jsonl.gz").is_file()
+    assert (tmp_path / "run" / "pools" / "pools-0000002.jsonl.gz").is_file()  # the last refresh does not re-mine
+    assert not (tmp_path / "run" / "pools" / "pools-0000004.jsonl.gz").exists()
     assert result.best is not None and (result.best / "best.json").is_file()
     # the index and a search accept the checkpoint as the model
     hits = Searcher(backend, name).search(["ocean tides"], SearchConfig(mode="dense", k=3))[0]

@@ -46,14 +46,23 @@ def reembed(backend: Backend, index: str, encoder: Encoder, batch_size: int = 25
 
 
 def refresh(
-    backend: Backend, checkpoint: Path, mine: MineJob, device: str | None = None, dev: tuple[Path, Path] | None = None
+    backend: Backend,
+    checkpoint: Path,
+    mine: MineJob,
+    device: str | None = None,
+    dev: tuple[Path, Path] | None = None,
+    remine: bool = True,
 ) -> RefreshResult:
-    """Re-embed ``mine.index`` with ``checkpoint``, swap it in, then mine ``mine.out`` again."""
+    """Re-embed ``mine.index`` with ``checkpoint``, swap it in, then mine ``mine.out`` again.
+
+    ``remine=False`` (the refresh after the last step) only re-embeds.
+    """
     encoder = Encoder(EncoderConfig(model=str(checkpoint), device=device))
     version, count, index_seconds = reembed(backend, mine.index, encoder)
     log.info("refresh: %s now serves %d documents embedded by %s", version, count, checkpoint)
     started = time.perf_counter()
-    run_mine(mine, backend, encoder)
+    if remine:
+        run_mine(mine, backend, encoder)
     result = RefreshResult(version, mine.out, count, index_seconds, time.perf_counter() - started)
     if dev is not None:
         from hybrid.evaluation.evaluate import EvalJob, run_eval

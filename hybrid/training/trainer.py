@@ -136,8 +136,9 @@ def train(
             if refresh_now:
                 if progress is not None:
                     progress(TrainProgress(step, config.steps, loss_value, scheduler.get_last_lr()[0], rate, "refresh"))
-                pools, best = _refresh(config, backend, path, step, refreshes, best, device)
-                data = PoolData(pools, config.sampler, config.seed)
+                pools, best = _refresh(config, backend, path, step, refreshes, best, device, pools)
+                if step < config.steps:
+                    data = PoolData(pools, config.sampler, config.seed)
                 extra = {"pools": str(pools), "best": str(best) if best else None, "refreshes": refreshes}
                 save_checkpoint(path, model, config, optimizer, scheduler, step, extra)
                 model.train()
@@ -239,10 +240,14 @@ def _refresh(
     history: list[dict[str, Any]],
     best: Path | None,
     device: torch.device,
+    current_pools: Path,
 ) -> tuple[Path, Path | None]:
     pools = config.out / "pools" / f"pools-{step:07d}.jsonl.gz"
     dev = (config.dev_queries, config.dev_qrels) if config.dev_queries and config.dev_qrels else None
-    result = refresh(backend, checkpoint, _mine_job(config, pools), str(device), dev)
+    last = step >= config.steps  # the final refresh only re-embeds: no pools are needed after it
+    result = refresh(backend, checkpoint, _mine_job(config, pools), str(device), dev, remine=not last)
+    if last:
+        pools = current_pools
     entry = {
         "step": step,
         "version": result.version,
