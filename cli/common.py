@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -32,48 +34,117 @@ def default_store() -> Path:
 
 
 IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Index name (an alias on Elasticsearch).")]
-EsUrlOpt = Annotated[
-    str | None,
-    typer.Option("--es-url", envvar="HYBRID_ES_URL", help="Elasticsearch URL; without it the embedded store is used."),
-]
-EsApiKeyOpt = Annotated[
-    str | None, typer.Option("--es-api-key", envvar="HYBRID_ES_API_KEY", help="Elasticsearch API key (base64).")
-]
-EsUserOpt = Annotated[str | None, typer.Option("--es-user", envvar="HYBRID_ES_USER", help="Basic-auth user.")]
-EsPasswordOpt = Annotated[
-    str | None, typer.Option("--es-password", envvar="HYBRID_ES_PASSWORD", help="Basic-auth password.")
-]
-EsCaOpt = Annotated[
-    Path | None, typer.Option("--es-ca-certs", envvar="HYBRID_ES_CA_CERTS", help="CA certificate bundle (PEM).")
-]
-EsTimeoutOpt = Annotated[
-    float, typer.Option("--es-timeout", envvar="HYBRID_ES_TIMEOUT", help="Request timeout in seconds.")
-]
-StoreOpt = Annotated[
-    Path | None,
-    typer.Option("--store", envvar="HYBRID_STORE", help="Embedded store directory [default: ~/.local/share/hybrid]."),
-]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
-def es_config(
-    url: str | None, api_key: str | None, user: str | None, password: str | None, ca: Path | None, timeout: float
-) -> ElasticConfig | None:
-    """An :class:`ElasticConfig` when a URL is given, else ``None`` (embedded store)."""
-    if not url:
-        return None
-    from hybrid.config import ElasticConfig
+@dataclass(frozen=True)
+class BackendOptions:
+    """Where the index lives: an Elasticsearch cluster (``es_url``) or the embedded store."""
 
-    return ElasticConfig(
-        url=url, api_key=api_key, username=user, password=password, ca_certs=ca, request_timeout=timeout
-    )
+    es_url: str | None = None
+    es_api_key: str | None = field(default=None, repr=False)
+    es_user: str | None = None
+    es_password: str | None = field(default=None, repr=False)
+    es_ca_certs: Path | None = None
+    es_timeout: float = 120.0
+    store: Path | None = None
+
+    def es_config(self) -> ElasticConfig | None:
+        """An :class:`ElasticConfig` when a URL is given, else ``None`` (embedded store)."""
+        if not self.es_url:
+            return None
+        from hybrid.config import ElasticConfig
+
+        return ElasticConfig(
+            url=self.es_url,
+            api_key=self.es_api_key,
+            username=self.es_user,
+            password=self.es_password,
+            ca_certs=self.es_ca_certs,
+            request_timeout=self.es_timeout,
+        )
+
+    def open(self) -> Backend:
+        """Open the chosen backend; the embedded one finds Java 21+ starting from JAVA_HOME."""
+        from hybrid.backends import open_backend
+
+        return open_backend(self.es_config(), self.store or default_store(), java_home=os.environ.get("JAVA_HOME"))
 
 
-def backend_for(es: ElasticConfig | None, store: Path | None) -> Backend:
-    """Open the chosen backend; the embedded one finds Java 21+ starting from JAVA_HOME."""
-    from hybrid.backends import open_backend
+_BACKEND_PARAMS: list[tuple[str, Any, Any]] = [
+    (
+        "es_url",
+        Annotated[
+            str | None,
+            typer.Option(
+                "--es-url", envvar="HYBRID_ES_URL", help="Elasticsearch URL; without it the embedded store is used."
+            ),
+        ],
+        None,
+    ),
+    (
+        "es_api_key",
+        Annotated[
+            str | None, typer.Option("--es-api-key", envvar="HYBRID_ES_API_KEY", help="Elasticsearch API key (base64).")
+        ],
+        None,
+    ),
+    (
+        "es_user",
+        Annotated[str | None, typer.Option("--es-user", envvar="HYBRID_ES_USER", help="Basic-auth user.")],
+        None,
+    ),
+    (
+        "es_password",
+        Annotated[str | None, typer.Option("--es-password", envvar="HYBRID_ES_PASSWORD", help="Basic-auth password.")],
+        None,
+    ),
+    (
+        "es_ca_certs",
+        Annotated[
+            Path | None, typer.Option("--es-ca-certs", envvar="HYBRID_ES_CA_CERTS", help="CA certificate bundle (PEM).")
+        ],
+        None,
+    ),
+    (
+        "es_timeout",
+        Annotated[float, typer.Option("--es-timeout", envvar="HYBRID_ES_TIMEOUT", help="Request timeout in seconds.")],
+        120.0,
+    ),
+    (
+        "store",
+        Annotated[
+            Path | None,
+            typer.Option(
+                "--store", envvar="HYBRID_STORE", help="Embedded store directory (default: ~/.local/share/hybrid)."
+            ),
+        ],
+        None,
+    ),
+]
 
-    return open_backend(es, store or default_store(), java_home=os.environ.get("JAVA_HOME"))
+
+def backend_options(func: F) -> F:
+    """Give a command the shared ``--es-*`` and ``--store`` options.
+
+    The command declares a ``conn: BackendOptions`` parameter; Typer sees the seven
+    options instead, and the command receives them gathered into one object.
+    """
+    signature = inspect.signature(func, eval_str=True)
+    own = [p for name, p in signature.parameters.items() if name != "conn"]
+    extra = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, a, d in _BACKEND_PARAMS
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        options = BackendOptions(**{name: kwargs.pop(name) for name, _, _ in _BACKEND_PARAMS})
+        return func(*args, conn=options, **kwargs)
+
+    parameters = own + extra
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper  # type: ignore[return-value]
 
 
 def handle_errors(func: F) -> F:

@@ -12,24 +12,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .common import (
-    EsApiKeyOpt,
-    EsCaOpt,
-    EsPasswordOpt,
-    EsTimeoutOpt,
-    EsUrlOpt,
-    EsUserOpt,
+    BackendOptions,
     QuietOpt,
-    StoreOpt,
-    backend_for,
+    backend_options,
     console,
     err_console,
-    es_config,
     handle_errors,
 )
 from .search import BM25WeightOpt, DenseWeightOpt, DepthOpt, FusionOpt, ModeOpt, NormOpt, RrfKOpt, fusion_config
 
 
 @handle_errors
+@backend_options
 def evaluate(
     reports: Annotated[
         list[Path] | None,
@@ -59,16 +53,16 @@ def evaluate(
         int | None, typer.Option("--num-candidates", help="kNN candidates (ES num_candidates / HNSW efSearch).")
     ] = None,
     run_format: Annotated[
-        str | None, typer.Option("--run-format", help="trec, msmarco or dpr [default: dpr with answers, else trec].")
+        str | None, typer.Option("--run-format", help="trec, msmarco or dpr (default: dpr with answers, else trec).")
     ] = None,
     run: Annotated[
-        Path | None, typer.Option("--run", help="Where to write the run file [default: a temp file].")
+        Path | None, typer.Option("--run", help="Where to write the run file (default: a temp file).")
     ] = None,
     relevance_level: Annotated[
         int | None,
         typer.Option(
             "--relevance-level",
-            help="Lowest grade counted relevant by MRR/recall/MAP [default: 2 for 0-3 graded qrels (TREC DL), else 1].",
+            help="Lowest grade counted relevant by MRR/recall/MAP (default: 2 for 0-3 graded qrels (TREC DL), else 1).",
         ),
     ] = None,
     exclude_self: Annotated[
@@ -78,13 +72,7 @@ def evaluate(
         int, typer.Option("--batch-size", help="Queries per search batch (multi-search on ES).")
     ] = 64,
     as_json: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
-    es_url: EsUrlOpt = None,
-    es_api_key: EsApiKeyOpt = None,
-    es_user: EsUserOpt = None,
-    es_password: EsPasswordOpt = None,
-    es_ca_certs: EsCaOpt = None,
-    es_timeout: EsTimeoutOpt = 120.0,
-    store: StoreOpt = None,
+    conn: BackendOptions = BackendOptions(),
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate an index on queries + qrels (or DPR answers) with trec_eval / pyserini's evaluators."""
@@ -119,7 +107,7 @@ def evaluate(
         batch_size=batch_size,
         java_home=os.environ.get("JAVA_HOME"),
     )
-    backend = backend_for(es_config(es_url, es_api_key, es_user, es_password, es_ca_certs, es_timeout), store)
+    backend = conn.open()
     try:
         if quiet:
             report = run_eval(job, backend)

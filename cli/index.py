@@ -11,19 +11,12 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from .common import (
-    EsApiKeyOpt,
-    EsCaOpt,
-    EsPasswordOpt,
-    EsTimeoutOpt,
-    EsUrlOpt,
-    EsUserOpt,
+    BackendOptions,
     IndexOpt,
     QuietOpt,
-    StoreOpt,
-    backend_for,
+    backend_options,
     console,
     err_console,
-    es_config,
     handle_errors,
 )
 
@@ -38,19 +31,20 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Local Hugging Face model directory or a trained checkpoint [default: the shipped all-MiniLM-L6-v2].",
+        help="Local Hugging Face model directory or a trained checkpoint (default: the shipped all-MiniLM-L6-v2).",
     ),
 ]
 
 
 @handle_errors
+@backend_options
 def index(
     corpus: Annotated[
         Path, typer.Argument(help="Corpus file or dataset directory (BEIR, MS MARCO, DPR, jsonl; .gz ok).")
     ],
     index: IndexOpt,
     format: Annotated[
-        str | None, typer.Option("--format", "-f", help="beir, msmarco, dpr or jsonl [default: detected].")
+        str | None, typer.Option("--format", "-f", help="beir, msmarco, dpr or jsonl (default: detected).")
     ] = None,
     recreate: Annotated[
         bool, typer.Option("--recreate", help="Build a new version from scratch; the old one serves until it is done.")
@@ -59,10 +53,10 @@ def index(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per encode/write batch.")] = 256,
     encode_batch: Annotated[int, typer.Option("--encode-batch", help="Passages per forward pass.")] = 32,
     passage_max_length: Annotated[
-        int | None, typer.Option("--passage-max-length", help="Token limit for passages [default: the model's].")
+        int | None, typer.Option("--passage-max-length", help="Token limit for passages (default: the model's).")
     ] = None,
     device: Annotated[
-        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 … [default: cuda when present].")
+        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 … (default: cuda when present).")
     ] = None,
     k1: Annotated[float, typer.Option("--k1", help="BM25 k1.")] = 0.9,
     b: Annotated[float, typer.Option("--b", help="BM25 b.")] = 0.4,
@@ -81,7 +75,7 @@ def index(
         str | None,
         typer.Option(
             "--vector-index",
-            help="ES: hnsw, int8_hnsw, bbq_hnsw, flat, int8_flat [hnsw]; embedded: flat or hnsw [flat].",
+            help="ES: hnsw, int8_hnsw, bbq_hnsw, flat, int8_flat (hnsw); embedded: flat or hnsw (flat).",
         ),
     ] = None,
     hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="HNSW graph degree.")] = 16,
@@ -94,13 +88,7 @@ def index(
     ] = False,
     limit: Annotated[int | None, typer.Option("--limit", help="Index at most this many documents.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final stats as JSON.")] = False,
-    es_url: EsUrlOpt = None,
-    es_api_key: EsApiKeyOpt = None,
-    es_user: EsUserOpt = None,
-    es_password: EsPasswordOpt = None,
-    es_ca_certs: EsCaOpt = None,
-    es_timeout: EsTimeoutOpt = 120.0,
-    store: StoreOpt = None,
+    conn: BackendOptions = BackendOptions(),
     quiet: QuietOpt = False,
 ) -> None:
     """Index a corpus: text for BM25 plus dense vectors. Re-running resumes where it stopped."""
@@ -110,7 +98,7 @@ def index(
     from hybrid.errors import ConfigError
     from hybrid.indexing import IndexJob
 
-    es = es_config(es_url, es_api_key, es_user, es_password, es_ca_certs, es_timeout)
+    es = conn.es_config()
     resolve_corpus(corpus, format)  # fail on a bad path or format before loading a model
     if stemmer not in ("porter", "krovetz", "none"):
         raise ConfigError(f"unknown stemmer '{stemmer}'; choose porter, krovetz or none")
@@ -135,7 +123,7 @@ def index(
         vectors=vectors,
         lexical=LexicalSettings(k1=k1, b=b, analyzer=analyzer, stemmer=stemmer),  # type: ignore[arg-type]
     )
-    backend = backend_for(es, store)
+    backend = conn.open()
     try:
         encoder = Encoder(
             EncoderConfig(model=model, batch_size=encode_batch, device=device, passage_max_length=passage_max_length)

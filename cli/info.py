@@ -9,38 +9,25 @@ import typer
 from rich.table import Table
 
 from .common import (
-    EsApiKeyOpt,
-    EsCaOpt,
-    EsPasswordOpt,
-    EsTimeoutOpt,
-    EsUrlOpt,
-    EsUserOpt,
+    BackendOptions,
     IndexOpt,
-    StoreOpt,
-    backend_for,
+    backend_options,
     console,
-    es_config,
     handle_errors,
 )
 
 
 @handle_errors
+@backend_options
 def info(
     index: IndexOpt,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
-    es_url: EsUrlOpt = None,
-    es_api_key: EsApiKeyOpt = None,
-    es_user: EsUserOpt = None,
-    es_password: EsPasswordOpt = None,
-    es_ca_certs: EsCaOpt = None,
-    es_timeout: EsTimeoutOpt = 120.0,
-    store: StoreOpt = None,
+    conn: BackendOptions = BackendOptions(),
 ) -> None:
     """Show an index's document count, vector dimension, model, version and mapping."""
     from dataclasses import asdict
 
-    es = es_config(es_url, es_api_key, es_user, es_password, es_ca_certs, es_timeout)
-    backend = backend_for(es, store)
+    backend = conn.open()
     try:
         data = backend.info(index)
     finally:

@@ -10,24 +10,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .common import (
-    EsApiKeyOpt,
-    EsCaOpt,
-    EsPasswordOpt,
-    EsTimeoutOpt,
-    EsUrlOpt,
-    EsUserOpt,
+    BackendOptions,
     IndexOpt,
     QuietOpt,
-    StoreOpt,
-    backend_for,
+    backend_options,
     console,
     err_console,
-    es_config,
     handle_errors,
 )
 
 
 @handle_errors
+@backend_options
 def mine(
     index: IndexOpt,
     queries: Annotated[Path, typer.Option("--queries", help="Training queries (BEIR jsonl, tsv or DPR qa file).")],
@@ -42,16 +36,10 @@ def mine(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Queries per batch (and per part file).")] = 64,
     num_candidates: Annotated[int | None, typer.Option("--num-candidates", help="kNN candidates searched.")] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Query encoder [default: the index's model].")
+        str | None, typer.Option("--model", "-m", help="Query encoder (default: the index's model).")
     ] = None,
     recreate: Annotated[bool, typer.Option("--recreate", help="Mine again over an existing pool file.")] = False,
-    es_url: EsUrlOpt = None,
-    es_api_key: EsApiKeyOpt = None,
-    es_user: EsUserOpt = None,
-    es_password: EsPasswordOpt = None,
-    es_ca_certs: EsCaOpt = None,
-    es_timeout: EsTimeoutOpt = 120.0,
-    store: StoreOpt = None,
+    conn: BackendOptions = BackendOptions(),
     quiet: QuietOpt = False,
 ) -> None:
     """Mine candidate pools for training queries; re-running resumes an interrupted run."""
@@ -71,7 +59,7 @@ def mine(
         min_relevance=min_relevance,
         recreate=recreate,
     )
-    backend = backend_for(es_config(es_url, es_api_key, es_user, es_password, es_ca_certs, es_timeout), store)
+    backend = conn.open()
     try:
         encoder = open_query_encoder(model or backend.info(index).model)
         if quiet:

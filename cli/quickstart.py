@@ -8,17 +8,10 @@ from typing import Annotated
 import typer
 
 from .common import (
-    EsApiKeyOpt,
-    EsCaOpt,
-    EsPasswordOpt,
-    EsTimeoutOpt,
-    EsUrlOpt,
-    EsUserOpt,
+    BackendOptions,
     QuietOpt,
-    StoreOpt,
-    backend_for,
+    backend_options,
     console,
-    es_config,
     handle_errors,
 )
 from .index import report, run_with_progress
@@ -28,23 +21,18 @@ QUERY_FILES = ("queries.jsonl", "queries.jsonl.gz", "queries.tsv", "queries.dev.
 
 
 @handle_errors
+@backend_options
 def quickstart(
     corpus: Annotated[
-        Path | None, typer.Argument(help="Corpus to index [default: the shipped synthetic demo corpus].")
+        Path | None, typer.Argument(help="Corpus to index (default: the shipped synthetic demo corpus).")
     ] = None,
     index: Annotated[str, typer.Option("--index", "-i", help="Index name.")] = "quickstart",
     query: Annotated[
-        list[str] | None, typer.Option("--query", help="Query to run (repeatable) [default: a few from the dataset].")
+        list[str] | None, typer.Option("--query", help="Query to run (repeatable) (default: a few from the dataset).")
     ] = None,
     k: Annotated[int, typer.Option("-k", help="Hits per query.")] = 3,
     limit: Annotated[int | None, typer.Option("--limit", help="Index at most this many documents.")] = None,
-    es_url: EsUrlOpt = None,
-    es_api_key: EsApiKeyOpt = None,
-    es_user: EsUserOpt = None,
-    es_password: EsPasswordOpt = None,
-    es_ca_certs: EsCaOpt = None,
-    es_timeout: EsTimeoutOpt = 120.0,
-    store: StoreOpt = None,
+    conn: BackendOptions = BackendOptions(),
     quiet: QuietOpt = False,
 ) -> None:
     """Index a corpus with the default model, then show BM25, dense and hybrid hits side by side."""
@@ -65,8 +53,8 @@ def quickstart(
     texts = list(query or [])
     if not texts and queries_file is not None:
         texts = [q.text for q in read_queries(queries_file)[:3]]
-    es = es_config(es_url, es_api_key, es_user, es_password, es_ca_certs, es_timeout)
-    backend = backend_for(es, store)
+    es = conn.es_config()
+    backend = conn.open()
     try:
         encoder = Encoder()
         stats = run_with_progress(IndexJob(corpus=corpus, index=index, limit=limit), backend, encoder, quiet)
@@ -80,7 +68,7 @@ def quickstart(
                 print_hits(hits, mode, as_json=False)
     finally:
         backend.close()
-    where = f"--es-url {es.url}" if es else f"--store {store}" if store else ""
+    where = f"--es-url {es.url}" if es else f"--store {conn.store}" if conn.store else ""
     console.print(f'\nNext: hybrid search "your question" --index {index} {where}'.rstrip())
 
 

@@ -9,17 +9,10 @@ import typer
 from rich.table import Table
 
 from .common import (
-    EsApiKeyOpt,
-    EsCaOpt,
-    EsPasswordOpt,
-    EsTimeoutOpt,
-    EsUrlOpt,
-    EsUserOpt,
+    BackendOptions,
     IndexOpt,
-    StoreOpt,
-    backend_for,
+    backend_options,
     console,
-    es_config,
     handle_errors,
 )
 
@@ -53,6 +46,7 @@ def fusion_config(
 
 
 @handle_errors
+@backend_options
 def search(
     query: Annotated[str, typer.Argument(help="The query text.")],
     index: IndexOpt,
@@ -68,16 +62,10 @@ def search(
         int | None, typer.Option("--num-candidates", help="kNN candidates (ES num_candidates / HNSW efSearch).")
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Query encoder [default: the index's model].")
+        str | None, typer.Option("--model", "-m", help="Query encoder (default: the index's model).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per hit, one per line.")] = False,
-    es_url: EsUrlOpt = None,
-    es_api_key: EsApiKeyOpt = None,
-    es_user: EsUserOpt = None,
-    es_password: EsPasswordOpt = None,
-    es_ca_certs: EsCaOpt = None,
-    es_timeout: EsTimeoutOpt = 120.0,
-    store: StoreOpt = None,
+    conn: BackendOptions = BackendOptions(),
 ) -> None:
     """Search an index and print the top hits."""
     from hybrid.search import SearchConfig, Searcher
@@ -88,8 +76,7 @@ def search(
         num_candidates=num_candidates,
         fusion=fusion_config(fusion, rrf_k, norm, bm25_weight, dense_weight, depth),
     )
-    es = es_config(es_url, es_api_key, es_user, es_password, es_ca_certs, es_timeout)
-    backend = backend_for(es, store)
+    backend = conn.open()
     try:
         encoder = None
         if model is not None:

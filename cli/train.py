@@ -10,18 +10,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .common import (
-    EsApiKeyOpt,
-    EsCaOpt,
-    EsPasswordOpt,
-    EsTimeoutOpt,
-    EsUrlOpt,
-    EsUserOpt,
+    BackendOptions,
     QuietOpt,
-    StoreOpt,
-    backend_for,
+    backend_options,
     console,
     err_console,
-    es_config,
     handle_errors,
 )
 
@@ -29,6 +22,7 @@ Opt = typer.Option
 
 
 @handle_errors
+@backend_options
 def train(
     config_file: Annotated[
         Path | None, Opt("--config", "-c", help="YAML/TOML/JSON file of training options; flags override it.")
@@ -39,64 +33,58 @@ def train(
     answers: Annotated[
         Path | None, Opt("--answers", help="DPR qa file: answer-bearing passages are positives / false negatives.")
     ] = None,
-    pools: Annotated[Path | None, Opt("--pools", help="Mined pools to start from [default: mine at start].")] = None,
+    pools: Annotated[Path | None, Opt("--pools", help="Mined pools to start from (default: mine at start).")] = None,
     out: Annotated[Path | None, Opt("--out", "-o", help="Run directory: checkpoints, log, pools.")] = None,
     model: Annotated[
-        str | None, Opt("--model", "-m", help="Initial model directory [default: all-MiniLM-L6-v2].")
+        str | None, Opt("--model", "-m", help="Initial model directory (default: all-MiniLM-L6-v2).")
     ] = None,
-    sampler: Annotated[str | None, Opt("--sampler", help="simans, random, topk, percpos or inbatch [simans].")] = None,
-    negatives: Annotated[int | None, Opt("--negatives", help="Sampled negatives per query [15].")] = None,
-    depth: Annotated[int | None, Opt("--pool-depth", help="Top-k of the pool sampled from [100].")] = None,
-    a: Annotated[float | None, Opt("--a", help="SimANS a (kernel width) [0.5].")] = None,
-    b: Annotated[float | None, Opt("--b", help="SimANS b; peak at s+ + b (reference NQ: b=-1) [0].")] = None,
-    kernel: Annotated[str | None, Opt("--kernel", help="SimANS kernel: squared (paper) or absolute [squared].")] = None,
+    sampler: Annotated[str | None, Opt("--sampler", help="simans, random, topk, percpos or inbatch (simans).")] = None,
+    negatives: Annotated[int | None, Opt("--negatives", help="Sampled negatives per query (15).")] = None,
+    depth: Annotated[int | None, Opt("--pool-depth", help="Top-k of the pool sampled from (100).")] = None,
+    a: Annotated[float | None, Opt("--a", help="SimANS a (kernel width) (0.5).")] = None,
+    b: Annotated[float | None, Opt("--b", help="SimANS b; peak at s+ + b (reference NQ: b=-1) (0).")] = None,
+    kernel: Annotated[str | None, Opt("--kernel", help="SimANS kernel: squared (paper) or absolute (squared).")] = None,
     scale: Annotated[
-        float | None, Opt("--score-scale", help="Scores are multiplied by this before the kernel [1].")
+        float | None, Opt("--score-scale", help="Scores are multiplied by this before the kernel (1).")
     ] = None,
     percpos: Annotated[
-        float | None, Opt("--percpos", help="percpos: drop candidates above this fraction of s+ [0.95].")
+        float | None, Opt("--percpos", help="percpos: drop candidates above this fraction of s+ (0.95).")
     ] = None,
-    steps: Annotated[int | None, Opt("--steps", help="Optimizer steps [1000].")] = None,
-    batch_size: Annotated[int | None, Opt("--batch-size", help="Queries per micro-batch [16].")] = None,
-    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-batches per step [1].")] = None,
-    lr: Annotated[float | None, Opt("--lr", help="Peak learning rate [2e-5].")] = None,
-    warmup: Annotated[float | None, Opt("--warmup", help="Warmup fraction of steps [0.1].")] = None,
-    temperature: Annotated[float | None, Opt("--temperature", help="Softmax temperature [0.05].")] = None,
+    steps: Annotated[int | None, Opt("--steps", help="Optimizer steps (1000).")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", help="Queries per micro-batch (16).")] = None,
+    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-batches per step (1).")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (2e-5).")] = None,
+    warmup: Annotated[float | None, Opt("--warmup", help="Warmup fraction of steps (0.1).")] = None,
+    temperature: Annotated[float | None, Opt("--temperature", help="Softmax temperature (0.05).")] = None,
     in_batch: Annotated[
-        bool | None, Opt("--in-batch/--no-in-batch", help="Other queries' passages as negatives [on].")
+        bool | None, Opt("--in-batch/--no-in-batch", help="Other queries' passages as negatives (on).")
     ] = None,
     shared: Annotated[
-        bool | None, Opt("--shared/--separate", help="One tower, or separate query/passage towers [shared].")
+        bool | None, Opt("--shared/--separate", help="One tower, or separate query/passage towers (shared).")
     ] = None,
-    passage_max_length: Annotated[int | None, Opt("--passage-max-length", help="[128]")] = None,
-    query_max_length: Annotated[int | None, Opt("--query-max-length", help="[64]")] = None,
+    passage_max_length: Annotated[int | None, Opt("--passage-max-length", help="(128)")] = None,
+    query_max_length: Annotated[int | None, Opt("--query-max-length", help="(64)")] = None,
     grad_checkpointing: Annotated[
-        bool | None, Opt("--grad-checkpointing/--no-grad-checkpointing", help="Trade compute for memory [off].")
+        bool | None, Opt("--grad-checkpointing/--no-grad-checkpointing", help="Trade compute for memory (off).")
     ] = None,
     precision: Annotated[
         str | None, Opt("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
     ] = None,
-    seed: Annotated[int | None, Opt("--seed", help="[13]")] = None,
-    save_every: Annotated[int | None, Opt("--save-every", help="Checkpoint every N steps [500].")] = None,
+    seed: Annotated[int | None, Opt("--seed", help="(13)")] = None,
+    save_every: Annotated[int | None, Opt("--save-every", help="Checkpoint every N steps (500).")] = None,
     refresh_every: Annotated[
-        int | None, Opt("--refresh-every", help="Re-embed the index and re-mine every N steps (0: off) [0].")
+        int | None, Opt("--refresh-every", help="Re-embed the index and re-mine every N steps (0: off) (0).")
     ] = None,
     refresh_at_end: Annotated[
-        bool | None, Opt("--refresh-at-end/--no-refresh-at-end", help="Re-embed with the final model [on].")
+        bool | None, Opt("--refresh-at-end/--no-refresh-at-end", help="Re-embed with the final model (on).")
     ] = None,
     dev_queries: Annotated[Path | None, Opt("--dev-queries", help="Dev queries evaluated at each refresh.")] = None,
     dev_qrels: Annotated[
         Path | None, Opt("--dev-qrels", help="Dev qrels; the best checkpoint is kept in OUT/best.")
     ] = None,
-    device: Annotated[str | None, Opt("--device", help="cpu, cuda … [cuda when present].")] = None,
+    device: Annotated[str | None, Opt("--device", help="cpu, cuda … (cuda when present).")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue from the newest checkpoint in --out.")] = False,
-    es_url: EsUrlOpt = None,
-    es_api_key: EsApiKeyOpt = None,
-    es_user: EsUserOpt = None,
-    es_password: EsPasswordOpt = None,
-    es_ca_certs: EsCaOpt = None,
-    es_timeout: EsTimeoutOpt = 120.0,
-    store: StoreOpt = None,
+    conn: BackendOptions = BackendOptions(),
     quiet: QuietOpt = False,
 ) -> None:
     """Train the encoder: pools from BM25 + kNN, SimANS negatives, periodic re-embedding."""
@@ -141,7 +129,7 @@ def train(
         "sampler_percpos": percpos,
     }
     config = merge(load_config_file(config_file) if config_file else {}, overrides)
-    backend = backend_for(es_config(es_url, es_api_key, es_user, es_password, es_ca_certs, es_timeout), store)
+    backend = conn.open()
     try:
         if quiet:
             result = run_train(config, backend, resume=resume)
