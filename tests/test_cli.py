@@ -110,3 +110,12 @@ def test_index_and_search_on_elasticsearch(es_url: str, es_prefix: str, tiny_mod
         assert info["backend"] == "elasticsearch" and info["extra"]["mapping"]["properties"]["vector"]["dims"] == 32
     finally:
         ElasticBackend(ElasticConfig(url=es_url)).drop(name)
+
+
+def test_quickstart_runs_on_the_shipped_demo(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["quickstart", "--store", str(tmp_path / "store"), "-q", "-k", "1"])
+    assert result.exit_code == 0, result.output
+    assert "synthetic" in result.stdout
+    assert "documents in index (verified)" in result.stdout and "35" in result.stdout
+    assert "why is my bread dense" in result.stdout  # a demo query was run in every mode
+    assert result.stdout.count("hybrid") >= 2
