@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +32,6 @@ def percentile(values: list[float], q: float) -> float:
     pos = (len(ordered) - 1) * q
     lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def trec_eval(qrels: Path, run: dict[str, list[tuple[str, float]]], measures: list[str]) -> dict[str, float]:
-    """Score a run with trec_eval from pyserini's Anserini jar (local files, Java 21+)."""
-    from hybrid.corpus import read_qrels
-    from hybrid.evaluation.trec_eval import trec_eval as run_trec_eval
-    from hybrid.evaluation.trec_eval import write_trec_qrels
-
-    with tempfile.TemporaryDirectory() as tmp:
-        run_file = Path(tmp) / "run.trec"
-        with run_file.open("w") as fh:
-            for qid, hits in run.items():
-                for rank, (doc, score) in enumerate(hits, start=1):
-                    fh.write(f"{qid} Q0 {doc} {rank} {score:.6f} hybrid\n")
-        qrels_file = write_trec_qrels(read_qrels(qrels), Path(tmp) / "qrels.trec")
-        return run_trec_eval(qrels_file, run_file, measures)["all"]
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, SHARED, machine, percentile, trec_eval, write_json
+from bench.common import REPO, SHARED, machine, percentile, write_json
 
 
 def index_dataset(backend: Any, name: str, corpus: Path, max_length: int) -> dict[str, Any]:
@@ -47,6 +47,7 @@ def index_dataset(backend: Any, name: str, corpus: Path, max_length: int) -> dic
 
 def latency_and_quality(backend: Any, name: str, dataset: Path) -> dict[str, Any]:
     from hybrid.corpus import read_qrels, read_queries
+    from hybrid.evaluation.metrics import trec_metrics
     from hybrid.search import SearchConfig, Searcher
 
     qrels = read_qrels(dataset / "qrels" / "test.tsv")
@@ -62,12 +63,12 @@ def latency_and_quality(backend: Any, name: str, dataset: Path) -> dict[str, Any
             hits = searcher.search([q.text], config)[0]
             times.append((time.perf_counter() - t0) * 1000)
             run[q.id] = [(h.id, h.score) for h in hits]
-        metrics = trec_eval(dataset / "qrels" / "test.tsv", run, ["ndcg_cut.10", "recall.100"])
+        metrics, _ = trec_metrics(qrels, run, ["ndcg@10", "recall@100"])
         out[mode] = {
             "p50_ms": round(percentile(times, 0.5), 2),
             "p95_ms": round(percentile(times, 0.95), 2),
-            "ndcg@10": round(metrics["ndcg_cut_10"], 4),
-            "recall@100": round(metrics["recall_100"], 4),
+            "ndcg@10": round(metrics["ndcg@10"], 4),
+            "recall@100": round(metrics["recall@100"], 4),
         }
     return out
 

@@ -148,7 +148,7 @@ class ElasticBackend:
             "vectors": asdict(spec.vectors),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        self.client.indices.create(index=physical, **render(spec, meta))
+        self.client.indices.create(index=physical, **bodies.render_index_body(spec, meta))
         return ElasticWriter(self, spec, physical, resumed=False)
 
     # -- reading ------------------------------------------------------------
@@ -387,10 +387,6 @@ class ElasticWriter:
 
     def close(self) -> None:
         """Nothing to release: the client belongs to the backend."""
-
-
-def render(spec: IndexSpec, meta: dict[str, Any]) -> dict[str, Any]:
-    return bodies.render_index_body(spec, meta)
 
 
 def _check_compatible(spec: IndexSpec, meta: dict[str, Any], name: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,7 +131,3 @@ def merge(file_values: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig
     if sampler:
         values["sampler"] = sampler
     return TrainConfig.from_dict(values)
-
-
-def with_pools(config: TrainConfig, pools: Path) -> TrainConfig:
-    return replace(config, pools=pools)
