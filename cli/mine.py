@@ -44,7 +44,7 @@ def mine(
 ) -> None:
     """Mine candidate pools for training queries; re-running resumes an interrupted run."""
     from hybrid.mining import MineJob, run_mine
-    from hybrid.query_encoder import open_query_encoder
+    from hybrid.query_encoder import encoder_for_index
 
     job = MineJob(
         index=index,
@@ -61,7 +61,7 @@ def mine(
     )
     backend = conn.open()
     try:
-        encoder = open_query_encoder(model or backend.info(index).model)
+        encoder = encoder_for_index(backend, index, model, batch=True)
         if quiet:
             stats = run_mine(job, backend, encoder)
         else:

@@ -80,9 +80,9 @@ def search(
     try:
         encoder = None
         if model is not None:
-            from hybrid.query_encoder import open_query_encoder
+            from hybrid.query_encoder import encoder_for_index
 
-            encoder = open_query_encoder(model)
+            encoder = encoder_for_index(backend, index, model)
         hits = Searcher(backend, index, encoder).search([query], config)[0]
     finally:
         backend.close()

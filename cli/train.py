@@ -36,22 +36,36 @@ def train(
     pools: Annotated[Path | None, Opt("--pools", help="Mined pools to start from (default: mine at start).")] = None,
     out: Annotated[Path | None, Opt("--out", "-o", help="Run directory: checkpoints, log, pools.")] = None,
     model: Annotated[
-        str | None, Opt("--model", "-m", help="Initial model directory (default: all-MiniLM-L6-v2).")
+        str | None,
+        Opt("--model", "-m", help="Initial model directory (default: the model that embedded the index)."),
+    ] = None,
+    reembed: Annotated[
+        bool | None, Opt("--reembed", help="Re-embed the index with --model first when another model made it.")
+    ] = None,
+    remine: Annotated[
+        bool | None, Opt("--remine", help="Mine fresh pools even when --pools is given (e.g. the index changed).")
     ] = None,
     sampler: Annotated[str | None, Opt("--sampler", help="simans, random, topk, percpos or inbatch (simans).")] = None,
-    negatives: Annotated[int | None, Opt("--negatives", help="Sampled negatives per query (15).")] = None,
+    negatives: Annotated[int | None, Opt("--negatives", help="Sampled negatives per query (7).")] = None,
     depth: Annotated[int | None, Opt("--pool-depth", help="Top-k of the pool sampled from (100).")] = None,
-    a: Annotated[float | None, Opt("--a", help="SimANS a (kernel width) (0.5).")] = None,
+    a: Annotated[float | None, Opt("--a", help="SimANS a, the kernel's sharpness (0.5, as the paper).")] = None,
     b: Annotated[float | None, Opt("--b", help="SimANS b; peak at s+ + b (reference NQ: b=-1) (0).")] = None,
     kernel: Annotated[str | None, Opt("--kernel", help="SimANS kernel: squared (paper) or absolute (squared).")] = None,
     scale: Annotated[
-        float | None, Opt("--score-scale", help="Scores are multiplied by this before the kernel (1).")
+        str | None,
+        Opt(
+            "--score-scale",
+            help="Multiplies scores before the kernel: auto = 1/temperature for normalised models, else 1 (auto).",
+        ),
     ] = None,
     percpos: Annotated[
         float | None, Opt("--percpos", help="percpos: drop candidates above this fraction of s+ (0.95).")
     ] = None,
-    steps: Annotated[int | None, Opt("--steps", help="Optimizer steps (1000).")] = None,
-    batch_size: Annotated[int | None, Opt("--batch-size", help="Queries per micro-batch (16).")] = None,
+    steps: Annotated[int | None, Opt("--steps", help="Optimizer steps (default: from --epochs).")] = None,
+    epochs: Annotated[
+        float | None, Opt("--epochs", help="Passes over the training queries, reshuffled each (1).")
+    ] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", help="Queries per micro-batch (32).")] = None,
     grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-batches per step (1).")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (2e-5).")] = None,
     warmup: Annotated[float | None, Opt("--warmup", help="Warmup fraction of steps (0.1).")] = None,
@@ -62,10 +76,14 @@ def train(
     shared: Annotated[
         bool | None, Opt("--shared/--separate", help="One tower, or separate query/passage towers (shared).")
     ] = None,
-    passage_max_length: Annotated[int | None, Opt("--passage-max-length", help="(128)")] = None,
-    query_max_length: Annotated[int | None, Opt("--query-max-length", help="(64)")] = None,
+    passage_max_length: Annotated[
+        int | None,
+        Opt("--passage-max-length", help="Truncation of training passages only; re-embedding uses the index's (128)."),
+    ] = None,
+    query_max_length: Annotated[int | None, Opt("--query-max-length", help="Training query truncation (64).")] = None,
     grad_checkpointing: Annotated[
-        bool | None, Opt("--grad-checkpointing/--no-grad-checkpointing", help="Trade compute for memory (off).")
+        bool | None,
+        Opt("--grad-checkpointing/--no-grad-checkpointing", help="Trade compute for memory (on for CPU, off on CUDA)."),
     ] = None,
     precision: Annotated[
         str | None, Opt("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
@@ -84,6 +102,9 @@ def train(
     ] = None,
     device: Annotated[str | None, Opt("--device", help="cpu, cuda … (cuda when present).")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue from the newest checkpoint in --out.")] = False,
+    allow_config_change: Annotated[
+        bool, Opt("--allow-config-change", help="With --resume: go on with options that differ from the run's.")
+    ] = False,
     conn: BackendOptions = BackendOptions(),
     quiet: QuietOpt = False,
 ) -> None:
@@ -101,6 +122,9 @@ def train(
         "out": out,
         "model": model,
         "steps": steps,
+        "epochs": epochs,
+        "remine": remine,
+        "reembed": reembed,
         "batch_size": batch_size,
         "grad_accum": grad_accum,
         "lr": lr,
@@ -132,7 +156,7 @@ def train(
     backend = conn.open()
     try:
         if quiet:
-            result = run_train(config, backend, resume=resume)
+            result = run_train(config, backend, resume=resume, allow_config_change=allow_config_change)
         else:
             columns = (
                 TextColumn("[bold]{task.description}"),
@@ -143,11 +167,14 @@ def train(
                 TimeRemainingColumn(),
             )
             with Progress(*columns, console=err_console) as bar:
-                task = bar.add_task("training", total=config.steps, loss="-", lr="-", rate="-")
+                task = bar.add_task("training", total=config.steps, loss="-", lr="-", rate="-")  # None until planned
 
                 def show(p: TrainProgress) -> None:
+                    if p.plan is not None:
+                        bar.console.print(describe_plan(p.plan), markup=False, highlight=False)
                     bar.update(
                         task,
+                        total=p.steps,
                         completed=p.step,
                         description="refreshing" if p.phase == "refresh" else "training",
                         loss=f"{p.loss:.4f}",
@@ -155,12 +182,29 @@ def train(
                         rate=f"{p.examples_per_s:.1f}",
                     )
 
-                result = run_train(config, backend, resume=resume, progress=show)
+                result = run_train(
+                    config, backend, resume=resume, progress=show, allow_config_change=allow_config_change
+                )
     finally:
         backend.close()
+    if quiet and result.plan:
+        console.print(describe_plan(result.plan), markup=False, highlight=False)
+    for dev in result.dev:
+        console.print(f"dev nDCG@10 at step {dev['step']}: {dev['ndcg@10']:.4f}", markup=False, highlight=False)
     console.print(f"final checkpoint: {result.final}", markup=False, highlight=False)
     if result.best:
         console.print(f"best on dev: {result.best}", markup=False, highlight=False)
     for entry in result.refreshes:
         console.print("refresh " + json.dumps(entry), markup=False, highlight=False)
     console.print(f"{result.examples_per_s:.2f} training examples/s, {result.seconds:.0f} s in all", markup=False)
+
+
+def describe_plan(plan: dict[str, Any]) -> str:
+    """One line: queries, steps, epochs and the sampler's effective candidates."""
+    eff = plan["effective_candidates"]
+    return (
+        f"{plan['queries']} training queries ({plan['queries_without_positive']} without a positive skipped), "
+        f"{plan['steps']} steps = {plan['epochs']} epochs; the sampler draws from {eff['effective_median']:g} "
+        f"effective candidates per query (p10 {eff['effective_p10']:g}, p90 {eff['effective_p90']:g}) "
+        f"of {eff['pool_median']:g}"
+    )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from hybrid.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hybrid.manifest import VectorRecipe
 
 VectorIndexType = Literal["hnsw", "int8_hnsw", "bbq_hnsw", "flat", "int8_flat"]
 EmbeddedVectorIndex = Literal["flat", "hnsw"]
@@ -84,6 +87,7 @@ class IndexSpec:
     vectors: VectorSettings = field(default_factory=VectorSettings)
     replicas: int | None = None
     shards: int | None = None
+    recipe: VectorRecipe | None = None  # how the vectors are made (model hash, settings)
 
     def __post_init__(self) -> None:
         validate_index_name(self.name)

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hybrid.negatives import SamplerConfig
+from hybrid.mining import read_pool_meta
+from hybrid.negatives import SamplerConfig, effective_candidates
 from hybrid.training.data import PoolData
+
+CROWDED = 0.8  # warn when the median effective candidates exceed this share of the pool
 
 
 @dataclass(frozen=True)
@@ -18,12 +21,14 @@ class Diagnostics:
     ranks: np.ndarray
     gaps: np.ndarray
     queries: int
+    effective: dict[str, float]
 
     def summary(self) -> dict[str, float]:
         if self.ranks.size == 0:
-            return {"negatives": 0}
+            return {"negatives": 0, **self.effective}
         q = np.percentile
         return {
+            **self.effective,
             "negatives": int(self.ranks.size),
             "queries": self.queries,
             "rank_p10": float(q(self.ranks, 10)),
@@ -33,6 +38,43 @@ class Diagnostics:
             "gap_median": float(q(self.gaps, 50)),
             "gap_p90": float(q(self.gaps, 90)),
         }
+
+
+def effective_summary(data: PoolData, config: SamplerConfig) -> dict[str, float]:
+    """Effective number of candidates per query (exp of the draw distribution's entropy).
+
+    Returns median, p10 and p90 of it, the median pool size, and ``share``: the median
+    effective count over the median pool (near 1: the sampler is about uniform).
+    """
+    pairs = [effective_candidates(s, p, config, e) for s, p, e in data.pool_entries()]
+    eff = np.array([x for x, _ in pairs])
+    size = np.array([n for _, n in pairs])
+    pool = float(np.median(size)) if size.size else 0.0
+    median = float(np.median(eff)) if eff.size else 0.0
+    return {
+        "effective_median": round(median, 2),
+        "effective_p10": round(float(np.percentile(eff, 10)), 2) if eff.size else 0.0,
+        "effective_p90": round(float(np.percentile(eff, 90)), 2) if eff.size else 0.0,
+        "pool_median": pool,
+        "share": round(median / pool, 3) if pool else 0.0,
+    }
+
+
+def crowded_warning(summary: dict[str, float], config: SamplerConfig) -> str | None:
+    """A warning when SimANS samples nearly uniformly (median effective > 80 % of the pool)."""
+    if config.name != "simans" or summary["share"] <= CROWDED:
+        return None
+    return (
+        f"SimANS draws from {summary['effective_median']:.0f} of {summary['pool_median']:.0f} candidates "
+        f"(median): about uniform. Raise --a or --score-scale (now {config.scale}) to focus near the positive"
+    )
+
+
+def resolve_for_pools(pools: Path, config: SamplerConfig, temperature: float) -> SamplerConfig:
+    """Resolve ``scale="auto"`` from the pool's model (normalised or not, as recorded when mined)."""
+    meta = read_pool_meta(pools)
+    normalized = bool(meta.get("normalized", True))
+    return config.resolved(normalized, temperature)
 
 
 def sampler_diagnostics(pools: Path, config: SamplerConfig, seed: int = 13, rounds: int = 1) -> Diagnostics:
@@ -48,7 +90,7 @@ def sampler_diagnostics(pools: Path, config: SamplerConfig, seed: int = 13, roun
         for neg in example.negatives:
             ranks.append(position[example.qid][neg])
             gaps.append(float(scores[example.qid][neg] - positives[example.qid][example.positive]))
-    return Diagnostics(np.array(ranks), np.array(gaps), len(data))
+    return Diagnostics(np.array(ranks), np.array(gaps), len(data), effective_summary(data, config))
 
 
 def plot_diagnostics(diag: Diagnostics, path: Path, title: str) -> Path:

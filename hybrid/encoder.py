@@ -24,6 +24,8 @@ from hybrid.types import Document
 if TYPE_CHECKING:
     import torch
 
+    from hybrid.manifest import VectorRecipe
+
 log = logging.getLogger(__name__)
 
 ENCODER_CONFIG_FILE = "hybrid_encoder.json"
@@ -60,6 +62,9 @@ class EncoderConfig:
     passage_max_length: int | None = None
     batch_size: int = 32
     device: str | None = None
+    # All settings at once, e.g. an index version's recipe: wins over the fields above.
+    settings: EncoderSettings | None = None
+    model_hash: str | None = None  # already verified by the caller (an index's recipe)
 
 
 def default_model_dir() -> Path:
@@ -99,6 +104,18 @@ def load_settings(model_dir: Path) -> EncoderSettings:
         return _sentence_transformers_settings(model_dir, json.loads(modules.read_text()))
     log.warning("%s has no pooling config; using mean pooling without normalisation", model_dir)
     return EncoderSettings()
+
+
+def resolve_settings(model_dir: Path, config: EncoderConfig) -> EncoderSettings:
+    """A model's stored settings with the caller's choices (``config``) applied over them."""
+    settings = load_settings(model_dir)
+    return replace(
+        settings,
+        pooling=config.pooling or settings.pooling,
+        normalize=settings.normalize if config.normalize is None else config.normalize,
+        query_max_length=config.query_max_length or settings.query_max_length,
+        passage_max_length=config.passage_max_length or settings.passage_max_length,
+    )
 
 
 def save_settings(model_dir: Path, settings: EncoderSettings) -> None:
@@ -144,14 +161,7 @@ class Encoder:
         config = config or EncoderConfig()
         self.config = config
         self.model_dir, self.name = resolve_model(config.model)
-        settings = load_settings(self.model_dir)
-        self.settings = replace(
-            settings,
-            pooling=config.pooling or settings.pooling,
-            normalize=settings.normalize if config.normalize is None else config.normalize,
-            query_max_length=config.query_max_length or settings.query_max_length,
-            passage_max_length=config.passage_max_length or settings.passage_max_length,
-        )
+        self.settings = config.settings or resolve_settings(self.model_dir, config)
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
@@ -166,6 +176,22 @@ class Encoder:
         if query_dir.is_dir():
             self.query_model = AutoModel.from_pretrained(str(query_dir), local_files_only=True).to(self.device).eval()
         self.dims = int(self.model.config.hidden_size)
+        self._hash = config.model_hash
+
+    @property
+    def model_hash(self) -> str:
+        """Content hash of the weights (see :mod:`hybrid.manifest`)."""
+        if self._hash is None:
+            from hybrid.manifest import model_hash
+
+            self._hash = model_hash(self.model_dir)
+        return self._hash
+
+    def recipe(self) -> VectorRecipe:
+        """How this encoder makes passage vectors, for the index's metadata."""
+        from hybrid.manifest import make_recipe
+
+        return make_recipe(self.name, self.model_dir, self.dims, self.settings)
 
     def encode_queries(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """Encode queries; returns ``(len(texts), dims)`` float32."""

@@ -31,6 +31,10 @@ class ModelError(HybridError):
     """The encoder model cannot be loaded."""
 
 
+class ModelMismatchError(ModelError):
+    """A model other than the one that made an index's vectors was asked to use them."""
+
+
 class JavaNotFoundError(HybridError):
     """No Java 21+ runtime was found for pyserini/Anserini."""
 

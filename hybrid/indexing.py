@@ -97,6 +97,7 @@ def run_index(
         normalized=encoder.settings.normalize,
         lexical=job.lexical,
         vectors=job.vectors,
+        recipe=encoder.recipe(),
     )
     writer = backend.open_writer(spec, recreate=job.recreate)
     stats = IndexStats(version=writer.version, resumed=writer.resumed)

@@ -27,8 +27,8 @@ from typing import Any
 
 from hybrid.backends.base import Backend
 from hybrid.corpus import read_answers, read_qrels, read_queries
-from hybrid.errors import ConfigError
-from hybrid.query_encoder import QueryEncoder
+from hybrid.errors import ConfigError, CorpusError
+from hybrid.query_encoder import QueryEncoder, check_encoder
 from hybrid.types import Hit, Query
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,9 @@ def run_mine(
     done = _finished_qids(parts)
     todo = [q for q in queries if q.id not in done]
     stats = MineStats(queries=len(queries), resumed=len(queries) - len(todo))
-    version = backend.info(job.index).version
+    check_encoder(backend, job.index, encoder, "mining it")
+    info = backend.info(job.index)
+    version = info.version
     matcher = None
     if answers:
         from hybrid.evaluation.runs import answer_matcher
@@ -123,11 +125,33 @@ def run_mine(
         **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()},
         "version": version,
         "model": encoder.name,
+        "model_hash": encoder.model_hash,
+        "normalized": info.similarity in ("cosine", "dot_product"),
         "stats": asdict(stats),
     }
-    job.out.with_name(job.out.name.removesuffix(".jsonl.gz") + ".meta.json").write_text(json.dumps(meta, indent=1))
+    if stats.missing_positives:
+        log.warning(
+            "%d labelled positives are not in index '%s' and were skipped (check that the qrels match the corpus)",
+            stats.missing_positives,
+            job.index,
+        )
+    meta_path(job.out).write_text(json.dumps(meta, indent=1))
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def meta_path(pools: Path) -> Path:
+    """The JSON written beside a pool file: job, index version, model hash, counts."""
+    return pools.with_name(pools.name.removesuffix(".jsonl.gz") + ".meta.json")
+
+
+def read_pool_meta(pools: Path) -> dict[str, Any]:
+    """The pool file's metadata; empty for pools written without one."""
+    path = meta_path(pools)
+    if not path.is_file():
+        return {}
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
 
 
 def _mine_batch(
@@ -179,16 +203,32 @@ def _mine_batch(
 
 
 def read_pools(path: Path) -> Iterator[Pool]:
-    """Stream pools from a mined ``.jsonl.gz`` file."""
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            yield Pool(
-                qid=row["qid"],
-                query=row["query"],
-                positives=[(d, float(s)) for d, s in row["positives"]],
-                candidates=[(d, float(s), src, bool(fn)) for d, s, src, fn in row["candidates"]],
-            )
+    """Stream pools from a mined ``.jsonl.gz`` file.
+
+    Raises:
+        CorpusError: the file is missing, empty, truncated or has a malformed line (with file:line).
+    """
+    if not path.is_file():
+        raise CorpusError("pool file not found; mine it with: hybrid mine", str(path))
+    number = 0
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            for number, line in enumerate(fh, start=1):  # noqa: B007 (the errors below name it)
+                row = json.loads(line)
+                yield Pool(
+                    qid=row["qid"],
+                    query=row["query"],
+                    positives=[(d, float(s)) for d, s in row["positives"]],
+                    candidates=[(d, float(s), src, bool(fn)) for d, s, src, fn in row["candidates"]],
+                )
+    except (EOFError, OSError, gzip.BadGzipFile) as exc:
+        raise CorpusError(
+            f"the pool file is truncated or not gzip ({exc}); mine it again with --recreate", str(path), number + 1
+        ) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorpusError(f"malformed pool line ({exc!r}); mine it again with --recreate", str(path), number) from exc
+    if number == 0:
+        raise CorpusError("the pool file is empty; mine it again with --recreate", str(path))
 
 
 def _labels(job: MineJob) -> tuple[dict[str, set[str]], dict[str, list[str]]]:

@@ -4,19 +4,28 @@ Importing torch and transformers 5 costs ~3 s on a 2-core machine, more than a w
 command-line search should take. Queries are short, so a plain numpy forward pass of the
 same weights (read from ``model.safetensors``) with the ``tokenizers`` library is fast and
 gives the same vectors as :class:`hybrid.encoder.Encoder` to float32 precision (tested).
-Models that are not plain BERT fall back to the torch encoder.
+Models that are not plain BERT fall back to the torch encoder, and so do batch jobs
+(eval, mine), where torch's batched matrix kernels win.
+
+Queries of an index are encoded by the model that made its vectors, with the settings
+it recorded (:mod:`hybrid.manifest`); another model is refused.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from hybrid.encoder import EncoderSettings, load_settings, resolve_model
+from hybrid.manifest import VectorRecipe, check_model
+
+if TYPE_CHECKING:
+    from hybrid.backends.base import Backend
 
 
 class QueryEncoder(Protocol):
@@ -24,6 +33,9 @@ class QueryEncoder(Protocol):
 
     name: str
     dims: int
+
+    @property
+    def model_hash(self) -> str: ...
 
     def encode_queries(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray: ...
 
@@ -43,24 +55,66 @@ def supports_numpy(model_dir: Path) -> bool:
     )
 
 
-def open_query_encoder(model: str | None) -> QueryEncoder:
-    """The numpy encoder when the model allows it, else the torch :class:`Encoder`."""
-    model_dir, _ = resolve_model(model)
-    if supports_numpy(model_dir):
-        return NumpyBertQueryEncoder(model)
-    from hybrid.encoder import Encoder, EncoderConfig
+def index_recipe(backend: Backend, index: str) -> VectorRecipe | None:
+    """The recipe of the current version of ``index`` (``None`` for pre-recipe indices)."""
+    return VectorRecipe.from_dict(backend.info(index).recipe)
 
-    return Encoder(EncoderConfig(model=model))
+
+def open_query_encoder(
+    model: str | None = None, *, recipe: VectorRecipe | None = None, batch: bool = False, index: str = "?"
+) -> QueryEncoder:
+    """A query encoder for vectors made per ``recipe``: its model unless ``model`` is given.
+
+    A ``model`` whose weights differ from the recipe's is refused (ModelMismatchError).
+    ``batch`` picks the torch encoder, fastest for many queries at once; otherwise the
+    numpy one when the model allows it (no torch import: a fast cold start).
+    """
+    settings: EncoderSettings | None = None
+    known_hash: str | None = None
+    if recipe is not None:
+        settings = recipe.settings()
+        if model is None:
+            model = str(recipe.model_dir())  # checks the weights are still the recorded ones
+            known_hash = recipe.model_hash
+    model_dir, name = resolve_model(model)
+    encoder: QueryEncoder
+    if not batch and supports_numpy(model_dir):
+        encoder = NumpyBertQueryEncoder(model, settings, known_hash)
+    else:
+        from hybrid.encoder import Encoder, EncoderConfig
+
+        encoder = Encoder(EncoderConfig(model=model, settings=settings, model_hash=known_hash))
+    if recipe is not None:
+        check_model(index, recipe, encoder.model_hash, name, "searching it")
+    return encoder
+
+
+def encoder_for_index(backend: Backend, index: str, model: str | None = None, batch: bool = False) -> QueryEncoder:
+    """The query encoder for ``index``: its own model, or ``model`` if it is the same one."""
+    info = backend.info(index)
+    recipe = VectorRecipe.from_dict(info.recipe)
+    if recipe is None:  # made before recipes were recorded: trust the stored model name
+        return open_query_encoder(model or info.model, batch=batch)
+    return open_query_encoder(model, recipe=recipe, batch=batch, index=index)
+
+
+def check_encoder(backend: Backend, index: str, encoder: QueryEncoder, action: str = "searching it") -> None:
+    """Refuse ``encoder`` for ``index`` unless it is the model that made the index's vectors."""
+    check_model(index, index_recipe(backend, index), encoder.model_hash, encoder.name, action)
 
 
 class NumpyBertQueryEncoder:
     """BERT forward pass in numpy (fp32), mean/cls pooling and normalisation as configured."""
 
-    def __init__(self, model: str | None = None, settings: EncoderSettings | None = None) -> None:
+    def __init__(
+        self, model: str | None = None, settings: EncoderSettings | None = None, model_hash: str | None = None
+    ) -> None:
         from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
         self.model_dir, self.name = resolve_model(model)
+        self.root_dir = self.model_dir
+        self._hash = model_hash
         if (self.model_dir / "query_encoder").is_dir():  # separate query tower of a checkpoint
             self.model_dir = self.model_dir / "query_encoder"
         self.settings = settings or load_settings(self.model_dir)
@@ -74,6 +128,14 @@ class NumpyBertQueryEncoder:
         self.tokenizer.enable_truncation(max_length=self.settings.query_max_length)
         pad_id = int(self.cfg.get("pad_token_id", 0))
         self.tokenizer.enable_padding(pad_id=pad_id, pad_token=self.tokenizer.id_to_token(pad_id) or "[PAD]")
+
+    @property
+    def model_hash(self) -> str:
+        if self._hash is None:
+            from hybrid.manifest import model_hash
+
+            self._hash = model_hash(self.root_dir)
+        return self._hash
 
     def encode_queries(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         size = batch_size or 32
@@ -108,7 +170,8 @@ class NumpyBertQueryEncoder:
             return y.reshape(b, t, h, dh).transpose(0, 2, 1, 3)
 
         q, k, v = proj("query"), proj("key"), proj("value")
-        scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dh) + bias  # (batch, heads, tokens, tokens)
+        # (batch, heads, tokens, tokens); a Python float divisor keeps float32 under NumPy 2
+        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(dh) + bias
         scores = np.exp(scores - scores.max(-1, keepdims=True))
         ctx = (scores / scores.sum(-1, keepdims=True)) @ v
         ctx = ctx.transpose(0, 2, 1, 3).reshape(b, t, d)
@@ -129,7 +192,7 @@ def _layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
     """Exact (erf) GELU, as BERT's ``gelu``; erf by Abramowitz-Stegun 7.1.26 (|err| < 1.5e-7)."""
-    z = x / np.sqrt(2.0)
+    z = x / math.sqrt(2.0)  # np.sqrt would return float64 and upcast the array under NumPy 2
     s = np.sign(z)
     a = np.abs(z)
     t = 1.0 / (1.0 + 0.3275911 * a)
@@ -151,4 +214,12 @@ def _pool(hidden: np.ndarray, mask: np.ndarray, settings: EncoderSettings) -> np
     return result
 
 
-__all__ = ["NumpyBertQueryEncoder", "QueryEncoder", "open_query_encoder", "supports_numpy"]
+__all__ = [
+    "NumpyBertQueryEncoder",
+    "QueryEncoder",
+    "check_encoder",
+    "encoder_for_index",
+    "index_recipe",
+    "open_query_encoder",
+    "supports_numpy",
+]

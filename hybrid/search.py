@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from hybrid.backends.base import Backend
 from hybrid.errors import ConfigError
 from hybrid.fusion import FusionConfig, fuse
-from hybrid.query_encoder import QueryEncoder, open_query_encoder
+from hybrid.query_encoder import QueryEncoder, check_encoder, encoder_for_index
 from hybrid.types import SEARCH_MODES, Hit, SearchMode
 
 
@@ -43,7 +43,8 @@ class Searcher:
     """Runs searches against ``index`` on ``backend``; loads a query encoder only when needed.
 
     The encoder defaults to the model the index was built with, through the numpy fast
-    path when the model allows it (see :mod:`hybrid.query_encoder`).
+    path when the model allows it (see :mod:`hybrid.query_encoder`), or torch with
+    ``batch`` (many queries per call, as in eval). A given encoder must be that same model.
     """
 
     def __init__(
@@ -51,18 +52,25 @@ class Searcher:
         backend: Backend,
         index: str,
         encoder: QueryEncoder | Callable[[], QueryEncoder] | None = None,
+        *,
+        batch: bool = False,
     ) -> None:
         self.backend = backend
         self.index = index
         self._encoder = encoder
+        self._checked = encoder is None
+        self.batch = batch
         self.timings = SearchTimings()
 
     @property
     def encoder(self) -> QueryEncoder:
         if self._encoder is None:
-            self._encoder = open_query_encoder(self.backend.info(self.index).model)
+            self._encoder = encoder_for_index(self.backend, self.index, batch=self.batch)
         elif callable(self._encoder) and not hasattr(self._encoder, "encode_queries"):
             self._encoder = self._encoder()
+        if not self._checked:
+            check_encoder(self.backend, self.index, self._encoder)  # type: ignore[arg-type]
+            self._checked = True
         return self._encoder  # type: ignore[return-value]
 
     def search(self, queries: Sequence[str], config: SearchConfig) -> list[list[Hit]]:

@@ -50,3 +50,5 @@ class IndexInfo:
     version: str
     similarity: str
     extra: dict[str, object] = field(default_factory=dict)
+    # The version's VectorRecipe as stored (hybrid.manifest); None for indices made before it.
+    recipe: dict[str, object] | None = None

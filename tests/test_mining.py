@@ -94,7 +94,7 @@ def test_mine_job_validation(tmp_path: Path) -> None:
 def test_samples_from_mined_pool_follow_scores(
     embedded_backend: Any, tiny_encoder: Any, beir_small: Path, tmp_path: Path
 ) -> None:
-    from hybrid.negatives import SamplerConfig, sample_negatives
+    from hybrid.negatives import SamplerConfig, sample_negatives, simans_probabilities
 
     run_index(IndexJob(corpus=beir_small, index="idx"), embedded_backend, tiny_encoder)
     out = tmp_path / "p.jsonl.gz"
@@ -112,5 +112,15 @@ def test_samples_from_mined_pool_follow_scores(
     )
     pool = next(read_pools(out))
     scores = np.array([c[1] for c in pool.candidates])
-    drawn = sample_negatives(scores, pool.positives[0][1], SamplerConfig(n=4), np.random.default_rng(0))
+    positive = pool.positives[0][1]
+    config = SamplerConfig(n=4).resolved(normalized=True, temperature=0.05)
+    drawn = sample_negatives(scores, positive, config, np.random.default_rng(0))
     assert len(drawn) == 4 and len(set(drawn)) == 4
+    # single draws from the mined scores follow the kernel: the more often, the nearer s+
+    one = SamplerConfig(n=1, a=config.a, scale=config.scale)
+    rng = np.random.default_rng(1)
+    counts = np.bincount([sample_negatives(scores, positive, one, rng)[0] for _ in range(4000)], minlength=scores.size)
+    expected = simans_probabilities(scores, positive, one)
+    assert np.abs(counts / 4000 - expected).max() < 0.03
+    gaps = np.abs(scores - positive)
+    assert gaps[np.argmax(counts)] == pytest.approx(gaps.min(), abs=0.02)

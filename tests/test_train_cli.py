@@ -96,26 +96,29 @@ def test_mine_inspect_train_resume(tmp_path: Path, tiny_model: Path, beir_small:
         "-q",
         *store,
     ]
-    result = runner.invoke(app, resume)
+    result = runner.invoke(app, resume)  # --steps 3 instead of 2: not the same run any more
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: --resume with changed options (save_every, steps) would not continue the run in {run}; "
+        "pass the same options, or --allow-config-change to go on with the new ones"
+    )
+    result = runner.invoke(app, [*resume, "--allow-config-change"])
     assert result.exit_code == 0, result.output
+    assert (
+        "dev nDCG" not in result.stdout
+        and "4 training queries (0 without a positive skipped), 3 steps" in result.stdout
+    )
     assert (run / "checkpoint-0000003").is_dir()
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "step" in r][-1] == 3
 
-    # a checkpoint is a model everywhere
-    result = runner.invoke(
-        app,
-        [
-            "search",
-            "ocean tides",
-            "-i",
-            "docs",
-            "--mode",
-            "dense",
-            "--json",
-            "-m",
-            str(run / "checkpoint-0000003"),
-            *store,
-        ],
-    )
+    # a checkpoint is a model everywhere, but not for an index another model embedded
+    search = ["search", "ocean tides", "-i", "docs", "--mode", "dense", "--json", *store]
+    result = runner.invoke(app, [*search, "-m", str(run / "checkpoint-0000003")])
+    assert result.exit_code == 1
+    err = result.stderr.strip()
+    assert err.startswith("Error: index 'docs' was embedded by ") and "vectors of two models do not mix" in err
+    assert len(err.splitlines()) == 1
+    result = runner.invoke(app, [*search, "-m", str(tiny_model)])  # the index's own model, named explicitly
     assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 10

@@ -25,6 +25,7 @@ from hybrid.errors import (
     DimensionMismatchError,
     IndexNotFoundError,
 )
+from hybrid.manifest import VectorRecipe, check_same_vectors
 from hybrid.types import Document, Hit, IndexInfo
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ class ElasticBackend:
             "similarity": bodies.es_similarity(spec.normalized),
             "lexical": asdict(spec.lexical),
             "vectors": asdict(spec.vectors),
+            "recipe": spec.recipe.to_dict() if spec.recipe else None,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         self.client.indices.create(index=physical, **bodies.render_index_body(spec, meta))
@@ -170,6 +172,7 @@ class ElasticBackend:
                 "lexical": meta.get("lexical", {}),
                 "vectors": meta.get("vectors", {}),
             },
+            recipe=meta.get("recipe"),
         )
 
     def count(self, name: str) -> int:
@@ -396,6 +399,7 @@ def _check_compatible(spec: IndexSpec, meta: dict[str, Any], name: str) -> None:
             f"index '{name}' holds {dims}-d vectors from {meta.get('model')} but the encoder "
             f"makes {spec.dims}-d vectors; use the same model, or --recreate to rebuild"
         )
+    check_same_vectors(name, VectorRecipe.from_dict(meta.get("recipe")), spec.recipe)
 
 
 def _hit(raw: dict[str, Any], similarity: str | None) -> Hit:

@@ -90,7 +90,7 @@ def run_eval(
     if qrels:
         _check_qrels_docs(backend, job.index, qrels, warnings)
     info = backend.info(job.index)
-    searcher = searcher or Searcher(backend, job.index)
+    searcher = searcher or Searcher(backend, job.index, batch=True)
     run, texts, search_seconds = _search_all(job, searcher, queries, progress)
 
     fmt = job.run_format or ("dpr" if answers else "trec")

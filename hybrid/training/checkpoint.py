@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hybrid.encoder import EncoderSettings
 from hybrid.training.config import TrainConfig
 from hybrid.training.model import DualEncoder
 
@@ -37,11 +38,15 @@ def save_checkpoint(
     scheduler: Any,
     step: int,
     extra: dict[str, Any],
+    settings: EncoderSettings | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (a sibling directory renamed into place)."""
+    """Write a checkpoint atomically (a sibling directory renamed into place).
+
+    ``settings`` are saved with the model (the index's, so the checkpoint embeds like it).
+    """
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save(tmp)
+    model.save(tmp, settings)
     (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1) + "\n")
     torch.save(
         {

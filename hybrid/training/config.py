@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -27,8 +28,9 @@ class TrainConfig:
     pools: Path | None = None  # mined pools to start from; mined at start when absent
     model: str | None = None  # initial model directory [default: all-MiniLM-L6-v2]
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    steps: int = 1000
-    batch_size: int = 16  # queries per micro-batch
+    steps: int | None = None  # optimizer steps; or derived from epochs
+    epochs: float | None = None  # passes over the training queries [default: 1 when steps is not given]
+    batch_size: int = 32  # queries per micro-batch (each with 1 positive + sampler.n negatives)
     grad_accum: int = 1
     lr: float = 2e-5
     weight_decay: float = 0.01
@@ -39,7 +41,7 @@ class TrainConfig:
     shared: bool = True  # one tower for queries and passages
     query_max_length: int = 64
     passage_max_length: int = 128
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool | None = None  # None: on for CPU (memory), off on CUDA (speed)
     precision: Precision = "auto"  # bf16 (or fp16) autocast on CUDA, fp32 on CPU
     seed: int = 13
     save_every: int = 500
@@ -52,12 +54,18 @@ class TrainConfig:
     dev_queries: Path | None = None  # evaluated (dense nDCG@10) at each refresh
     dev_qrels: Path | None = None
     device: str | None = None
+    remine: bool = False  # mine fresh pools even when --pools is given
+    reembed: bool = False  # re-embed the index with --model first when another model made it
 
     def __post_init__(self) -> None:
         if self.qrels is None and self.answers is None and self.pools is None:
             raise ConfigError("train needs --qrels, --answers or --pools")
-        if min(self.steps, self.batch_size, self.grad_accum) < 1:
-            raise ConfigError("steps, batch size and gradient accumulation must be at least 1")
+        if self.steps is not None and self.epochs is not None:
+            raise ConfigError("give --steps or --epochs, not both")
+        if (self.epochs is not None and self.epochs <= 0) or min(self.steps or 1, self.batch_size, self.grad_accum) < 1:
+            raise ConfigError("steps, epochs, batch size and gradient accumulation must be positive")
+        if self.remine and self.qrels is None and self.answers is None:
+            raise ConfigError("--remine needs --qrels or --answers")
         if self.lr <= 0 or self.temperature <= 0 or not 0 <= self.warmup < 1:
             raise ConfigError("train needs lr > 0, temperature > 0 and 0 <= warmup < 1")
         if self.sampler.name == "inbatch" and not self.in_batch:
@@ -66,6 +74,13 @@ class TrainConfig:
             raise ConfigError("give both --dev-queries and --dev-qrels, or neither")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"unknown precision '{self.precision}'; choose auto, fp32, bf16 or fp16")
+
+    def total_steps(self, queries: int) -> int:
+        """Optimizer steps: ``steps``, else ``epochs`` (default 1) whole passes over ``queries``."""
+        if self.steps is not None:
+            return self.steps
+        per_step = self.batch_size * self.grad_accum
+        return max(1, math.ceil((self.epochs or 1.0) * queries / per_step))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

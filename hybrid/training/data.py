@@ -24,6 +24,9 @@ class Example:
     query: str
     positive: str
     negatives: tuple[str, ...]
+    # Every labelled positive (and likely false negative) of the query: never its negative,
+    # wherever in the batch it turns up.
+    not_negative: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class _Entry:
     ids: tuple[str, ...]
     scores: np.ndarray  # float64 candidate scores, best first
     eligible: np.ndarray  # bool: not a likely false negative
+    not_negative: frozenset[str]
 
 
 class PoolData:
@@ -43,12 +47,26 @@ class PoolData:
         self.path = path
         self.sampler = sampler
         self.seed = seed
-        self.entries = [e for e in (_entry(p) for p in read_pools(path)) if e is not None]
+        self.entries: list[_Entry] = []
+        self.skipped = 0  # queries without a positive in the index
+        for pool in read_pools(path):
+            entry = _entry(pool)
+            if entry is None:
+                self.skipped += 1
+            else:
+                self.entries.append(entry)
         if not self.entries:
             raise ConfigError(f"{path} has no query with a positive to train on")
+        self._order: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        """The query order of ``epoch`` (a function of seed and epoch; cached for the current one)."""
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.entries)))
+        return self._order[1]
 
     def batch(self, step: int, size: int) -> list[Example]:
         """The ``size`` examples of global micro-step ``step`` (epochs reshuffle by seed)."""
@@ -56,13 +74,17 @@ class PoolData:
         for j in range(size):
             i = step * size + j
             epoch, pos = divmod(i, len(self.entries))
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.entries))
-            entry = self.entries[int(order[pos])]
+            entry = self.entries[int(self._permutation(epoch)[pos])]
             rng = np.random.default_rng([self.seed, step, j, 1])
             positive, pos_score = entry.positives[int(rng.integers(len(entry.positives)))]
             drawn = sample_negatives(entry.scores, pos_score, self.sampler, rng, entry.eligible)
-            out.append(Example(entry.qid, entry.query, positive, tuple(entry.ids[k] for k in drawn)))
+            negatives = tuple(entry.ids[k] for k in drawn)
+            out.append(Example(entry.qid, entry.query, positive, negatives, entry.not_negative))
         return out
+
+    def pool_entries(self) -> list[tuple[np.ndarray, float, np.ndarray]]:
+        """``(scores, mean positive score, eligible)`` per query, for sampler diagnostics."""
+        return [(e.scores, float(np.mean([s for _, s in e.positives])), e.eligible) for e in self.entries]
 
 
 def _entry(pool: Pool) -> _Entry | None:
@@ -76,6 +98,7 @@ def _entry(pool: Pool) -> _Entry | None:
             return None
         positives = ((flagged[0][0], flagged[0][1]),)
         candidates = [c for c in candidates if c[0] != flagged[0][0]]
+    flagged_ids = {c[0] for c in pool.candidates if c[3]}
     return _Entry(
         qid=pool.qid,
         query=pool.query,
@@ -83,4 +106,5 @@ def _entry(pool: Pool) -> _Entry | None:
         ids=tuple(c[0] for c in candidates),
         scores=np.array([c[1] for c in candidates], dtype=np.float64),
         eligible=np.array([not c[3] for c in candidates], dtype=bool),
+        not_negative=frozenset({d for d, _ in positives} | flagged_ids),
     )

@@ -46,16 +46,21 @@ class DualEncoder(torch.nn.Module):
         hidden = model(**batch).last_hidden_state  # (batch, tokens, dims)
         return pool(hidden.float(), batch["attention_mask"], self.settings)
 
-    def save(self, path: Path) -> None:
-        """Hugging Face layout + tokenizer + pooling settings; a query tower in a subdir."""
+    def save(self, path: Path, settings: EncoderSettings | None = None) -> None:
+        """Hugging Face layout + tokenizer + pooling settings; a query tower in a subdir.
+
+        ``settings`` are the ones saved (the index's, so the checkpoint embeds like the
+        index); the training truncation in ``self.settings`` is for training batches only.
+        """
+        settings = settings or self.settings
         path.mkdir(parents=True, exist_ok=True)
         self.passage.save_pretrained(str(path))
         self.tokenizer.save_pretrained(str(path))
-        save_settings(path, self.settings)
+        save_settings(path, settings)
         if not self.shared:
             self.query.save_pretrained(str(path / QUERY_TOWER))
             self.tokenizer.save_pretrained(str(path / QUERY_TOWER))
-            save_settings(path / QUERY_TOWER, self.settings)
+            save_settings(path / QUERY_TOWER, settings)
 
 
 def contrastive_loss(
@@ -65,15 +70,39 @@ def contrastive_loss(
     groups: torch.Tensor,
     temperature: float,
     in_batch: bool,
+    false_negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of each query over passages, its positive the target.
 
     queries ``(B, d)``, passages ``(P, d)``; ``positives[i]`` is query i's positive column and
     ``groups[p]`` the query passage p belongs to. With ``in_batch`` every passage in the batch
     competes (other queries' positives and negatives too); otherwise only the query's own.
+    ``false_negatives`` ``(B, P)`` bool marks columns that must not count as query i's
+    negatives (its other labelled positives, copies of its positive elsewhere in the batch);
+    they are removed from the softmax, so they get no gradient.
     """
     scores = queries @ passages.T / temperature  # (B, P)
+    rows = torch.arange(queries.shape[0], device=scores.device)
+    drop = torch.zeros_like(scores, dtype=torch.bool)
     if not in_batch:
-        own = groups.unsqueeze(0) == torch.arange(queries.shape[0], device=scores.device).unsqueeze(1)
-        scores = scores.masked_fill(~own, float("-inf"))
+        drop |= groups.unsqueeze(0) != rows.unsqueeze(1)
+    if false_negatives is not None:
+        drop |= false_negatives
+    drop[rows, positives] = False  # the target itself always stays
+    scores = scores.masked_fill(drop, float("-inf"))
     return torch.nn.functional.cross_entropy(scores, positives)
+
+
+def false_negative_mask(labelled: list[frozenset[str]], targets: list[str], columns: list[str]) -> torch.Tensor:
+    """``(B, P)`` bool: column p holds a document labelled relevant to query i (not its target column).
+
+    ``labelled[i]`` are query i's labelled positives (and likely false negatives),
+    ``targets[i]`` its positive this step and ``columns[p]`` the document in column p.
+    """
+    mask = torch.zeros(len(labelled), len(columns), dtype=torch.bool)
+    for i, (docs, target) in enumerate(zip(labelled, targets, strict=True)):
+        docs = docs | {target}
+        for p, doc in enumerate(columns):
+            if doc in docs:
+                mask[i, p] = True
+    return mask

@@ -1,31 +1,32 @@
-"""The training loop: contrastive loss over sampled negatives, checkpoints, refresh."""
+"""The training loop: contrastive loss over sampled negatives, checkpoints, refresh.
+
+The index decides how vectors are made: training starts from the index's own model (or
+one re-embedded into it with ``reembed``), truncates for training batches only, saves
+checkpoints with the index's settings, and every refresh re-embeds with those settings.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hybrid.backends.base import Backend
-from hybrid.encoder import load_settings, resolve_model
 from hybrid.errors import ConfigError
-from hybrid.mining import MineJob, run_mine
 from hybrid.training.checkpoint import checkpoint_dir, latest_checkpoint, load_state, prune, save_checkpoint
 from hybrid.training.config import TrainConfig
 from hybrid.training.data import Example, PoolData
-from hybrid.training.model import DualEncoder, contrastive_loss
-from hybrid.training.refresh import refresh
+from hybrid.training.model import DualEncoder, contrastive_loss, false_negative_mask
+from hybrid.training.setup import check_config, prepare_model, prepare_pools, start_run
+from hybrid.training.setup import log as write_log
 
 log = logging.getLogger(__name__)
-LOG_FILE = "train_log.jsonl"
 
 
 @dataclass
@@ -35,7 +36,8 @@ class TrainProgress:
     loss: float
     lr: float
     examples_per_s: float
-    phase: str = "training"
+    phase: str = "training"  # training | refresh | plan (before the first step, with ``plan``)
+    plan: dict[str, Any] | None = None
 
 
 @dataclass
@@ -47,12 +49,24 @@ class TrainResult:
     best: Path | None = None
     seconds: float = 0.0
     examples_per_s: float = 0.0
+    dev: list[dict[str, Any]] = field(default_factory=list)  # dense dev nDCG@10 per step (step 0 first)
+    plan: dict[str, Any] = field(default_factory=dict)
 
 
 def train(
-    config: TrainConfig, backend: Backend, resume: bool = False, progress: Callable[[TrainProgress], None] | None = None
+    config: TrainConfig,
+    backend: Backend,
+    resume: bool = False,
+    progress: Callable[[TrainProgress], None] | None = None,
+    allow_config_change: bool = False,
 ) -> TrainResult:
-    """Train per ``config``; with ``resume`` continue from the newest checkpoint in ``out``."""
+    """Train per ``config``; with ``resume`` continue from the newest checkpoint in ``out``.
+
+    Raises:
+        ConfigError: checkpoints exist without ``resume`` (or none with it); resumed with
+            changed options unless ``allow_config_change``; pools from another index version.
+        ModelMismatchError: ``config.model`` did not make the index's vectors (see ``reembed``).
+    """
     started = time.perf_counter()
     out = config.out
     previous = latest_checkpoint(out) if out.exists() else None
@@ -61,35 +75,34 @@ def train(
     if resume and previous is None:
         raise ConfigError(f"nothing to resume in {out}: no checkpoint found")
     out.mkdir(parents=True, exist_ok=True)
+    check_config(out, config, resume, allow_config_change)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    source = previous if previous is not None else resolve_model(config.model)[0]
-    settings = replace(
-        load_settings(source), query_max_length=config.query_max_length, passage_max_length=config.passage_max_length
-    )
-    model = DualEncoder(source, settings, shared=config.shared).to(device)
-    if config.grad_checkpointing:
-        for tower in model.towers():
-            tower.gradient_checkpointing_enable()
+    run = start_run(config, backend, previous, device)
+    model = prepare_model(config, run, device)
     optimizer = _optimizer(model, config)
-    scheduler = _scheduler(optimizer, config)
-    step, pools, best = 0, config.pools, None
-    refreshes: list[dict[str, Any]] = []
-    if previous is not None:
-        state = load_state(previous)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, pools = int(state["step"]), Path(state["pools"])
-        best, refreshes = (Path(state["best"]) if state.get("best") else None), state.get("refreshes", [])
-    (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
-    if pools is None:
-        pools = _mine(config, backend, out / "pools" / "pools-0000000.jsonl.gz")
-    data = PoolData(pools, config.sampler, config.seed)
+    state = load_state(previous) if previous is not None else {}
+    prepare_pools(config, backend, run, state, device)
+    data = PoolData(run.pools, run.sampler, config.seed)
+    steps = config.total_steps(len(data))
+    scheduler = _scheduler(optimizer, config.warmup, steps)
     autocast = _autocast(config, device)
     scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
-    result = TrainResult(final=out, steps=config.steps, refreshes=refreshes, best=best)
+    step = int(state.get("step", 0))
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    result = TrainResult(final=out, steps=steps, refreshes=run.refreshes, best=run.best, dev=run.dev)
+    result.plan = run.plan(config, data, steps)
+    if progress is not None:
+        progress(TrainProgress(step, steps, float("nan"), 0.0, 0.0, "plan", result.plan))
+    if not state:
+        write_log(out, {"plan": result.plan})
+        run.evaluate_dev(config, backend, 0, None)
     examples, train_seconds = 0, 0.0
     model.train()
-    while step < config.steps:
+    while step < steps:
         step_start = time.perf_counter()
         loss_value = 0.0
         for micro in range(config.grad_accum):
@@ -114,37 +127,41 @@ def train(
         result.losses.append(loss_value)
         train_seconds += time.perf_counter() - step_start
         rate = examples / max(train_seconds, 1e-9)  # training only, refreshes excluded
-        if step % config.log_every == 0 or step == config.steps:
-            _log(
-                out,
-                {
-                    "step": step,
-                    "loss": round(loss_value, 6),
-                    "lr": scheduler.get_last_lr()[0],
-                    "examples_per_s": round(rate, 2),
-                    "elapsed_s": round(time.perf_counter() - started, 1),
-                },
-            )
+        lr = scheduler.get_last_lr()[0]
+        if step % config.log_every == 0 or step == steps:
+            elapsed = round(time.perf_counter() - started, 1)
+            record = {"step": step, "loss": round(loss_value, 6), "lr": lr, "examples_per_s": round(rate, 2)}
+            write_log(out, {**record, "elapsed_s": elapsed})
         if progress is not None:
-            progress(TrainProgress(step, config.steps, loss_value, scheduler.get_last_lr()[0], rate))
-        refresh_now = bool(config.refresh_every and step % config.refresh_every == 0 and step < config.steps)
-        refresh_now = refresh_now or (step == config.steps and config.refresh_at_end)
-        save_now = refresh_now or step == config.steps or (config.save_every and step % config.save_every == 0)
-        if save_now:
-            extra = {"pools": str(pools), "best": str(best) if best else None, "refreshes": refreshes}
-            path = save_checkpoint(checkpoint_dir(out, step), model, config, optimizer, scheduler, step, extra)
-            if refresh_now:
-                if progress is not None:
-                    progress(TrainProgress(step, config.steps, loss_value, scheduler.get_last_lr()[0], rate, "refresh"))
-                pools, best = _refresh(config, backend, path, step, refreshes, best, device, pools)
-                if step < config.steps:
-                    data = PoolData(pools, config.sampler, config.seed)
-                extra = {"pools": str(pools), "best": str(best) if best else None, "refreshes": refreshes}
-                save_checkpoint(path, model, config, optimizer, scheduler, step, extra)
-                model.train()
-            prune(out, config.keep_checkpoints, {best} if best else set())
-            result.final = path
-    result.best = best
+            progress(TrainProgress(step, steps, loss_value, lr, rate))
+        refresh_now = bool(config.refresh_every and step % config.refresh_every == 0 and step < steps)
+        refresh_now = refresh_now or (step == steps and config.refresh_at_end)
+        if not (refresh_now or step == steps or (config.save_every and step % config.save_every == 0)):
+            continue
+
+        def save(pending: bool, step: int = step) -> Path:
+            extra = {
+                **run.state(),
+                "steps": steps,
+                "refresh_pending": pending,
+                "scaler": scaler.state_dict() if scaler else None,
+            }
+            path = checkpoint_dir(out, step)
+            return save_checkpoint(path, model, config, optimizer, scheduler, step, extra, run.recipe.settings())
+
+        # Saved before the refresh with the refresh marked pending: a crash during it redoes it on resume.
+        path = save(pending=refresh_now)
+        if refresh_now:
+            if progress is not None:
+                progress(TrainProgress(step, steps, loss_value, lr, rate, "refresh"))
+            run.refresh(config, backend, path, step, last=step >= steps, device=device)
+            if step < steps:
+                data = PoolData(run.pools, run.sampler, config.seed)
+            save(pending=False)
+            model.train()
+        prune(out, config.keep_checkpoints, {run.best} if run.best else set())
+        result.final = path
+    result.best = run.best
     result.seconds = time.perf_counter() - started
     result.examples_per_s = examples / max(train_seconds, 1e-9)
     return result
@@ -159,7 +176,7 @@ def _batch_loss(
     if missing:
         raise ConfigError(
             f"{len(missing)} pool documents are not in index '{config.index}' (e.g. {missing[0]}); "
-            "mine the pools again against this index"
+            "mine the pools again against this index (--remine)"
         )
     texts: list[str] = []
     positives: list[int] = []
@@ -170,6 +187,7 @@ def _batch_loss(
             doc = docs[doc_id]
             texts.append(f"{doc.title} {doc.text}" if doc.title else doc.text)
             groups.append(i)
+    mask = false_negative_mask([ex.not_negative for ex in batch], [ex.positive for ex in batch], ids)
     q = model.embed([ex.query for ex in batch], query=True, device=device)  # (B, d)
     p = model.embed(texts, query=False, device=device)  # (P, d)
     return contrastive_loss(
@@ -179,6 +197,7 @@ def _batch_loss(
         torch.tensor(groups, device=device),
         config.temperature,
         config.in_batch,
+        mask.to(device),
     )
 
 
@@ -191,13 +210,13 @@ def _optimizer(model: DualEncoder, config: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
-    warmup = math.ceil(config.warmup * config.steps)
+def _scheduler(optimizer: torch.optim.Optimizer, warmup_fraction: float, steps: int) -> Any:
+    warmup = math.ceil(warmup_fraction * steps)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.0, (config.steps - step) / max(1, config.steps - warmup))
+        return max(0.0, (steps - step) / max(1, steps - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -210,64 +229,4 @@ def _autocast(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def _mine(config: TrainConfig, backend: Backend, out: Path) -> Path:
-    from hybrid.query_encoder import open_query_encoder
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    job = _mine_job(config, out)
-    run_mine(job, backend, open_query_encoder(backend.info(config.index).model))
-    return out
-
-
-def _mine_job(config: TrainConfig, out: Path) -> MineJob:
-    return MineJob(
-        index=config.index,
-        queries=config.queries,
-        out=out,
-        qrels=config.qrels,
-        answers=config.answers,
-        bm25_depth=config.bm25_depth,
-        knn_depth=config.knn_depth,
-        recreate=True,
-    )
-
-
-def _refresh(
-    config: TrainConfig,
-    backend: Backend,
-    checkpoint: Path,
-    step: int,
-    history: list[dict[str, Any]],
-    best: Path | None,
-    device: torch.device,
-    current_pools: Path,
-) -> tuple[Path, Path | None]:
-    pools = config.out / "pools" / f"pools-{step:07d}.jsonl.gz"
-    dev = (config.dev_queries, config.dev_qrels) if config.dev_queries and config.dev_qrels else None
-    last = step >= config.steps  # the final refresh only re-embeds: no pools are needed after it
-    result = refresh(backend, checkpoint, _mine_job(config, pools), str(device), dev, remine=not last)
-    if last:
-        pools = current_pools
-    entry = {
-        "step": step,
-        "version": result.version,
-        "documents": result.documents,
-        "index_s": round(result.index_seconds, 1),
-        "mine_s": round(result.mine_seconds, 1),
-        "dev_ndcg@10": result.dev_ndcg10,
-    }
-    history.append(entry)
-    _log(config.out, {"refresh": entry})
-    if result.dev_ndcg10 is not None:
-        scores = [h["dev_ndcg@10"] for h in history if h.get("dev_ndcg@10") is not None]
-        if result.dev_ndcg10 >= max(scores):
-            best = config.out / "best"
-            shutil.rmtree(best, ignore_errors=True)
-            shutil.copytree(checkpoint, best)
-            (best / "best.json").write_text(json.dumps(entry, indent=1) + "\n")
-    return pools, best
-
-
-def _log(out: Path, record: dict[str, Any]) -> None:
-    with (out / LOG_FILE).open("a") as fh:
-        fh.write(json.dumps(record) + "\n")
+__all__ = ["TrainProgress", "TrainResult", "train"]

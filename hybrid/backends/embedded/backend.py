@@ -21,6 +21,7 @@ from hybrid.backends.embedded.store import VersionStore, write_atomic
 from hybrid.backends.embedded.vectors import HNSW_FILE, VectorIndex, build_hnsw
 from hybrid.config import IndexSpec, LexicalSettings, VectorSettings, validate_index_name
 from hybrid.errors import BackendError, CountMismatchError, DimensionMismatchError, IndexNotFoundError
+from hybrid.manifest import VectorRecipe, check_same_vectors
 from hybrid.types import Document, Hit, IndexInfo
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class EmbeddedBackend:
                     f"index '{spec.name}' holds {meta['dims']}-d vectors from {meta['model']} but the "
                     f"encoder makes {spec.dims}-d vectors; use the same model, or --recreate to rebuild"
                 )
+            check_same_vectors(spec.name, VectorRecipe.from_dict(meta.get("recipe")), spec.recipe)
             return EmbeddedWriter(self, spec, base / newest, resumed=True)
         for stale in versions:
             if stale != current:
@@ -143,6 +145,7 @@ class EmbeddedBackend:
             "similarity": "cosine" if spec.normalized else "dot",
             "lexical": asdict(spec.lexical),
             "vectors": asdict(spec.vectors),
+            "recipe": spec.recipe.to_dict() if spec.recipe else None,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "committed": None,
         }
@@ -182,6 +185,7 @@ class EmbeddedBackend:
                 "created": meta["created"],
                 "committed": meta["committed"],
             },
+            recipe=meta.get("recipe"),
         )
 
     def count(self, name: str) -> int:

@@ -1,0 +1,258 @@
+"""What a training run settles before its first step, and the state it carries between steps.
+
+The index's recipe (:mod:`hybrid.manifest`) is the reference: the initial model must be
+the one that made its vectors (or is re-embedded into it), pools must come from its
+current version and model, and every model an index version names is kept under
+``OUT/models`` so it can never be pruned away from under the index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hybrid.backends.base import Backend
+from hybrid.encoder import Encoder, EncoderConfig, resolve_model
+from hybrid.errors import ConfigError
+from hybrid.manifest import VectorRecipe, check_model, model_hash
+from hybrid.mining import MineJob, read_pool_meta, run_mine
+from hybrid.negatives import SamplerConfig
+from hybrid.training.checkpoint import STATE_FILE
+from hybrid.training.config import TrainConfig
+from hybrid.training.data import PoolData
+from hybrid.training.model import DualEncoder
+from hybrid.training.refresh import dev_ndcg, reembed
+
+logger = logging.getLogger(__name__)
+LOG_FILE = "train_log.jsonl"
+CONFIG_FILE = "train_config.json"
+MODELS = "models"  # OUT/models/<name>: the models index versions were embedded with (never pruned)
+_RUN_ONLY = {"out"}  # options that may differ on resume without changing the run
+
+
+@dataclass
+class RunState:
+    """The index recipe, the current pools and what refreshes and dev evaluations found."""
+
+    recipe: VectorRecipe
+    source: Path  # where the trained weights start from (initial model or checkpoint)
+    sampler: SamplerConfig
+    pools: Path = Path()
+    refreshes: list[dict[str, Any]] = field(default_factory=list)
+    dev: list[dict[str, Any]] = field(default_factory=list)
+    best: Path | None = None
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint saves of the run (beside model, optimizer and scheduler)."""
+        return {
+            "pools": str(self.pools),
+            "best": str(self.best) if self.best else None,
+            "refreshes": self.refreshes,
+            "dev": self.dev,
+            "recipe": self.recipe.to_dict(),
+        }
+
+    def plan(self, config: TrainConfig, data: PoolData, steps: int) -> dict[str, Any]:
+        """Steps derived from epochs, query counts and the sampler's effective candidates."""
+        from hybrid.diagnostics import crowded_warning, effective_summary
+
+        effective = effective_summary(data, self.sampler)
+        warning = crowded_warning(effective, self.sampler)
+        if warning:
+            logger.warning(warning)
+        per_step = config.batch_size * config.grad_accum
+        return {
+            "queries": len(data),
+            "queries_without_positive": data.skipped,
+            "steps": steps,
+            "epochs": round(steps * per_step / len(data), 3),
+            "examples_per_step": per_step,
+            "sampler": {**self.sampler.__dict__},
+            "effective_candidates": effective,
+            "index_model": self.recipe.model,
+            "index_model_hash": self.recipe.model_hash,
+            "passage_max_length_index": self.recipe.passage_max_length,
+            "passage_max_length_training": config.passage_max_length,
+        }
+
+    def evaluate_dev(self, config: TrainConfig, backend: Backend, step: int, encoder: Encoder | None) -> float | None:
+        """Dense dev nDCG@10 of the index as it is now; logged and kept with the step."""
+        if config.dev_queries is None or config.dev_qrels is None:
+            return None
+        score = dev_ndcg(backend, config.index, (config.dev_queries, config.dev_qrels), encoder)
+        self.dev.append({"step": step, "ndcg@10": score})
+        log(config.out, {"dev": {"step": step, "ndcg@10": score}})
+        return score
+
+    def refresh(
+        self, config: TrainConfig, backend: Backend, checkpoint: Path, step: int, last: bool, device: torch.device
+    ) -> None:
+        """Re-embed the index with ``checkpoint`` (kept under OUT/models), re-mine unless ``last``."""
+        model_dir = keep_model(checkpoint, config.out / MODELS / checkpoint.name)
+        encoder = Encoder(EncoderConfig(model=str(model_dir), settings=self.recipe.settings(), device=str(device)))
+        version, count, index_seconds = reembed(backend, config.index, encoder)
+        self.recipe = encoder.recipe()
+        mine_seconds = 0.0
+        if not last:  # the final refresh only re-embeds: no pools are needed after it
+            pools = config.out / "pools" / f"pools-{step:07d}.jsonl.gz"
+            stats = run_mine(mine_job(config, pools), backend, encoder)
+            self.pools, mine_seconds = pools, stats.seconds
+        score = self.evaluate_dev(config, backend, step, encoder)
+        entry = {
+            "step": step,
+            "version": version,
+            "model": str(model_dir),
+            "documents": count,
+            "index_s": round(index_seconds, 1),
+            "mine_s": round(mine_seconds, 1),
+            "dev_ndcg@10": score,
+        }
+        self.refreshes.append(entry)
+        log(config.out, {"refresh": entry})
+        scores = [d["ndcg@10"] for d in self.dev]
+        if score is not None and score >= max(scores):
+            best = config.out / "best"
+            shutil.rmtree(best, ignore_errors=True)
+            shutil.copytree(model_dir, best)
+            (best / "best.json").write_text(json.dumps(entry, indent=1) + "\n")
+            self.best = best
+
+
+def start_run(config: TrainConfig, backend: Backend, previous: Path | None, device: torch.device) -> RunState:
+    """The index's recipe and the weights to start from; re-embeds first when asked to."""
+    sampler = config.sampler
+    if previous is not None:
+        state = torch.load(previous / STATE_FILE, map_location="cpu", weights_only=False)
+        recipe = VectorRecipe.from_dict(state.get("recipe")) or _recipe(config, backend)
+        sampler = sampler.resolved(recipe.normalize, config.temperature)
+        return RunState(recipe=recipe, source=previous, sampler=sampler)
+    recipe = _recipe(config, backend)
+    source = resolve_model(config.model)[0] if config.model else recipe.model_dir()
+    hint = "Leave out --model to train the index's model, or pass --reembed to re-embed the index with it first"
+    if model_hash(source) != recipe.model_hash:
+        if not config.reembed:
+            check_model(config.index, recipe, model_hash(source), str(source), "training", hint)
+        kept = keep_model(source, config.out / MODELS / "initial")
+        encoder = Encoder(EncoderConfig(model=str(kept), settings=recipe.settings(), device=str(device)))
+        version, count, _ = reembed(backend, config.index, encoder)
+        logger.info("re-embedded %s (%d documents) with %s as %s", config.index, count, source, version)
+        recipe = encoder.recipe()
+    return RunState(recipe=recipe, source=source, sampler=sampler.resolved(recipe.normalize, config.temperature))
+
+
+def _recipe(config: TrainConfig, backend: Backend) -> VectorRecipe:
+    from hybrid.query_encoder import index_recipe
+
+    recipe = index_recipe(backend, config.index)
+    if recipe is None:
+        raise ConfigError(
+            f"index '{config.index}' does not record which model made its vectors (made by an older hybrid); "
+            "rebuild it: hybrid index CORPUS --recreate"
+        )
+    return recipe
+
+
+def prepare_model(config: TrainConfig, run: RunState, device: torch.device) -> DualEncoder:
+    """The dual encoder from ``run.source``: index settings, training truncation on top."""
+    settings = replace(
+        run.recipe.settings(),
+        query_max_length=config.query_max_length,
+        passage_max_length=config.passage_max_length,
+    )
+    model = DualEncoder(run.source, settings, shared=config.shared).to(device)
+    checkpointing = config.grad_checkpointing if config.grad_checkpointing is not None else device.type == "cpu"
+    if checkpointing:
+        for tower in model.towers():
+            tower.config.use_cache = False  # no KV cache in an encoder; also silences transformers' warning
+            enable = getattr(tower, "activation_checkpointing_enable", None) or tower.gradient_checkpointing_enable
+            enable()
+    return model
+
+
+def prepare_pools(
+    config: TrainConfig, backend: Backend, run: RunState, state: dict[str, Any], device: torch.device
+) -> None:
+    """Pools to train on: the checkpoint's (a pending refresh redone), given ones, or fresh ones."""
+    if state:
+        run.pools, run.refreshes, run.dev = Path(state["pools"]), state.get("refreshes", []), state.get("dev", [])
+        run.best = Path(state["best"]) if state.get("best") else None
+        if state.get("refresh_pending"):
+            logger.warning("the run stopped during a refresh at step %d; redoing it", state["step"])
+            last = int(state["step"]) >= int(state.get("steps", 0))
+            run.refresh(config, backend, run.source, int(state["step"]), last=last, device=device)
+            return
+        check_pools(run.pools, backend, config.index, run.recipe)
+        return
+    if config.pools is not None and not config.remine:
+        check_pools(config.pools, backend, config.index, run.recipe)
+        run.pools = config.pools
+        return
+    from hybrid.query_encoder import encoder_for_index
+
+    pools = config.out / "pools" / "pools-0000000.jsonl.gz"
+    pools.parent.mkdir(parents=True, exist_ok=True)
+    run_mine(mine_job(config, pools), backend, encoder_for_index(backend, config.index, batch=True))
+    run.pools = pools
+
+
+def check_pools(pools: Path, backend: Backend, index: str, recipe: VectorRecipe) -> None:
+    """Refuse pools mined against another index version or model (their scores would lie)."""
+    meta = read_pool_meta(pools)
+    current = backend.info(index).version
+    if meta.get("version") not in (None, current) or meta.get("model_hash") not in (None, recipe.model_hash):
+        raise ConfigError(
+            f"{pools} was mined against {meta.get('version')} (model hash {meta.get('model_hash')}) but index "
+            f"'{index}' is now {current} (model hash {recipe.model_hash}); pass --remine to mine fresh pools"
+        )
+
+
+def mine_job(config: TrainConfig, out: Path) -> MineJob:
+    return MineJob(
+        index=config.index,
+        queries=config.queries,
+        out=out,
+        qrels=config.qrels,
+        answers=config.answers,
+        bm25_depth=config.bm25_depth,
+        knn_depth=config.knn_depth,
+        recreate=True,
+    )
+
+
+def keep_model(source: Path, target: Path) -> Path:
+    """Copy a model's files (no trainer state) to ``target``, atomically; reuse a finished copy."""
+    if (target / "config.json").is_file():
+        return target
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(STATE_FILE, CONFIG_FILE, "best.json"))
+    tmp.rename(target)
+    return target
+
+
+def check_config(out: Path, config: TrainConfig, resume: bool, allow_change: bool) -> None:
+    """Save the resolved config; on resume refuse changed options unless ``allow_change``."""
+    path = out / CONFIG_FILE
+    new = config.to_dict()
+    if resume and path.is_file():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in set(old) | set(new) if k not in _RUN_ONLY and old.get(k) != new.get(k))
+        if changed and not allow_change:
+            raise ConfigError(
+                f"--resume with changed options ({', '.join(changed)}) would not continue the run in {out}; "
+                "pass the same options, or --allow-config-change to go on with the new ones"
+            )
+        if changed:
+            log(out, {"config_change": {k: [old.get(k), new.get(k)] for k in changed}})
+    path.write_text(json.dumps(new, indent=1) + "\n")
+
+
+def log(out: Path, record: dict[str, Any]) -> None:
+    with (out / LOG_FILE).open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
