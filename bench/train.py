@@ -1,16 +1,19 @@
-"""Benchmark: does SimANS beat the other samplers on SciFact? Equal budgets, 3 seeds.
+"""Benchmark: does `hybrid train` improve SciFact, and does SimANS beat the other samplers?
 
 Usage (from the repo root; reads ../shared/datasets/scifact):
 
-    python bench/train.py                       # full run (about an hour on 2 CPU cores)
-    python bench/train.py --steps 2 --seeds 1 --arms simans --no-tune   # smoke run
+    python bench/train.py                                  # every arm, seeds 1-3 (hours on 2 CPU cores)
+    python bench/train.py --seeds 1 --arms simans,random   # a subset; results merge into the JSON
+    python bench/train.py --epochs 0.1 --seeds 1 --arms simans --out /tmp/t.json   # smoke run
 
-Arms: base (no training), random, topk, percpos, simans, simans+refresh; every trained arm
-gets the same steps, batch, negatives per query and learning rate. SimANS's a and b are
-tuned on 100 held-out *train* queries (never on test) with one seed; the other 709 train
-queries train every arm. Each run re-embeds the corpus with its final model and is scored
-on the 300 test queries: dense alone and hybrid (RRF) with BM25. Writes
-bench/results/train.json and bench/results/train.png.
+The index is built once as a user would (`hybrid index` defaults: all-MiniLM-L6-v2, its
+256-token passages), and the **base row is that very index**. Every arm starts from a copy
+of it, with the same pools (BM25 union kNN top-100, mined once with the base model), epochs,
+batch, negatives per query, learning rate and seeds; each ends with the refresh that
+re-embeds the corpus with the index's own settings, and is scored on the 300 test queries:
+dense, and hybrid with BM25 (RRF k=60 and linear min-max 0.5/0.5). 100 training queries are
+held out as dev (the learning curve); 709 train. Runs already in the JSON are skipped, so an
+interrupted benchmark resumes. Writes bench/results/train.json; `bench/plot_train.py` draws it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import REPO, SHARED, machine, write_json
 
 SCIFACT = SHARED / "scifact"
-ARMS = ("random", "topk", "percpos", "simans", "simans+refresh")
+ARMS = ("simans", "random", "topk", "percpos", "simans+refresh")
+MODES = {"dense": ("dense", "rrf"), "hybrid_rrf": ("hybrid", "rrf"), "hybrid_linear": ("hybrid", "linear")}
 
 
 def split_train(work: Path, held_out: int, seed: int) -> tuple[Path, Path]:
@@ -54,183 +57,156 @@ def split_train(work: Path, held_out: int, seed: int) -> tuple[Path, Path]:
     return train_file, dev_file
 
 
-def evaluate(backend: Any, qrels: Path, modes: tuple[str, ...] = ("dense", "hybrid")) -> dict[str, dict[str, float]]:
+def evaluate(backend: Any, qrels: Path) -> dict[str, Any]:
+    """Test metrics per mode, with per-query nDCG@10 for the paired tests."""
     from hybrid.evaluation.evaluate import EvalJob, run_eval
+    from hybrid.fusion import FusionConfig
     from hybrid.search import SearchConfig
 
-    out = {}
-    for mode in modes:
-        job = EvalJob(
-            index="scifact", queries=SCIFACT / "queries.jsonl", qrels=qrels, search=SearchConfig(mode=mode, k=100)
-        )  # type: ignore[arg-type]
+    out: dict[str, Any] = {}
+    for name, (mode, fusion) in MODES.items():
+        search = SearchConfig(mode=mode, k=100, fusion=FusionConfig(method=fusion))  # type: ignore[arg-type]
+        job = EvalJob(index="scifact", queries=SCIFACT / "queries.jsonl", qrels=qrels, search=search)
         report = run_eval(job, backend)
-        out[mode] = {"ndcg@10": report.metrics["ndcg@10"], "recall@100": report.metrics["recall@100"]}
+        out[name] = {
+            "ndcg@10": report.metrics["ndcg@10"],
+            "recall@100": report.metrics["recall@100"],
+            "per_query": {q: v["ndcg@10"] for q, v in report.per_query.items()},
+        }
     return out
 
 
-def one_run(base_store: Path, work: Path, config: Any, qrels: Path) -> dict[str, Any]:
-    """Train from a copy of the base store, re-embed with the final model, evaluate."""
+def build_base(work: Path, held_out: int) -> dict[str, Any]:
+    """The user's index (defaults), train/dev split and the pools every arm starts from."""
+    from hybrid.backends.embedded import EmbeddedBackend
+    from hybrid.encoder import Encoder
+    from hybrid.indexing import IndexJob, run_index
+    from hybrid.mining import MineJob, run_mine
+    from hybrid.query_encoder import encoder_for_index
+
+    t0 = time.perf_counter()
+    backend = EmbeddedBackend(work / "base-store")
+    encoder = Encoder()  # hybrid index's defaults: MiniLM, its own 256-token passages
+    run_index(IndexJob(corpus=SCIFACT, index="scifact"), backend, encoder)
+    train_qrels, dev_qrels = split_train(work, held_out, seed=0)
+    pools = work / "pools.jsonl.gz"
+    job = MineJob(index="scifact", queries=SCIFACT / "queries.jsonl", qrels=train_qrels, out=pools)
+    run_mine(job, backend, encoder_for_index(backend, "scifact", batch=True))
+    base = {"metrics": evaluate(backend, SCIFACT / "qrels" / "test.tsv"), "setup_s": round(time.perf_counter() - t0, 1)}
+    base["recipe"] = backend.info("scifact").recipe
+    backend.close()
+    return {"train_qrels": train_qrels, "dev_qrels": dev_qrels, "pools": pools, "base": base}
+
+
+def one_run(work: Path, setup: dict[str, Any], config: Any) -> dict[str, Any]:
+    """Train from a copy of the base store (ends with the re-embedding refresh), evaluate."""
     from hybrid.backends.embedded import EmbeddedBackend
     from hybrid.training.trainer import train
 
     store = work / f"store-{config.out.name}"
     shutil.rmtree(store, ignore_errors=True)
-    shutil.copytree(base_store, store)
+    shutil.copytree(work / "base-store", store)
     backend = EmbeddedBackend(store)
     started = time.perf_counter()
     result = train(config, backend)
     wall = time.perf_counter() - started
-    metrics = evaluate(backend, qrels)
+    metrics = evaluate(backend, SCIFACT / "qrels" / "test.tsv")
+    recipe = backend.info("scifact").recipe or {}
     backend.close()
     shutil.rmtree(store, ignore_errors=True)
     shutil.rmtree(config.out, ignore_errors=True)
     return {
         "metrics": metrics,
+        "dev_curve": result.dev,
+        "plan": result.plan,
+        "steps": result.steps,
         "wall_s": round(wall, 1),
         "examples_per_s": round(result.examples_per_s, 2),
         "final_loss": round(result.losses[-1], 4),
-        "refreshes": len(result.refreshes),
+        "refreshes": [{k: r[k] for k in ("step", "index_s", "mine_s", "dev_ndcg@10")} for r in result.refreshes],
+        "reembedded_passage_max_length": recipe.get("passage_max_length"),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--negatives", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--passage-max-length", type=int, default=128)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--held-out", type=int, default=100)
-    parser.add_argument("--no-tune", action="store_true", help="skip tuning; use --a/--b")
-    parser.add_argument("--a", type=float, default=0.5)
-    parser.add_argument("--b", type=float, default=0.0)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train.json")
-    args = parser.parse_args()
-
-    from hybrid.backends.embedded import EmbeddedBackend
-    from hybrid.encoder import Encoder, EncoderConfig
-    from hybrid.indexing import IndexJob, run_index
-    from hybrid.mining import MineJob, run_mine
+def train_config(args: argparse.Namespace, setup: dict[str, Any], arm: str, seed: int, out: Path) -> Any:
     from hybrid.negatives import SamplerConfig
     from hybrid.training.config import TrainConfig
 
-    work = Path(tempfile.mkdtemp(prefix="hybrid-bench-train-"))
-    base_store = work / "base-store"
-    t0 = time.perf_counter()
-    backend = EmbeddedBackend(base_store)
-    encoder = Encoder(EncoderConfig(passage_max_length=args.passage_max_length))
-    run_index(IndexJob(corpus=SCIFACT, index="scifact"), backend, encoder)
-    train_qrels, dev_qrels = split_train(work, args.held_out, seed=0)
-    pools = work / "pools.jsonl.gz"
-    run_mine(
-        MineJob(index="scifact", queries=SCIFACT / "queries.jsonl", qrels=train_qrels, out=pools), backend, encoder
+    name = arm.split("+")[0]
+    sampler = SamplerConfig(name=name, n=args.negatives, depth=100, a=args.a, b=args.b)  # type: ignore[arg-type]
+    steps_per_epoch = -(-709 // args.batch_size)
+    return TrainConfig(
+        index="scifact",
+        queries=SCIFACT / "queries.jsonl",
+        qrels=setup["train_qrels"],
+        pools=setup["pools"],
+        out=out,
+        sampler=sampler,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        passage_max_length=128,
+        grad_checkpointing=False,  # 32 x 4 passages fit in memory; checkpointing costs ~50 % more time
+        seed=seed,
+        log_every=5,
+        save_every=0,
+        refresh_every=max(1, int(steps_per_epoch * args.epochs) // 2) if arm.endswith("+refresh") else 0,
+        refresh_at_end=True,
+        dev_queries=SCIFACT / "queries.jsonl",
+        dev_qrels=setup["dev_qrels"],
+        device=args.device,
+        precision=args.precision,
     )
-    test_qrels = SCIFACT / "qrels" / "test.tsv"
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "setup_s": round(time.perf_counter() - t0, 1),
-        "budget": {
-            "steps": args.steps,
-            "batch_size": args.batch_size,
-            "negatives": args.negatives,
-            "lr": args.lr,
-            "passage_max_length": args.passage_max_length,
-            "temperature": 0.05,
-            "seeds": args.seeds,
-            "train_queries": 809 - args.held_out,
-        },
-        "base": {"metrics": evaluate(backend, test_qrels), "dev": evaluate(backend, dev_qrels, ("dense",))},
-        "runs": {},
-    }
-    backend.close()
-    print(json.dumps({"base": results["base"]}), flush=True)
 
-    # SimANS on the logit scale the loss sees (1 / temperature = 20), as in the paper's dot products.
-    base_sampler = SamplerConfig(n=args.negatives, depth=100, scale=20.0)
-    common = {
-        "index": "scifact",
-        "queries": SCIFACT / "queries.jsonl",
-        "qrels": train_qrels,
-        "pools": pools,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "log_every": 5,
-        "save_every": 0,
-        "passage_max_length": args.passage_max_length,
-        "refresh_at_end": True,
-    }
-    a, b = args.a, args.b
-    if not args.no_tune:
-        tuning = {}
-        for ta, tb in ((0.5, 0.0), (0.1, 0.0), (0.5, -2.0)):
-            sampler = replace(base_sampler, name="simans", a=ta, b=tb)
-            cfg = TrainConfig(**common, out=work / f"tune-{ta}-{tb}", sampler=sampler, seed=1)
-            run = one_run(base_store, work, cfg, dev_qrels)
-            tuning[f"a={ta},b={tb}"] = run["metrics"]["dense"]["ndcg@10"]
-            print(json.dumps({"tune": {f"a={ta},b={tb}": run["metrics"]}}), flush=True)
-        results["tuning_dev_ndcg@10"] = tuning
-        a, b = (float(x.split("=")[1]) for x in max(tuning, key=tuning.get).split(","))  # type: ignore[arg-type]
-    results["simans"] = {"a": a, "b": b, "scale": 20.0, "kernel": "squared"}
-    for arm in args.arms.split(","):
-        name = arm.split("+")[0]
-        sampler = replace(base_sampler, name=name, a=a, b=b)  # type: ignore[arg-type]
-        runs = []
-        for seed in range(1, args.seeds + 1):
-            cfg = TrainConfig(
-                **common,
-                out=work / f"{arm}-{seed}",
-                sampler=sampler,
-                seed=seed,
-                refresh_every=args.steps // 2 if arm.endswith("+refresh") else 0,
-            )
-            runs.append(one_run(base_store, work, cfg, test_qrels))
-            print(json.dumps({arm: runs[-1]}), flush=True)
-        results["runs"][arm] = runs
-    write_json(args.out, results)
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--negatives", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--a", type=float, default=0.5)
+    parser.add_argument("--b", type=float, default=0.0)
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--held-out", type=int, default=100)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train.json")
+    args = parser.parse_args()
+
+    budget = {k: getattr(args, k) for k in ("epochs", "batch_size", "negatives", "lr", "a", "b", "held_out")}
+    budget.update(temperature=0.05, score_scale="auto (20)", train_passage_max_length=128, pool_depth=100)
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if results and results.get("budget") != budget:
+        print(f"{args.out} holds runs with another budget; use another --out", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="hybrid-bench-train-"))
+    setup = build_base(work, args.held_out)
+    dense = setup["base"]["metrics"]["dense"]["ndcg@10"]
+    if results and abs(results["base"]["metrics"]["dense"]["ndcg@10"] - dense) > 1e-4:
+        print("the rebuilt base index scores differently from the saved one; use another --out", file=sys.stderr)
+        return 2
+    results.setdefault("machine", machine())
+    results["budget"] = budget
+    results["base"] = setup["base"]
+    results.setdefault("runs", {})
+    print(json.dumps({"base": {m: v["ndcg@10"] for m, v in setup["base"]["metrics"].items()}}), flush=True)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for arm in args.arms.split(","):
+            done = results["runs"].setdefault(arm, {})
+            if str(seed) in done:
+                continue
+            run = one_run(work, setup, train_config(args, setup, arm, seed, work / f"{arm}-{seed}"))
+            done[str(seed)] = run
+            write_json(args.out, results)  # after every run: an interrupted benchmark keeps what it has
+            print(json.dumps({arm: {"seed": seed, **{m: v["ndcg@10"] for m, v in run["metrics"].items()}}}), flush=True)
+    from bench.train_report import print_table
+
     print_table(results)
     shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def summarise(runs: list[dict[str, Any]], mode: str, metric: str) -> tuple[float, float]:
-    import numpy as np
-
-    values = np.array([r["metrics"][mode][metric] for r in runs])
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
-def print_table(results: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="SciFact test, all-MiniLM-L6-v2 fine-tuned (mean ± std over seeds)")
-    for col in ("arm", "dense nDCG@10", "dense R@100", "hybrid nDCG@10", "hybrid R@100", "wall s", "ex/s"):
-        table.add_column(col)
-    base = results["base"]["metrics"]
-    table.add_row(
-        "base",
-        f"{base['dense']['ndcg@10']:.4f}",
-        f"{base['dense']['recall@100']:.4f}",
-        f"{base['hybrid']['ndcg@10']:.4f}",
-        f"{base['hybrid']['recall@100']:.4f}",
-        "-",
-        "-",
-    )
-    for arm, runs in results["runs"].items():
-        cells = [
-            f"{m:.4f} ± {s:.4f}"
-            for m, s in (
-                summarise(runs, mode, metric) for mode in ("dense", "hybrid") for metric in ("ndcg@10", "recall@100")
-            )
-        ]
-        wall = sum(r["wall_s"] for r in runs) / len(runs)
-        rate = sum(r["examples_per_s"] for r in runs) / len(runs)
-        table.add_row(arm, *cells, f"{wall:.0f}", f"{rate:.2f}")
-    Console().print(table)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,15 @@ if TYPE_CHECKING:
     from hybrid.config import VectorSettings
     from hybrid.encoder import Encoder
     from hybrid.indexing import IndexJob, IndexStats
+    from hybrid.manifest import VectorRecipe
 
 ModelOpt = Annotated[
     str | None,
     typer.Option(
         "--model",
         "-m",
-        help="Local Hugging Face model directory or a trained checkpoint (default: the shipped all-MiniLM-L6-v2).",
+        help="Local Hugging Face model directory or a trained checkpoint (default: the index's own model when "
+        "adding to it, else the shipped all-MiniLM-L6-v2).",
     ),
 ]
 
@@ -125,13 +127,29 @@ def index(
     )
     backend = conn.open()
     try:
-        encoder = Encoder(
-            EncoderConfig(model=model, batch_size=encode_batch, device=device, passage_max_length=passage_max_length)
+        config = EncoderConfig(
+            model=model, batch_size=encode_batch, device=device, passage_max_length=passage_max_length
         )
+        recipe = _existing_recipe(backend, index) if not recreate and model is None else None
+        if recipe is not None:  # adding to / resuming an index: embed exactly as it was embedded
+            config = EncoderConfig(
+                model=str(recipe.model_dir()),
+                batch_size=encode_batch,
+                device=device,
+                settings=recipe.settings(),
+                model_hash=recipe.model_hash,
+            )
+        encoder = Encoder(config)
         stats = run_with_progress(job, backend, encoder, quiet)
     finally:
         backend.close()
     report(stats, index, backend.kind, as_json)
+
+
+def _existing_recipe(backend: Backend, index: str) -> VectorRecipe | None:
+    from hybrid.query_encoder import index_recipe
+
+    return index_recipe(backend, index) if backend.exists(index) else None
 
 
 def run_with_progress(job: IndexJob, backend: Backend, encoder: Encoder, quiet: bool) -> IndexStats:

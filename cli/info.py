@@ -24,7 +24,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     conn: BackendOptions = BackendOptions(),
 ) -> None:
-    """Show an index's document count, vector dimension, model, version and mapping."""
+    """Show an index's count, dimension, version, and how its vectors were made (model hash, settings)."""
     from dataclasses import asdict
 
     backend = conn.open()
@@ -38,6 +38,18 @@ def info(
     table = Table(title=f"{data.name} ({data.backend})", show_header=False)
     for key in ("count", "dims", "model", "version", "similarity"):
         table.add_row(key, f"{getattr(data, key):,}" if key == "count" else str(getattr(data, key)))
+    recipe = data.recipe or {}
+    if recipe:
+        table.add_row("model hash", str(recipe.get("model_hash")))
+        table.add_row("model path", str(recipe.get("model_path")))
+        table.add_row(
+            "embedding",
+            f"pooling={recipe.get('pooling')} normalize={recipe.get('normalize')} "
+            f"passage_max_length={recipe.get('passage_max_length')} query_max_length={recipe.get('query_max_length')} "
+            f"prefixes={recipe.get('query_prefix')!r}/{recipe.get('passage_prefix')!r}",
+        )
+    else:
+        table.add_row("model hash", "not recorded (made by an older hybrid; rebuild with --recreate)")
     for key, value in data.extra.items():
         table.add_row(key, json.dumps(value, indent=1, default=str) if isinstance(value, dict) else str(value))
     console.print(table)

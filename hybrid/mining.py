@@ -89,6 +89,7 @@ def run_mine(
 ) -> MineStats:
     """Mine pools for every labelled query; resumes from finished part files."""
     started = time.perf_counter()
+    check_encoder(backend, job.index, encoder, "mining it")
     if job.recreate:
         job.out.unlink(missing_ok=True)
         shutil.rmtree(parts_dir(job.out), ignore_errors=True)
@@ -103,7 +104,6 @@ def run_mine(
     done = _finished_qids(parts)
     todo = [q for q in queries if q.id not in done]
     stats = MineStats(queries=len(queries), resumed=len(queries) - len(todo))
-    check_encoder(backend, job.index, encoder, "mining it")
     info = backend.info(job.index)
     version = info.version
     matcher = None

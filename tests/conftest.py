@@ -46,6 +46,23 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def other_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT with perturbed weights: same shape and dimension, another model."""
+    import torch
+    from transformers import BertModel
+
+    out = tmp_path_factory.mktemp("tiny-bert-other")
+    shutil.copytree(tiny_model, out, dirs_exist_ok=True)
+    model = BertModel.from_pretrained(str(tiny_model), local_files_only=True)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_encoder(tiny_model: Path) -> Any:
     from hybrid.encoder import Encoder, EncoderConfig
 

@@ -82,6 +82,14 @@ def test_index_search_info_on_embedded(tmp_path: Path, tiny_model: Path, beir_sm
     result = runner.invoke(app, ["info", "--index", "docs", "--json", *store])
     info = json.loads(result.stdout)
     assert (info["count"], info["dims"], info["version"]) == (12, 32, "docs-v000001")
+    assert info["recipe"]["model_path"] == str(tiny_model.resolve()) and len(info["recipe"]["model_hash"]) == 16
+    assert info["recipe"]["passage_max_length"] == 64 and info["recipe"]["pooling"] == "mean"
+    result = runner.invoke(app, ["info", "--index", "docs", *store])
+    assert result.exit_code == 0 and "model hash" in result.stdout and "passage_max_length=64" in result.stdout
+    # adding to the index without -m embeds with the index's own model (not the default MiniLM)
+    result = runner.invoke(app, ["index", str(beir_small), "--index", "docs", "--quiet", "--json", *store])
+    assert result.exit_code == 0, result.output
+    assert (json.loads(result.stdout)["written"], json.loads(result.stdout)["count"]) == (0, 12)
 
     result = runner.invoke(app, ["search", "x", "--index", "docs", "--mode", "fuzzy", *store])
     assert result.exit_code == 1
