@@ -1,0 +1,93 @@
+"""Benchmark: how fast batch jobs encode queries, and dense eval throughput on SciFact.
+
+    python bench/eval_speed.py [--store DIR]    # DIR: an embedded store with a 'scifact' index to reuse
+
+Same run, same 300 SciFact test queries: the numpy query encoder (cold-start path of
+`hybrid search`) and the torch encoder (what eval, mine and training's mining now use for
+batches), queries/s and the ratio; then `hybrid eval`'s library path, dense mode, k=1000,
+on the embedded store (search time only, metrics excluded). Builds the index when no
+store is given (~5 min of encoding on 2 cores). Writes bench/results/eval_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REPO, SHARED, machine, write_json
+
+SCIFACT = SHARED / "scifact"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--store", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "eval_speed.json")
+    args = parser.parse_args()
+
+    from hybrid.backends.embedded import EmbeddedBackend
+    from hybrid.corpus import read_qrels, read_queries
+    from hybrid.encoder import Encoder
+    from hybrid.evaluation.evaluate import EvalJob, run_eval
+    from hybrid.indexing import IndexJob, run_index
+    from hybrid.query_encoder import NumpyBertQueryEncoder
+    from hybrid.search import SearchConfig
+
+    qrels = read_qrels(SCIFACT / "qrels" / "test.tsv")
+    texts = [q.text for q in read_queries(SCIFACT / "queries.jsonl") if q.id in qrels]
+    encoders = {"numpy": NumpyBertQueryEncoder(), "torch": Encoder()}
+    rates: dict[str, float] = {}
+    for name, encoder in encoders.items():
+        encoder.encode_queries(texts[:32])  # warm up
+        best = min(_timed(lambda e=encoder: e.encode_queries(texts)) for _ in range(args.repeats))
+        rates[name] = round(len(texts) / best, 1)
+
+    store = args.store or Path(tempfile.mkdtemp(prefix="hybrid-bench-speed-"))
+    backend = EmbeddedBackend(store)
+    if not backend.exists("scifact"):
+        run_index(IndexJob(corpus=SCIFACT, index="scifact"), backend, encoders["torch"])
+    job = EvalJob(
+        index="scifact",
+        queries=SCIFACT / "queries.jsonl",
+        qrels=SCIFACT / "qrels" / "test.tsv",
+        search=SearchConfig(mode="dense", k=1000),
+    )
+    reports = [run_eval(job, backend) for _ in range(args.repeats)]
+    backend.close()
+    best = max(reports, key=lambda r: r.timings["queries_per_s"])
+    results = {
+        "machine": machine(),
+        "queries": len(texts),
+        "encode_queries_per_s": rates,
+        "torch_over_numpy": round(rates["torch"] / rates["numpy"], 2),
+        "dense_eval_k1000": {
+            "queries_per_s": best.timings["queries_per_s"],
+            "search_s": best.timings["search_s"],
+            "ndcg@10": best.metrics["ndcg@10"],
+            "recall@1000": best.metrics.get("recall@1000"),
+        },
+    }
+    write_json(args.out, results)
+    print("| encoder | queries/s (300 SciFact test queries, batch 32) |\n|---|---|")
+    for name, rate in rates.items():
+        print(f"| {name} | {rate} |")
+    print(f"torch / numpy: {results['torch_over_numpy']}x")
+    dense = results["dense_eval_k1000"]
+    print(f"dense eval, k=1000, embedded: {dense['queries_per_s']} queries/s (nDCG@10 {dense['ndcg@10']})")
+    return 0
+
+
+def _timed(fn: object) -> float:
+    start = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    sys.exit(main())
