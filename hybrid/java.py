@@ -115,6 +115,9 @@ def start_jvm(java_hint: str | None = None) -> Any:
             f"-Dlog4j2.configurationFile={quiet.joinpath('log4j2.xml')}",
             f"-Djava.util.logging.config.file={quiet.joinpath('logging.properties')}",
             "-Xss4m",
+            # Python keeps SIGINT/SIGTERM: Ctrl-C runs hybrid's cleanup and its resume message
+            # instead of the JVM's handlers (which skipped them and left hs_err crash logs).
+            "-Xrs",
         ]
         if version >= 22:
             options.append("--enable-native-access=ALL-UNNAMED")
