@@ -132,6 +132,11 @@ def index(
         )
         recipe = _existing_recipe(backend, index) if not recreate and model is None else None
         if recipe is not None:  # adding to / resuming an index: embed exactly as it was embedded
+            if passage_max_length not in (None, recipe.passage_max_length):
+                raise ConfigError(
+                    f"index '{index}' was embedded with --passage-max-length {recipe.passage_max_length}; "
+                    "add to it with the same, or --recreate to re-embed"
+                )
             config = EncoderConfig(
                 model=str(recipe.model_dir()),
                 batch_size=encode_batch,

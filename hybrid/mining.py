@@ -78,6 +78,7 @@ class Pool:
     query: str
     positives: list[tuple[str, float]]
     candidates: list[tuple[str, float, str, bool]]
+    version: str | None = None  # the index version it was mined against
 
 
 def parts_dir(out: Path) -> Path:
@@ -99,13 +100,19 @@ def run_mine(
     queries = [q for q in read_queries(job.queries) if q.id in positives or q.id in answers]
     if not queries:
         raise ConfigError("no query has qrels or answers: check that the query ids match")
+    info = backend.info(job.index)
+    version = info.version
     parts = parts_dir(job.out)
+    identity = {"version": version, "model_hash": encoder.model_hash}
+    marker = parts / "identity.json"
+    if marker.is_file() and json.loads(marker.read_text()) != identity:
+        log.warning("%s was begun against another index version or model; mining it again", parts)
+        shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(identity))
     done = _finished_qids(parts)
     todo = [q for q in queries if q.id not in done]
     stats = MineStats(queries=len(queries), resumed=len(queries) - len(todo))
-    info = backend.info(job.index)
-    version = info.version
     matcher = None
     if answers:
         from hybrid.evaluation.runs import answer_matcher
@@ -120,7 +127,6 @@ def run_mine(
         stats.mined += len(batch)
         if progress is not None:
             progress(stats.resumed + stats.mined, stats.queries)
-    _concatenate(parts, job.out)
     meta = {
         **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()},
         "version": version,
@@ -135,7 +141,10 @@ def run_mine(
             stats.missing_positives,
             job.index,
         )
-    meta_path(job.out).write_text(json.dumps(meta, indent=1))
+    tmp = meta_path(job.out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(meta_path(job.out))  # before the pool file appears: pools never lack their identity
+    _concatenate(parts, job.out)
     stats.seconds = time.perf_counter() - started
     return stats
 
@@ -220,6 +229,7 @@ def read_pools(path: Path) -> Iterator[Pool]:
                     query=row["query"],
                     positives=[(d, float(s)) for d, s in row["positives"]],
                     candidates=[(d, float(s), src, bool(fn)) for d, s, src, fn in row["candidates"]],
+                    version=row.get("version"),
                 )
     except (EOFError, OSError, gzip.BadGzipFile) as exc:
         raise CorpusError(

@@ -175,3 +175,41 @@ def test_epochs_derive_steps(beir_small: Path, tmp_path: Path) -> None:
     assert _train_config("idx", beir_small, tmp_path, steps=None).total_steps(10) == 5  # one epoch of batch 2
     with pytest.raises(ConfigError, match="give --steps or --epochs, not both"):
         _train_config("idx", beir_small, tmp_path, steps=3, epochs=1.0)
+
+
+def test_a_finished_run_resumes_for_more_steps_on_fresh_pools(
+    embedded_backend: Any, tiny_encoder: Any, beir_small: Path, tmp_path: Path
+) -> None:
+    run_index(IndexJob(corpus=beir_small, index="idx"), embedded_backend, tiny_encoder)
+    first = _train_config("idx", beir_small, tmp_path / "run", steps=2, refresh_at_end=True)
+    train(first, embedded_backend)  # the final refresh swaps the index: the run's pools are stale now
+    assert embedded_backend.info("idx").version.endswith("v000002")
+    relative = _train_config("idx", beir_small, tmp_path / "run", steps=3, refresh_at_end=True)
+    with pytest.raises(ConfigError, match=r"changed options \(steps\)"):  # paths resolved: no false change
+        train(relative, embedded_backend, resume=True)
+    result = train(relative, embedded_backend, resume=True, allow_config_change=True)
+    assert len(result.losses) == 1 and result.final == tmp_path / "run" / "checkpoint-0000003"
+    assert (tmp_path / "run" / "pools" / "pools-0000002.jsonl.gz").is_file()  # re-mined against v000002
+    assert embedded_backend.info("idx").version.endswith("v000003")
+
+
+def test_pools_without_meta_are_checked_by_their_lines(
+    embedded_backend: Any, tiny_encoder: Any, beir_small: Path, tmp_path: Path
+) -> None:
+    from hybrid.mining import meta_path
+    from hybrid.training.refresh import reembed
+
+    run_index(IndexJob(corpus=beir_small, index="idx"), embedded_backend, tiny_encoder)
+    pools = _mine(embedded_backend, "idx", beir_small, tmp_path / "p.jsonl.gz", tiny_encoder)
+    meta_path(pools).unlink()
+    reembed(embedded_backend, "idx", tiny_encoder)
+    with pytest.raises(ConfigError, match="pass --remine"):
+        train(_train_config("idx", beir_small, tmp_path / "a", pools=pools), embedded_backend)
+
+
+def test_a_kept_model_copy_with_other_weights_is_replaced(tiny_model: Path, other_model: Path, tmp_path: Path) -> None:
+    from hybrid.training.setup import keep_model
+
+    target = tmp_path / "models" / "initial"
+    keep_model(other_model, target)  # left over from an earlier run in the same --out
+    assert model_hash(keep_model(tiny_model, target)) == model_hash(tiny_model)

@@ -128,7 +128,7 @@ class ElasticBackend:
         current = self.current(spec.name)
         versions = self.versions(spec.name)
         newest = versions[-1] if versions else None
-        if current is not None and not recreate:
+        if current is not None and newest == current and not recreate:
             _check_compatible(spec, self.meta(current), spec.name)
         if newest is not None and newest != current and not recreate:
             _check_compatible(spec, self.meta(newest), spec.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -61,6 +62,15 @@ def save_checkpoint(
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path
+
+
+def update_state(path: Path, updates: dict[str, Any]) -> None:
+    """Replace entries of a checkpoint's trainer state atomically (the weights are unchanged)."""
+    state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    state.update(updates)
+    tmp = path / (STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path / STATE_FILE)
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from hybrid.errors import ConfigError
 from hybrid.negatives import SamplerConfig
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-_PATHS = ("queries", "qrels", "answers", "pools", "out", "dev_queries", "dev_qrels")
+PATH_FIELDS = ("queries", "qrels", "answers", "pools", "out", "dev_queries", "dev_qrels")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in _PATHS:
+        for key in PATH_FIELDS:
             if data[key] is not None:
                 data[key] = str(data[key])
         return data
@@ -96,7 +96,7 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training option(s): {', '.join(sorted(unknown))}")
         values = dict(data)
-        for key in _PATHS:
+        for key in PATH_FIELDS:
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         sampler = values.get("sampler")

@@ -21,10 +21,10 @@ from hybrid.backends.base import Backend
 from hybrid.encoder import Encoder, EncoderConfig, resolve_model
 from hybrid.errors import ConfigError
 from hybrid.manifest import VectorRecipe, check_model, model_hash
-from hybrid.mining import MineJob, read_pool_meta, run_mine
+from hybrid.mining import MineJob, read_pool_meta, read_pools, run_mine
 from hybrid.negatives import SamplerConfig
 from hybrid.training.checkpoint import STATE_FILE
-from hybrid.training.config import TrainConfig
+from hybrid.training.config import PATH_FIELDS, TrainConfig
 from hybrid.training.data import PoolData
 from hybrid.training.model import DualEncoder
 from hybrid.training.refresh import dev_ndcg, reembed
@@ -33,7 +33,9 @@ logger = logging.getLogger(__name__)
 LOG_FILE = "train_log.jsonl"
 CONFIG_FILE = "train_config.json"
 MODELS = "models"  # OUT/models/<name>: the models index versions were embedded with (never pruned)
-_RUN_ONLY = {"out"}  # options that may differ on resume without changing the run
+# Options that may differ on resume without changing the run: where it lives, what runs it,
+# and what only matters at its start (the checkpoint holds the model and pools by then).
+_RUN_ONLY = {"out", "device", "model", "pools", "reembed", "remine"}
 
 
 @dataclass
@@ -182,11 +184,15 @@ def prepare_pools(
     if state:
         run.pools, run.refreshes, run.dev = Path(state["pools"]), state.get("refreshes", []), state.get("dev", [])
         run.best = Path(state["best"]) if state.get("best") else None
+        labelled = config.qrels is not None or config.answers is not None
         if state.get("refresh_pending"):
             logger.warning("the run stopped during a refresh at step %d; redoing it", state["step"])
-            last = int(state["step"]) >= int(state.get("steps", 0))
-            run.refresh(config, backend, run.source, int(state["step"]), last=last, device=device)
-            return
+            # Re-mine whenever labels allow: the run may go on past the step that was its last.
+            run.refresh(config, backend, run.source, int(state["step"]), last=not labelled, device=device)
+        if labelled and (config.remine or not pools_match(run.pools, backend, config.index, run.recipe)):
+            # e.g. a finished run (its final refresh swapped the index) resumed for more steps
+            run.pools = config.out / "pools" / f"pools-{int(state['step']):07d}.jsonl.gz"
+            run_mine(mine_job(config, run.pools), backend, _run_encoder(backend, config.index, run.recipe))
         check_pools(run.pools, backend, config.index, run.recipe)
         return
     if config.pools is not None and not config.remine:
@@ -201,11 +207,34 @@ def prepare_pools(
     run.pools = pools
 
 
+def _run_encoder(backend: Backend, index: str, recipe: VectorRecipe) -> Any:
+    from hybrid.query_encoder import encoder_for_index
+
+    encoder = encoder_for_index(backend, index, batch=True)
+    check_model(index, recipe, encoder.model_hash, encoder.name, "this run")
+    return encoder
+
+
+def _pool_identity(pools: Path) -> tuple[Any, Any]:
+    """(index version, model hash) the pools were mined with; the first line's version without meta."""
+    meta = read_pool_meta(pools)
+    if meta:
+        return meta.get("version"), meta.get("model_hash")
+    first = next(iter(read_pools(pools)), None)
+    return (first.version if first is not None else None), None
+
+
+def pools_match(pools: Path, backend: Backend, index: str, recipe: VectorRecipe) -> bool:
+    version, hash_ = _pool_identity(pools)
+    return version == backend.info(index).version and hash_ in (None, recipe.model_hash)
+
+
 def check_pools(pools: Path, backend: Backend, index: str, recipe: VectorRecipe) -> None:
     """Refuse pools mined against another index version or model (their scores would lie)."""
-    meta = read_pool_meta(pools)
-    current = backend.info(index).version
-    if meta.get("version") not in (None, current) or meta.get("model_hash") not in (None, recipe.model_hash):
+    if not pools_match(pools, backend, index, recipe):
+        version, hash_ = _pool_identity(pools)
+        current = backend.info(index).version
+        meta = {"version": version, "model_hash": hash_}
         raise ConfigError(
             f"{pools} was mined against {meta.get('version')} (model hash {meta.get('model_hash')}) but index "
             f"'{index}' is now {current} (model hash {recipe.model_hash}); pass --remine to mine fresh pools"
@@ -226,9 +255,11 @@ def mine_job(config: TrainConfig, out: Path) -> MineJob:
 
 
 def keep_model(source: Path, target: Path) -> Path:
-    """Copy a model's files (no trainer state) to ``target``, atomically; reuse a finished copy."""
+    """Copy a model's files (no trainer state) to ``target``, atomically; reuse a finished copy of it."""
     if (target / "config.json").is_file():
-        return target
+        if model_hash(target) == model_hash(source):
+            return target
+        shutil.rmtree(target)  # left by an earlier run in this --out with other weights
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(STATE_FILE, CONFIG_FILE, "best.json"))
@@ -242,15 +273,25 @@ def check_config(out: Path, config: TrainConfig, resume: bool, allow_change: boo
     new = config.to_dict()
     if resume and path.is_file():
         old = json.loads(path.read_text())
-        changed = sorted(k for k in set(old) | set(new) if k not in _RUN_ONLY and old.get(k) != new.get(k))
+        old, new_cmp = _comparable(old), _comparable(new)
+        changed = sorted(k for k in set(old) | set(new_cmp) if k not in _RUN_ONLY and old.get(k) != new_cmp.get(k))
         if changed and not allow_change:
             raise ConfigError(
                 f"--resume with changed options ({', '.join(changed)}) would not continue the run in {out}; "
                 "pass the same options, or --allow-config-change to go on with the new ones"
             )
         if changed:
-            log(out, {"config_change": {k: [old.get(k), new.get(k)] for k in changed}})
+            log(out, {"config_change": {k: [old.get(k), new_cmp.get(k)] for k in changed}})
     path.write_text(json.dumps(new, indent=1) + "\n")
+
+
+def _comparable(values: dict[str, Any]) -> dict[str, Any]:
+    """Config values with paths resolved: ``q.jsonl`` and its absolute path are one option."""
+    out = dict(values)
+    for key in PATH_FIELDS:
+        if out.get(key) is not None:
+            out[key] = str(Path(out[key]).resolve())
+    return out
 
 
 def log(out: Path, record: dict[str, Any]) -> None:

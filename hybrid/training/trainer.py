@@ -19,7 +19,14 @@ import torch
 
 from hybrid.backends.base import Backend
 from hybrid.errors import ConfigError
-from hybrid.training.checkpoint import checkpoint_dir, latest_checkpoint, load_state, prune, save_checkpoint
+from hybrid.training.checkpoint import (
+    checkpoint_dir,
+    latest_checkpoint,
+    load_state,
+    prune,
+    save_checkpoint,
+    update_state,
+)
 from hybrid.training.config import TrainConfig
 from hybrid.training.data import Example, PoolData
 from hybrid.training.model import DualEncoder, contrastive_loss, false_negative_mask
@@ -82,8 +89,12 @@ def train(
     optimizer = _optimizer(model, config)
     state = load_state(previous) if previous is not None else {}
     prepare_pools(config, backend, run, state, device)
+    if previous is not None and state.get("refresh_pending"):
+        update_state(previous, {**run.state(), "refresh_pending": False})  # redone: never again
     data = PoolData(run.pools, run.sampler, config.seed)
     steps = config.total_steps(len(data))
+    if state.get("steps") and config.steps is None and state.get("epochs") == config.epochs:
+        steps = int(state["steps"])  # the schedule stays fixed even if a refresh changed the query count
     scheduler = _scheduler(optimizer, config.warmup, steps)
     autocast = _autocast(config, device)
     scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
@@ -93,7 +104,7 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-    result = TrainResult(final=out, steps=steps, refreshes=run.refreshes, best=run.best, dev=run.dev)
+    result = TrainResult(final=previous or out, steps=steps, refreshes=run.refreshes, best=run.best, dev=run.dev)
     result.plan = run.plan(config, data, steps)
     if progress is not None:
         progress(TrainProgress(step, steps, float("nan"), 0.0, 0.0, "plan", result.plan))
@@ -143,6 +154,7 @@ def train(
             extra = {
                 **run.state(),
                 "steps": steps,
+                "epochs": config.epochs,
                 "refresh_pending": pending,
                 "scaler": scaler.state_dict() if scaler else None,
             }
@@ -157,7 +169,7 @@ def train(
             run.refresh(config, backend, path, step, last=step >= steps, device=device)
             if step < steps:
                 data = PoolData(run.pools, run.sampler, config.seed)
-            save(pending=False)
+            update_state(path, {**run.state(), "refresh_pending": False})
             model.train()
         prune(out, config.keep_checkpoints, {run.best} if run.best else set())
         result.final = path
