@@ -13,7 +13,9 @@ batch, negatives per query, learning rate and seeds; each ends with the refresh 
 re-embeds the corpus with the index's own settings, and is scored on the 300 test queries:
 dense, and hybrid with BM25 (RRF k=60 and linear min-max 0.5/0.5). 100 training queries are
 held out as dev (the learning curve); 709 train. Runs already in the JSON are skipped, so an
-interrupted benchmark resumes. Writes bench/results/train.json; `bench/plot_train.py` draws it.
+interrupted benchmark resumes. Writes bench/results/train.json; `bench/train_report.py` makes
+the table and the learning-curve plot. The knobs of one run (--a, --b, --score-scale, --depth,
+--negatives, --lr, --epochs, --batch-size) go to their own --out.
 """
 
 from __future__ import annotations
@@ -134,7 +136,14 @@ def train_config(args: argparse.Namespace, setup: dict[str, Any], arm: str, seed
     from hybrid.training.config import TrainConfig
 
     name = arm.split("+")[0]
-    sampler = SamplerConfig(name=name, n=args.negatives, depth=100, a=args.a, b=args.b)  # type: ignore[arg-type]
+    sampler = SamplerConfig(
+        name=name,  # type: ignore[arg-type]
+        n=args.negatives,
+        depth=args.depth,
+        a=args.a,
+        b=args.b,
+        scale=args.score_scale,
+    )
     steps_per_epoch = -(-709 // args.batch_size)
     return TrainConfig(
         index="scifact",
@@ -168,6 +177,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--a", type=float, default=0.5)
     parser.add_argument("--b", type=float, default=0.0)
+    parser.add_argument("--score-scale", default="auto", help="'auto' (1/temperature = 20 here) or a number")
+    parser.add_argument("--depth", type=int, default=100, help="pool depth the samplers draw from (mined: 100)")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--held-out", type=int, default=100)
@@ -177,7 +188,8 @@ def main() -> int:
     args = parser.parse_args()
 
     budget = {k: getattr(args, k) for k in ("epochs", "batch_size", "negatives", "lr", "a", "b", "held_out")}
-    budget.update(temperature=0.05, score_scale="auto (20)", train_passage_max_length=128, pool_depth=100)
+    scale = "auto (20)" if args.score_scale == "auto" else float(args.score_scale)
+    budget.update(temperature=0.05, score_scale=scale, train_passage_max_length=128, pool_depth=args.depth)
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if results and results.get("budget") != budget:
         print(f"{args.out} holds runs with another budget; use another --out", file=sys.stderr)
