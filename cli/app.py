@@ -11,6 +11,7 @@ from . import mine as mine_cmd
 from . import negatives as negatives_cmd
 from . import quickstart as quickstart_cmd
 from . import search as search_cmd
+from . import serve as serve_cmd
 from . import train as train_cmd
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 app.command("index")(index_cmd.index)
 app.command("search")(search_cmd.search)
+app.command("serve")(serve_cmd.serve)
 app.command("info")(info_cmd.info)
 app.command("quickstart")(quickstart_cmd.quickstart)
 app.command("eval")(evaluate_cmd.evaluate)

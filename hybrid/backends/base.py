@@ -34,6 +34,18 @@ def version_number(name: str, physical: str) -> int | None:
     return None
 
 
+def split_version(physical: str) -> tuple[str, int] | None:
+    """``("name", 3)`` for ``name-v000003``; ``None`` when ``physical`` names no version.
+
+    Readers (search, get, info) accept a version's physical name wherever they accept an
+    index name, so a server can pin the version it resolved while the alias moves on.
+    """
+    name, sep, tail = physical.rpartition("-v")
+    if sep and name and len(tail) == VERSION_DIGITS and tail.isdigit():
+        return name, int(tail)
+    return None
+
+
 def check_vectors(spec: IndexSpec, docs: Sequence[Document], vectors: np.ndarray) -> None:
     """Refuse a batch whose vectors do not fit the index, before anything is written."""
     if vectors.ndim != 2 or vectors.shape[0] != len(docs):
@@ -84,6 +96,10 @@ class Backend(Protocol):
         """True when ``name`` has a current version."""
         ...
 
+    def current(self, name: str) -> str | None:
+        """Physical name of the version ``name`` points at (``None`` when there is none)."""
+        ...
+
     def open_writer(self, spec: IndexSpec, *, recreate: bool = False) -> IndexWriter:
         """Writer into the version being built, resuming an unfinished one.
 
@@ -128,6 +144,10 @@ class Backend(Protocol):
 
     def drop(self, name: str) -> None:
         """Delete every version of ``name``."""
+        ...
+
+    def release(self, physical: str) -> None:
+        """Let go of a version read by its physical name (open files, cached metadata)."""
         ...
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from hybrid.backends import es_bodies as bodies
-from hybrid.backends.base import check_vectors, version_name, version_number
+from hybrid.backends.base import check_vectors, split_version, version_name, version_number
 from hybrid.config import ElasticConfig, IndexSpec
 from hybrid.errors import (
     BackendError,
@@ -101,6 +101,8 @@ class ElasticBackend:
     def _require(self, name: str) -> str:
         physical = self.current(name)
         if physical is None:
+            if split_version(name) is not None and self.client.indices.exists(index=name):
+                return name  # a version pinned by its physical name
             if self.client.indices.exists(index=name):
                 raise BackendError(
                     f"'{name}' is a plain index, not one made by hybrid; index a corpus under another name"
@@ -299,6 +301,10 @@ class ElasticBackend:
         self._meta_cache.pop(name, None)
         for physical in self.versions(name):
             self.client.indices.delete(index=physical)
+
+    def release(self, physical: str) -> None:
+        """Forget a pinned version's cached metadata (nothing is held open on a cluster)."""
+        self._meta_cache.pop(physical, None)
 
     def close(self) -> None:
         self.client.close()

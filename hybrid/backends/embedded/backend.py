@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.backends.base import check_vectors, version_name, version_number
+from hybrid.backends.base import check_vectors, split_version, version_name, version_number
 from hybrid.backends.embedded.lucene import LuceneSearcher, build_lucene
 from hybrid.backends.embedded.store import VersionStore, write_atomic
 from hybrid.backends.embedded.vectors import HNSW_FILE, VectorIndex, build_hnsw
@@ -94,6 +94,9 @@ class EmbeddedBackend:
         """The current version opened for search; reopened when CURRENT has moved."""
         current = self.current(name)
         if current is None:
+            pinned = self._pinned(name)
+            if pinned is not None:
+                return pinned
             raise IndexNotFoundError(
                 f"index '{name}' not found in {self.root}; create it with: hybrid index CORPUS --index {name}"
             )
@@ -103,6 +106,32 @@ class EmbeddedBackend:
                 opened = self._open_current(name, current)
                 self._open[name] = opened
             return opened
+
+    def _pinned(self, physical: str) -> _OpenVersion | None:
+        """A committed version opened by its physical name; it stays open (and readable,
+        even once a later commit deletes its files) until :meth:`release`."""
+        parts = split_version(physical)
+        if parts is None:
+            return None
+        with self._lock:
+            opened = self._open.get(physical)
+            if opened is None:
+                path = self.index_dir(parts[0]) / physical
+                if not (path / "lucene").is_dir():  # missing, or never committed
+                    return None
+                try:
+                    opened = _OpenVersion(path, self.java_home)
+                except (BackendError, OSError, sqlite3.Error):
+                    return None  # deleted while opening
+                self._open[physical] = opened
+            return opened
+
+    def release(self, physical: str) -> None:
+        """Close a version opened by its physical name (see :meth:`_pinned`)."""
+        with self._lock:
+            opened = self._open.pop(physical, None) if split_version(physical) else None
+        if opened is not None:
+            opened.close()
 
     def _open_current(self, name: str, current: str) -> _OpenVersion:
         try:

@@ -1,0 +1,163 @@
+"""``hybrid serve``: a long-running HTTP search server in front of one index."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from hybrid.errors import ConfigError
+
+from .common import BackendOptions, IndexOpt, backend_options, err_console, handle_errors
+
+if TYPE_CHECKING:
+    from hybrid.serving.engine import EngineConfig
+
+_WORKER_ENV = "HYBRID_SERVE_WORKER"  # settings handed to each uvicorn worker process
+
+
+@handle_errors
+@backend_options
+def serve(
+    index: IndexOpt,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the server.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", help="Server processes (each loads the model).")] = 1,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Queries per micro-batch.")] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option("--max-wait-ms", help="How long a query waits for others to batch with.")
+    ] = 2.0,
+    batch_threads: Annotated[int, typer.Option("--batch-threads", help="Threads running micro-batches.")] = 1,
+    poll: Annotated[float, typer.Option("--poll", help="Seconds between checks for a new index version.")] = 1.0,
+    grace: Annotated[
+        float, typer.Option("--grace", help="Seconds a swapped-out version stays open for requests in flight.")
+    ] = 30.0,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option("--api-key-file", help="File holding a bearer token that every request must present."),
+    ] = None,
+    protect_probes: Annotated[
+        bool, typer.Option("--protect-probes", help="Require the token for /livez, /readyz and /metrics too.")
+    ] = False,
+    max_k: Annotated[int, typer.Option("--max-k", help="Largest k (and fusion depth) a request may ask for.")] = 1000,
+    max_batch_queries: Annotated[
+        int, typer.Option("--max-batch-queries", help="Most queries in one /search/batch request.")
+    ] = 256,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log each request.")] = True,
+    conn: BackendOptions = BackendOptions(),
+) -> None:
+    """Serve BM25, dense and hybrid search over HTTP (OpenAPI at /api-docs), following index swaps."""
+    import uvicorn
+
+    if not 1 <= max_k <= 1000:
+        raise ConfigError("--max-k must be between 1 and 1000")
+    if workers < 1 or batch_threads < 1 or max_batch < 1:
+        raise ConfigError("--workers, --batch-threads and --max-batch must be at least 1")
+    settings: dict[str, Any] = {
+        "index": index,
+        "conn": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(conn).items()},
+        "engine": {
+            "max_batch": max_batch,
+            "max_wait_ms": max_wait_ms,
+            "workers": batch_threads,
+            "poll_s": poll,
+            "grace_s": grace,
+        },
+        "limits": {"max_k": max_k, "max_batch": max_batch_queries, "protect_probes": protect_probes},
+        "api_key_file": str(api_key_file) if api_key_file else None,
+    }
+    if api_key_file is not None:
+        _read_key(api_key_file)  # fail here, once, with a clear message
+    log_config = _log_config(access_log)
+    if workers == 1:
+        engine = _engine(settings)
+        try:
+            engine.start()  # errors surface as one line before the port opens
+            err_console.print(
+                f"serving '{index}' ({engine.generation.version if engine.generation else '?'}) on "
+                f"http://{host}:{port} (OpenAPI: /api-docs)",
+                markup=False,
+                highlight=False,
+            )
+            uvicorn.run(_app(settings, engine), host=host, port=port, log_config=log_config, access_log=access_log)
+        finally:
+            engine.close()
+        return
+    backend = conn.open()
+    try:
+        if backend.current(index) is None:
+            backend.info(index)  # raises the usual "not found; create it with ..." error
+    finally:
+        backend.close()
+    os.environ[_WORKER_ENV] = json.dumps(settings)
+    err_console.print(f"serving '{index}' on http://{host}:{port} with {workers} workers", markup=False)
+    uvicorn.run(
+        "hybrid.cli.serve:worker_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=log_config,
+        access_log=access_log,
+    )
+
+
+def worker_app() -> Any:
+    """Application factory for each uvicorn worker process (``--workers`` > 1)."""
+    settings = json.loads(os.environ[_WORKER_ENV])
+    from hybrid.serving.app import create_app
+
+    return create_app(_engine(settings), _limits(settings), manage_engine=True)
+
+
+def _app(settings: dict[str, Any], engine: Any) -> Any:
+    from hybrid.serving.app import create_app
+
+    return create_app(engine, _limits(settings), manage_engine=False)
+
+
+def _engine(settings: dict[str, Any]) -> Any:
+    from hybrid.serving.engine import Engine
+
+    conn = settings["conn"]
+    paths: dict[str, Any] = {k: Path(conn[k]) if conn[k] else None for k in ("store", "es_ca_certs")}
+    options = BackendOptions(**{**conn, **paths})
+    return Engine(options.open(), settings["index"], _engine_config(settings["engine"]), owns_backend=True)
+
+
+def _engine_config(values: dict[str, Any]) -> EngineConfig:
+    from hybrid.serving.engine import EngineConfig
+
+    return EngineConfig(**values)
+
+
+def _limits(settings: dict[str, Any]) -> Any:
+    from hybrid.serving.app import ServeLimits
+
+    key = _read_key(Path(settings["api_key_file"])) if settings["api_key_file"] else None
+    return ServeLimits(**settings["limits"], api_key=key)
+
+
+def _read_key(path: Path) -> str:
+    try:
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --api-key-file {path}: {exc.strerror}") from None
+    if len(key) < 16:
+        raise ConfigError(f"the token in {path} is shorter than 16 characters; use a long random one")
+    return key
+
+
+def _log_config(access_log: bool) -> dict[str, Any]:
+    """uvicorn's logging, one line per record, never a request's headers."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["uvicorn.access"]["level"] = "INFO" if access_log else "WARNING"
+    return config

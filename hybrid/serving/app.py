@@ -1,0 +1,299 @@
+"""The HTTP API of ``hybrid serve`` (FastAPI), over one :class:`~hybrid.serving.engine.Engine`.
+
+Endpoints: ``POST /search``, ``POST /search/batch``, ``GET /docs/{id}``, ``GET /livez``,
+``GET /readyz``, ``GET /metrics`` (Prometheus); OpenAPI at ``/openapi.json`` and its UI at
+``/api-docs`` (``/docs/{id}`` is the document route). Errors are JSON ``{"error": ...}``
+with 400 (bad parameters), 401 (token), 404 (no such document), 413 (request too large)
+or 503 (not ready). Every search response names the index version it searched and the
+weights hash of the model that embedded its queries.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the request models declared inside
+# create_app from the endpoints' annotations at run time.
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from hybrid.errors import ConfigError, HybridError
+from hybrid.fusion import FusionConfig
+from hybrid.search import SearchConfig
+from hybrid.serving.engine import Answer, Engine
+from hybrid.types import Hit
+
+log = logging.getLogger(__name__)
+
+Field = Literal["title", "text"]
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """Request limits and access control."""
+
+    max_k: int = 1000
+    max_query_chars: int = 4096
+    max_batch: int = 256  # queries in one /search/batch request
+    max_body_bytes: int = 1 << 20
+    api_key: str | None = None  # bearer token; None: open
+    protect_probes: bool = False  # /livez, /readyz and /metrics need the token too
+    timeout_s: float = 60.0  # a request waiting longer for its batch fails with 503
+
+
+def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engine: bool = True) -> Any:
+    """The FastAPI application; with ``manage_engine`` it starts and closes ``engine``."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from pydantic import BaseModel, ConfigDict
+    from pydantic import Field as PField
+
+    limits = limits if limits is not None else ServeLimits()
+    max_k = limits.max_k
+    registry = CollectorRegistry()
+    requests_total = Counter(
+        "hybrid_requests", "HTTP requests by route and status", ["route", "status"], registry=registry
+    )
+    latency = Histogram(
+        "hybrid_search_seconds",
+        "Search latency by mode (queue, encode, backend and fusion)",
+        ["mode"],
+        registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    )
+    batch_sizes = Histogram(
+        "hybrid_batch_queries",
+        "Queries per micro-batch sent to the encoder and backend",
+        registry=registry,
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    )
+    errors_total = Counter("hybrid_errors", "Failed requests by kind", ["kind"], registry=registry)
+    engine._on_batch = batch_sizes.observe  # the engine reports each batch it runs
+
+    class SearchOptions(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        mode: Literal["bm25", "dense", "hybrid"] = "hybrid"
+        k: int = PField(10, ge=1, le=max_k)
+        fusion: Literal["rrf", "linear"] = "rrf"
+        rrf_k: float = PField(60.0, ge=0)
+        norm: Literal["minmax", "zscore"] = "minmax"
+        bm25_weight: float = PField(0.5, ge=0)
+        dense_weight: float = PField(0.5, ge=0)
+        depth: int = PField(100, ge=1, le=max_k)
+        num_candidates: int | None = PField(None, ge=1, le=10_000)
+        fields: list[Field] = PField(default_factory=_all_fields)
+
+        def config(self) -> SearchConfig:
+            fusion = FusionConfig(
+                method=self.fusion,
+                rrf_k=self.rrf_k,
+                normalization=self.norm,
+                bm25_weight=self.bm25_weight,
+                dense_weight=self.dense_weight,
+                depth=self.depth,
+            )
+            return SearchConfig(mode=self.mode, k=self.k, fusion=fusion, num_candidates=self.num_candidates)
+
+    class SearchRequest(SearchOptions):
+        query: str = PField(min_length=1)
+
+    class BatchRequest(SearchOptions):
+        queries: list[str] = PField(min_length=1)
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        if manage_engine:
+            await asyncio.to_thread(engine.start)
+        try:
+            yield
+        finally:
+            if manage_engine:
+                await asyncio.to_thread(engine.close)
+
+    app = FastAPI(
+        title="hybrid",
+        summary="BM25, dense and hybrid search over one index",
+        lifespan=lifespan,
+        docs_url="/api-docs",
+        redoc_url=None,
+    )
+
+    def error(status: int, message: str) -> Any:
+        return JSONResponse({"error": message}, status_code=status)
+
+    open_paths = {"/openapi.json", "/api-docs"}
+    probes = {"/livez", "/readyz", "/metrics"}
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        path = request.url.path
+        known = probes | open_paths | {"/search", "/search/batch"}
+        route = path if path in known else "/docs/{id}" if path.startswith("/docs/") else "other"
+        response = await _guarded(request, call_next, path)
+        requests_total.labels(route, str(response.status_code)).inc()
+        return response
+
+    async def _guarded(request: Request, call_next: Callable[[Request], Awaitable[Any]], path: str) -> Any:
+        if limits.api_key is not None and path not in open_paths and (path not in probes or limits.protect_probes):
+            given = request.headers.get("authorization", "")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), limits.api_key.encode()):
+                errors_total.labels("unauthorized").inc()
+                return JSONResponse(
+                    {"error": "missing or wrong bearer token"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+            errors_total.labels("too_large").inc()
+            return error(413, f"request body over {limits.max_body_bytes} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> Any:
+        errors_total.labels("bad_request").inc()
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error(400, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request body")
+
+    @app.exception_handler(ConfigError)
+    async def bad_config(_: Request, exc: ConfigError) -> Any:
+        errors_total.labels("bad_request").inc()
+        return error(400, str(exc))
+
+    @app.exception_handler(HybridError)
+    async def backend_error(_: Request, exc: HybridError) -> Any:
+        errors_total.labels("backend").inc()
+        return error(503, str(exc))
+
+    async def run(queries: list[str], options: SearchOptions) -> tuple[Answer, float]:
+        too_long = next((q for q in queries if len(q) > limits.max_query_chars), None)
+        if too_long is not None:
+            raise _TooLarge(f"a query is {len(too_long)} characters; the limit is {limits.max_query_chars}")
+        if engine.generation is None:
+            raise _NotReady("the index is not loaded yet")
+        config = options.config()
+        start = time.perf_counter()
+        future = engine.submit(queries, config)
+        try:
+            answer = await asyncio.wait_for(asyncio.wrap_future(future), limits.timeout_s)
+        except TimeoutError:
+            raise _NotReady(f"no answer within {limits.timeout_s:g} s; the server is overloaded") from None
+        elapsed = time.perf_counter() - start
+        latency.labels(options.mode).observe(elapsed)
+        return answer, elapsed
+
+    @app.exception_handler(_TooLarge)
+    async def too_large(_: Request, exc: _TooLarge) -> Any:
+        errors_total.labels("too_large").inc()
+        return error(413, str(exc))
+
+    @app.exception_handler(_NotReady)
+    async def not_ready(_: Request, exc: _NotReady) -> Any:
+        errors_total.labels("not_ready").inc()
+        return error(503, str(exc))
+
+    def hit_json(hit: Hit, fields: list[Field]) -> dict[str, Any]:
+        row: dict[str, Any] = {"id": hit.id, "score": hit.score}
+        if "title" in fields:
+            row["title"] = hit.title
+        if "text" in fields:
+            row["text"] = hit.text
+        if hit.sources:
+            row["sources"] = hit.sources
+        return row
+
+    def provenance(answer: Answer, elapsed: float) -> dict[str, Any]:
+        generation = answer.generation
+        return {
+            "index": engine.index,
+            "version": generation.version,
+            "model": generation.model,
+            "model_hash": generation.model_hash,
+            "took_ms": round(elapsed * 1000, 2),
+        }
+
+    @app.post("/search")
+    async def search(request: SearchRequest) -> dict[str, Any]:
+        """Top-k hits for one query."""
+        answer, elapsed = await run([request.query], request)
+        hits = [hit_json(h, request.fields) for h in answer.hits[0]]
+        return {**provenance(answer, elapsed), "mode": request.mode, "hits": hits}
+
+    @app.post("/search/batch")
+    async def search_batch(request: BatchRequest) -> dict[str, Any]:
+        """Top-k hits for each of several queries, in order, from one version."""
+        if len(request.queries) > limits.max_batch:
+            raise _TooLarge(f"{len(request.queries)} queries in one request; the limit is {limits.max_batch}")
+        answer, elapsed = await run(request.queries, request)
+        results = [{"hits": [hit_json(h, request.fields) for h in row]} for row in answer.hits]
+        return {**provenance(answer, elapsed), "mode": request.mode, "results": results}
+
+    @app.get("/docs/{doc_id:path}")
+    async def document(doc_id: str) -> Any:
+        """One document by id."""
+        if engine.generation is None:
+            raise _NotReady("the index is not loaded yet")
+        generation, docs = await asyncio.to_thread(engine.get, [doc_id])
+        doc = docs.get(doc_id)
+        if doc is None:
+            errors_total.labels("not_found").inc()
+            return error(404, f"no document with id '{doc_id}' in {generation.version}")
+        return {"id": doc.id, "title": doc.title, "text": doc.text, "version": generation.version}
+
+    @app.get("/livez")
+    async def livez() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Any:
+        """Backend reachable, model loaded, its dimension equal to the index's."""
+        generation = engine.generation
+        if generation is None:
+            return error(503, "the index and its model are not loaded yet")
+        try:
+            info = await asyncio.to_thread(engine.backend.info, generation.version)
+        except Exception as exc:  # unreachable backend or a deleted version: not ready
+            return error(503, f"backend not reachable: {type(exc).__name__}: {exc}")
+        dims = generation.searcher.encoder.dims
+        if dims != info.dims:
+            return error(503, f"model makes {dims}-d vectors but {generation.version} holds {info.dims}-d")
+        body = {
+            "status": "ready",
+            "index": engine.index,
+            "version": generation.version,
+            "model": generation.model,
+            "model_hash": generation.model_hash,
+            "dims": dims,
+            "count": info.count,
+        }
+        if engine.last_error:
+            body["warning"] = engine.last_error
+        return body
+
+    @app.get("/metrics")
+    async def metrics() -> Any:
+        """Prometheus exposition."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _all_fields() -> list[Field]:
+    return ["title", "text"]
+
+
+class _TooLarge(Exception):
+    """413."""
+
+
+class _NotReady(Exception):
+    """503."""

@@ -1,0 +1,279 @@
+"""The serving engine: one index, its current version pinned with the model that made it,
+and concurrent requests micro-batched into backend calls.
+
+A *generation* is a physical index version together with the query encoder of the model
+that embedded it (:mod:`hybrid.manifest`). Every request is answered by exactly one
+generation: its queries are encoded by that generation's model and searched in that
+generation's version by its physical name, so a swap of the alias (a refresh or rebuild)
+can never pair one model's query vectors with another model's passage vectors.
+
+A watcher thread polls the index; when the alias moves, the new version's model is loaded
+(reused when the weights hash is the same) and the version opened and warmed *before* the
+engine switches to it, so requests keep being answered by the old generation until the
+new one is complete. The old generation is released after ``grace_s``; a request whose
+version was deleted under it (another process committed and cleaned up) is retried once on
+the current generation.
+
+Requests are queued; worker threads take what has queued up (at most ``max_batch``
+queries, waiting at most ``max_wait_ms`` for more after the first) and run each group of
+equal search options as one batched encoder and backend call.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from hybrid.backends.base import Backend
+from hybrid.errors import BackendError, HybridError, IndexNotFoundError
+from hybrid.manifest import VectorRecipe
+from hybrid.query_encoder import QueryEncoder, open_query_encoder
+from hybrid.search import SearchConfig, Searcher
+from hybrid.types import Hit
+
+log = logging.getLogger(__name__)
+
+EncoderFactory = Callable[[VectorRecipe | None, str], QueryEncoder]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine batches and watches."""
+
+    max_batch: int = 32  # queries per backend call
+    max_wait_ms: float = 2.0  # how long the first queued request waits for company
+    workers: int = 1  # threads running batches
+    poll_s: float = 1.0  # how often the alias is checked for a swap
+    grace_s: float = 30.0  # how long a swapped-out version stays open for requests in flight
+
+
+@dataclass(frozen=True)
+class Generation:
+    """An index version and the model that embedded it."""
+
+    version: str
+    model: str
+    model_hash: str | None
+    dims: int
+    searcher: Searcher = field(repr=False)
+
+
+@dataclass
+class Answer:
+    """One request's hits and the generation that produced them."""
+
+    hits: list[list[Hit]]
+    generation: Generation
+    batch_size: int
+
+
+@dataclass
+class _Job:
+    queries: list[str]
+    config: SearchConfig
+    future: Future[Answer]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Engine:
+    """Search one index of ``backend`` for many concurrent callers."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        index: str,
+        config: EngineConfig | None = None,
+        *,
+        encoder_factory: EncoderFactory | None = None,
+        on_batch: Callable[[int], None] | None = None,
+        owns_backend: bool = False,
+    ) -> None:
+        self.backend = backend
+        self.index = index
+        self.config = config or EngineConfig()
+        self._factory = encoder_factory or _open_encoder
+        self._on_batch = on_batch
+        self._owns_backend = owns_backend  # close() closes the backend too
+        self._generation: Generation | None = None
+        self._encoders: dict[str | None, QueryEncoder] = {}
+        self._retired: list[tuple[float, str]] = []
+        self._switch_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.last_error: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> Engine:
+        """Load the current generation (raises if the index or model is unusable), start threads."""
+        self.refresh()
+        for n in range(self.config.workers):
+            self._spawn(self._work, f"hybrid-batch-{n}")
+        self._spawn(self._watch, "hybrid-watch")
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        for _ in range(self.config.workers):
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+        if self._owns_backend:
+            self.backend.close()
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    @property
+    def generation(self) -> Generation | None:
+        return self._generation
+
+    # -- generations ----------------------------------------------------------
+    def refresh(self) -> Generation:
+        """Switch to the index's current version if it moved; returns the generation in use."""
+        with self._switch_lock:
+            current = self._generation
+            physical = self.backend.current(self.index)
+            if physical is None:
+                raise IndexNotFoundError(f"index '{self.index}' not found")
+            if current is not None and current.version == physical:
+                return current
+            generation = self._load(physical)
+            self._generation = generation
+            if current is not None:
+                self._retired.append((time.monotonic(), current.version))
+                log.info("switched %s from %s to %s", self.index, current.version, generation.version)
+            self._release_retired()
+            return generation
+
+    def _load(self, physical: str) -> Generation:
+        info = self.backend.info(physical)
+        recipe = VectorRecipe.from_dict(info.recipe)
+        key = recipe.model_hash if recipe is not None else f"name:{info.model}"
+        encoder = self._encoders.get(key)
+        if encoder is None:
+            encoder = self._factory(recipe, info.model)
+            self._encoders = {k: v for k, v in self._encoders.items() if self._in_use(k)}
+            self._encoders[key] = encoder
+        searcher = Searcher(self.backend, physical, encoder)
+        searcher.search(["warm up"], SearchConfig(mode="hybrid", k=1))  # opens and checks the version
+        return Generation(
+            version=physical,
+            model=info.model,
+            model_hash=recipe.model_hash if recipe is not None else encoder.model_hash,
+            dims=info.dims,
+            searcher=searcher,
+        )
+
+    def _in_use(self, key: str | None) -> bool:
+        generation = self._generation
+        if generation is None:
+            return False
+        return key in (generation.model_hash, f"name:{generation.model}")
+
+    def _release_retired(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for retired_at, version in self._retired:
+            if now - retired_at >= self.config.grace_s:
+                self.backend.release(version)
+            else:
+                keep.append((retired_at, version))
+        self._retired = keep
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.config.poll_s):
+            try:
+                self.refresh()
+                self.last_error = None
+            except HybridError as exc:  # keep serving the generation we have
+                self.last_error = str(exc)
+                log.warning("could not switch to the new version of %s: %s", self.index, exc)
+            except Exception as exc:  # a connection error: report through /readyz, keep going
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("watching %s failed: %s", self.index, self.last_error)
+
+    # -- requests -------------------------------------------------------------
+    def submit(self, queries: Sequence[str], config: SearchConfig) -> Future[Answer]:
+        """Queue ``queries``; the future resolves to their hits and generation."""
+        future: Future[Answer] = Future()
+        self._queue.put(_Job(list(queries), config, future))
+        return future
+
+    def search(self, queries: Sequence[str], config: SearchConfig, timeout: float | None = None) -> Answer:
+        return self.submit(queries, config).result(timeout)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs = [first]
+            size = len(first.queries)
+            deadline = time.perf_counter() + self.config.max_wait_ms / 1000
+            while size < self.config.max_batch:
+                remaining = deadline - time.perf_counter()
+                try:
+                    job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._queue.put(None)  # leave the stop signal for this thread's next loop
+                    break
+                jobs.append(job)
+                size += len(job.queries)
+            groups: dict[SearchConfig, list[_Job]] = {}
+            for job in jobs:
+                groups.setdefault(job.config, []).append(job)
+            for config, group in groups.items():
+                self._run(config, group)
+
+    def _run(self, config: SearchConfig, jobs: list[_Job]) -> None:
+        queries = [q for job in jobs for q in job.queries]
+        if self._on_batch is not None:
+            self._on_batch(len(queries))
+        try:
+            generation, hits = self._search(queries, config)
+        except BaseException as exc:
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        start = 0
+        for job in jobs:
+            part = hits[start : start + len(job.queries)]
+            start += len(job.queries)
+            job.future.set_result(Answer(part, generation, len(queries)))
+
+    def _search(self, queries: list[str], config: SearchConfig) -> tuple[Generation, list[list[Hit]]]:
+        generation = self._generation
+        assert generation is not None, "Engine.start() was not called"
+        try:
+            return generation, generation.searcher.search(queries, config)
+        except (IndexNotFoundError, BackendError):
+            # The version may have been deleted by the process that swapped the alias.
+            fresh = self.refresh()
+            if fresh.version == generation.version:
+                raise
+            return fresh, fresh.searcher.search(queries, config)
+
+    def get(self, ids: Sequence[str]) -> tuple[Generation, dict[str, Any]]:
+        """Documents by id from the generation in use."""
+        generation = self._generation
+        assert generation is not None, "Engine.start() was not called"
+        return generation, self.backend.get(generation.version, list(ids))
+
+
+def _open_encoder(recipe: VectorRecipe | None, model: str) -> QueryEncoder:
+    """Batch encoder (torch) of the recipe's model, checked against its hash."""
+    if recipe is None:
+        return open_query_encoder(model, batch=True)
+    return open_query_encoder(recipe=recipe, batch=True)

@@ -1,0 +1,254 @@
+"""``hybrid serve``: a real uvicorn server and a real HTTP client, on both backends."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hybrid.encoder import Encoder, EncoderConfig
+from hybrid.indexing import IndexJob, run_index
+from hybrid.manifest import model_hash
+from hybrid.search import SearchConfig, Searcher
+from hybrid.serving.app import ServeLimits, create_app
+from hybrid.serving.engine import Engine, EngineConfig
+
+QUERIES = ["how do solar panels make electricity", "what causes ocean tides", "how is honey made by bees"]
+TOKEN = "a-long-random-test-token-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running(app: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a thread; yields its base URL."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def served_index(backend_and_name: tuple[Any, str], tiny_encoder: Any, beir_small: Path) -> tuple[Any, str]:
+    backend, name = backend_and_name
+    run_index(IndexJob(corpus=beir_small, index=name), backend, tiny_encoder)
+    return backend, name
+
+
+def _ids(rows: list[dict[str, Any]]) -> list[str]:
+    return [r["id"] for r in rows]
+
+
+def test_search_endpoints_match_the_library(served_index: tuple[Any, str], tiny_model: Path) -> None:
+    backend, name = served_index
+    engine = Engine(backend, name, EngineConfig(max_wait_ms=5, poll_s=0.2))
+    limits = ServeLimits(max_batch=4, max_query_chars=200, max_body_bytes=20_000)
+    expected_hash = model_hash(tiny_model)
+    with running(create_app(engine, limits)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        version = ready.json()["version"]
+        assert ready.json()["model_hash"] == expected_hash and ready.json()["dims"] == 32
+        assert client.get("/livez").json() == {"status": "ok"}
+
+        searcher = Searcher(backend, name)
+        for mode in ("bm25", "dense", "hybrid"):
+            body = client.post("/search", json={"query": QUERIES[0], "mode": mode, "k": 3}).json()
+            want = searcher.search([QUERIES[0]], SearchConfig(mode=mode, k=3))[0]  # type: ignore[arg-type]
+            assert _ids(body["hits"]) == [h.id for h in want], mode
+            assert body["version"] == version and body["model_hash"] == expected_hash
+            assert {"title", "text"} <= set(body["hits"][0])
+
+        linear = {"query": QUERIES[1], "fusion": "linear", "bm25_weight": 0.3, "dense_weight": 0.7, "k": 4}
+        got = client.post("/search", json=linear).json()["hits"]
+        fusion = SearchConfig(k=4).fusion.__class__(method="linear", bm25_weight=0.3, dense_weight=0.7)
+        want = searcher.search([QUERIES[1]], SearchConfig(k=4, fusion=fusion))[0]
+        assert _ids(got) == [h.id for h in want] and "sources" in got[0]
+
+        only_titles = client.post("/search", json={"query": QUERIES[2], "fields": ["title"]}).json()["hits"][0]
+        assert "title" in only_titles and "text" not in only_titles
+
+        batch = client.post("/search/batch", json={"queries": QUERIES, "mode": "dense", "k": 2}).json()
+        singles = [client.post("/search", json={"query": q, "mode": "dense", "k": 2}).json() for q in QUERIES]
+        assert [_ids(r["hits"]) for r in batch["results"]] == [_ids(s["hits"]) for s in singles]
+
+        doc_id = singles[0]["hits"][0]["id"]
+        doc = client.get(f"/docs/{doc_id}")
+        assert doc.status_code == 200 and doc.json()["id"] == doc_id and doc.json()["text"]
+        missing = client.get("/docs/no-such-doc")
+        assert missing.status_code == 404 and "no-such-doc" in missing.json()["error"]
+
+        for bad in ({"query": "x", "k": 1001}, {"query": "x", "mode": "fuzzy"}, {"query": ""}, {"query": "x", "kk": 1}):
+            response = client.post("/search", json=bad)
+            assert response.status_code == 400, (bad, response.text)
+            assert "error" in response.json()
+        assert client.post("/search", json={"query": "x" * 201}).status_code == 413
+        assert client.post("/search/batch", json={"queries": ["x"] * 5}).status_code == 413
+        assert client.post("/search", json={"query": "x", "pad": "y" * 30_000}).status_code == 413
+
+        metrics = client.get("/metrics").text
+        assert 'hybrid_requests_total{route="/search",status="200"}' in metrics
+        assert 'hybrid_search_seconds_count{mode="dense"}' in metrics
+        assert "hybrid_batch_queries_count" in metrics
+        assert 'hybrid_errors_total{kind="too_large"} 3.0' in metrics
+        assert client.get("/openapi.json").json()["paths"]["/search"]
+
+
+def test_bearer_token(served_index: tuple[Any, str]) -> None:
+    backend, name = served_index
+    for protect in (False, True):
+        engine = Engine(backend, name, EngineConfig(poll_s=0.2))
+        app = create_app(engine, ServeLimits(api_key=TOKEN, protect_probes=protect))
+        with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+            assert client.post("/search", json={"query": "tides"}).status_code == 401
+            wrong = {"Authorization": "Bearer " + TOKEN[:-1] + "x"}
+            assert client.post("/search", json={"query": "tides"}, headers=wrong).status_code == 401
+            right = {"Authorization": f"Bearer {TOKEN}"}
+            assert client.post("/search", json={"query": "tides"}, headers=right).status_code == 200
+            assert client.get("/metrics").status_code == (401 if protect else 200)
+            assert client.get("/readyz").status_code == (401 if protect else 200)
+            assert client.get("/metrics", headers=right).status_code == 200
+            assert client.get("/openapi.json").status_code == 200
+
+
+def test_concurrent_requests_are_micro_batched(served_index: tuple[Any, str]) -> None:
+    backend, name = served_index
+    engine = Engine(backend, name, EngineConfig(max_wait_ms=200, max_batch=64)).start()
+    try:
+        config = SearchConfig(mode="dense", k=3)
+        futures = [engine.submit([q], config) for q in QUERIES * 4]
+        answers = [f.result(60) for f in futures]
+    finally:
+        engine.close()
+    assert max(a.batch_size for a in answers) > 1
+    want = Searcher(backend, name).search(QUERIES * 4, config)
+    assert [[h.id for h in a.hits[0]] for a in answers] == [[h.id for h in row] for row in want]
+
+
+def test_swap_to_another_model_while_serving(
+    served_index: tuple[Any, str], tiny_model: Path, other_model: Path, beir_small: Path
+) -> None:
+    """A client loop runs while the index is rebuilt by another model: zero errors, and every
+    response comes from one real (version, model) pair with that pair's own results."""
+    backend, name = served_index
+    first = backend.current(name)
+    config = SearchConfig(mode="dense", k=3)
+    expected = {(first, model_hash(tiny_model)): Searcher(backend, name).search(QUERIES, config)}
+    engine = Engine(backend, name, EngineConfig(max_wait_ms=2, poll_s=0.05, grace_s=0.5))
+    seen: list[tuple[str, str, int, list[str]]] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def client_loop(url: str, offset: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            i = offset
+            while not stop.is_set():
+                query = i % len(QUERIES)
+                response = client.post("/search", json={"query": QUERIES[query], "mode": "dense", "k": 3})
+                if response.status_code != 200:
+                    errors.append(response.text)
+                else:
+                    body = response.json()
+                    seen.append((body["version"], body["model_hash"], query, _ids(body["hits"])))
+                i += 1
+
+    with running(create_app(engine)) as url:
+        threads = [threading.Thread(target=client_loop, args=(url, n)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        other = Encoder(EncoderConfig(model=str(other_model), batch_size=8))
+        run_index(IndexJob(corpus=beir_small, index=name, recreate=True), backend, other)
+        second = backend.current(name)
+        expected[(second, model_hash(other_model))] = Searcher(backend, name).search(QUERIES, config)
+        deadline = time.monotonic() + 60
+        while not any(v == second for v, *_ in seen[-5:]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert second != first
+    assert errors == []
+    pairs = {(v, h) for v, h, _, _ in seen}
+    assert pairs == set(expected), pairs
+    for version, digest, query, ids in seen:
+        assert ids == [h.id for h in expected[(version, digest)][query]]
+
+
+def test_cli_serve_process(tmp_path: Path, tiny_encoder: Any, beir_small: Path) -> None:
+    """`hybrid serve` as a real process: ready, answers, stops on SIGTERM; a bad index is one line."""
+    from hybrid.backends.embedded import EmbeddedBackend
+
+    store = tmp_path / "store"
+    backend = EmbeddedBackend(store)
+    run_index(IndexJob(corpus=beir_small, index="demo"), backend, tiny_encoder)
+    backend.close()
+    cli = [sys.executable, "-m", "hybrid.cli"]
+    missing = subprocess.run([*cli, "serve", "-i", "nope", "--store", str(store)], capture_output=True, text=True)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().startswith("Error: index 'nope' not found") and "Traceback" not in missing.stderr
+
+    key_file = tmp_path / "token"
+    key_file.write_text(TOKEN + "\n")
+    port = _free_port()
+    args = [*cli, "serve", "-i", "demo", "--store", str(store), "--port", str(port), "--api-key-file", str(key_file)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"{url}/livez", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "hybrid serve did not come up"
+            time.sleep(0.2)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        body = httpx.post(f"{url}/search", json={"query": "ocean tides", "k": 2}, headers=headers, timeout=60).json()
+        assert len(body["hits"]) == 2 and body["version"] == "demo-v000001"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    # uvicorn shuts down cleanly, then re-raises the signal so a supervisor sees it
+    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output
+    assert TOKEN not in output and "Traceback" not in output
+
+
+def test_serve_refuses_short_token(tmp_path: Path) -> None:
+    key_file = tmp_path / "token"
+    key_file.write_text("short")
+    done = subprocess.run(
+        [sys.executable, "-m", "hybrid.cli", "serve", "-i", "x", "--api-key-file", str(key_file)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "shorter than 16 characters" in done.stderr
