@@ -121,7 +121,8 @@ import_all() {
 import importlib, pkgutil, sys
 import hybrid
 
-names = ["hybrid"] + [m.name for m in pkgutil.walk_packages(hybrid.__path__, "hybrid.")]
+# __main__ modules run the CLI when imported: they are checked by `python -m hybrid.cli --help`.
+names = ["hybrid"] + [m.name for m in pkgutil.walk_packages(hybrid.__path__, "hybrid.") if not m.name.endswith("__main__")]
 files = {n: getattr(importlib.import_module(n), "__file__", None) or "" for n in names}
 elsewhere = {n: f for n, f in files.items() if not f.startswith(sys.argv[1])}
 if elsewhere:
@@ -132,8 +133,9 @@ EOF
 step "every hybrid module imports from the wheel" import_all
 
 step "hybrid --help" "$VENV/bin/hybrid" --help
+step "python -m hybrid.cli --help" "$NEW_PY" -m hybrid.cli --help
 commands=$("$NEW_PY" -c 'import typer.main; from hybrid.cli.app import app; print(*typer.main.get_command(app).commands)')
-for expected in index search info mine train negatives eval quickstart; do
+for expected in index search serve info mine train negatives eval quickstart; do
   case " $commands " in
     *" $expected "*) ;;
     *) echo "   FAIL command '$expected' is not registered (found: $commands)"; exit 1 ;;
@@ -150,4 +152,34 @@ quickstart() {
   grep -q "documents in index (verified)" "$LOG" && grep -q "why is my bread dense" "$LOG"
 }
 step "hybrid quickstart --store TMP (index and search the demo corpus)" quickstart
+
+# The server from the wheel over that index: ready, and one hybrid search over HTTP.
+serve() {
+  local port
+  port=$("$NEW_PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$VENV/bin/hybrid" serve -i quickstart --store "$WORK/store" --port "$port" --no-access-log &
+  local pid=$!
+  "$NEW_PY" - "$port" <<'PY'
+import json, sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}"
+deadline = time.monotonic() + 120
+while True:
+    try:
+        ready = json.load(urllib.request.urlopen(f"{url}/readyz", timeout=2))
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit("hybrid serve did not become ready")
+        time.sleep(0.5)
+request = urllib.request.Request(f"{url}/search", data=b'{"query": "why is my bread dense", "k": 1}',
+                                 headers={"Content-Type": "application/json"})
+body = json.load(urllib.request.urlopen(request, timeout=60))
+assert body["version"] == ready["version"] and len(body["hits"]) == 1, body
+print("   ", ready["version"], body["hits"][0]["id"])
+PY
+  local rc=$?
+  kill -TERM "$pid"; wait "$pid" || true
+  return $rc
+}
+step "hybrid serve over the quickstart index (readyz, one search over HTTP)" serve
 echo "== wheel check passed (${SECONDS}s)"
