@@ -1,0 +1,260 @@
+"""Benchmark: `hybrid serve` under concurrent clients, and a version swap under load.
+
+    python bench/serve.py [--backends embedded,es] [--clients 1,4,16] [--seconds 15]
+                          [--es-url URL] [--out bench/results/serve.json]
+
+SciFact (5,183 passages, ../shared/datasets/scifact) is indexed with `hybrid index`'s
+defaults on each backend (ES: a node started from tests/es_node.py unless --es-url), then
+`hybrid serve` runs as its own process on loopback. For each mode (bm25, dense, hybrid
+RRF) and each client count, that many concurrent clients (one asyncio process, each
+sending its next request when the last one returns, cycling through the 300 test queries)
+load the server for --seconds after a short warm-up: requests/s and p50/p95/p99 latency.
+Then a swap run: 4 clients send hybrid queries while `hybrid index --recreate` rebuilds the
+index in another process and the alias moves; it reports errors (the goal is 0) and the
+(version, model) pairs the responses named. Writes bench/results/serve.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REPO, SHARED, machine, percentile, write_json
+
+SCIFACT = SHARED / "scifact"
+MODES = ("bm25", "dense", "hybrid")
+HYBRID = [sys.executable, "-m", "hybrid.cli"]
+
+
+def test_queries() -> list[str]:
+    from hybrid.corpus import read_qrels
+
+    wanted = set(read_qrels(SCIFACT / "qrels" / "test.tsv"))
+    rows = [json.loads(line) for line in (SCIFACT / "queries.jsonl").open()]
+    return [r["text"] for r in rows if str(r["_id"]) in wanted]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+LIMIT: list[str] = []  # --limit N for smoke runs
+
+
+def run_cli(args: list[str], where: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([*HYBRID, *args, *LIMIT, *where, "-q"], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+class Server:
+    """`hybrid serve` in its own process."""
+
+    def __init__(self, where: list[str], index: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [*HYBRID, "serve", "-i", index, *where, "--port", str(self.port), "--no-access-log", "--poll", "0.5"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        import httpx
+
+        deadline = time.monotonic() + 300
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"hybrid serve exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("hybrid serve did not become ready")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+async def load(url: str, mode: str, clients: int, seconds: float, queries: list[str], warmup: float = 2.0) -> dict:
+    """``clients`` closed-loop clients for ``seconds`` (after ``warmup``): throughput and latency."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    pairs: dict[str, int] = {}
+    counter = iter(range(10**9))
+    started = time.perf_counter()
+    measure_from = started + warmup
+    stop_at = measure_from + seconds
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while (now := time.perf_counter()) < stop_at:
+            query = queries[next(counter) % len(queries)]
+            try:
+                response = await http.post("/search", json={"query": query, "mode": mode, "k": 10, "fields": []})
+                ok = response.status_code == 200
+                body = response.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                ok, body = False, {"error": f"{type(exc).__name__}: {exc}"}
+            done = time.perf_counter()
+            if now >= measure_from:
+                if ok:
+                    latencies.append(done - now)
+                    key = f"{body['version']} {body['model_hash']}"
+                    pairs[key] = pairs.get(key, 0) + 1
+                else:
+                    errors.append(str(body.get("error", body))[:200])
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+    return {
+        "mode": mode,
+        "clients": clients,
+        "requests": len(latencies),
+        "rps": round(len(latencies) / seconds, 1),
+        "p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+        "p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "pairs": pairs,
+    }
+
+
+def swap_run(url: str, where: list[str], queries: list[str]) -> dict[str, Any]:
+    """Hybrid load from 4 clients while another process rebuilds the index and swaps it."""
+    result: dict[str, Any] = {}
+
+    def rebuild() -> None:
+        time.sleep(3)
+        result["rebuild_s"] = round(run_cli(["index", str(SCIFACT), "-i", "scifact", "--recreate"], where), 1)
+
+    thread = threading.Thread(target=rebuild)
+    thread.start()
+    # long enough to cover the rebuild; measured from the start, no warm-up
+    seconds = 0.0
+    runs = []
+    while thread.is_alive() or seconds == 0.0:
+        runs.append(asyncio.run(load(url, "hybrid", 4, 10, queries, warmup=0)))
+        seconds += 10
+    runs.append(asyncio.run(load(url, "hybrid", 4, 5, queries, warmup=0)))  # after the swap
+    thread.join()
+    pairs: dict[str, int] = {}
+    for run in runs:
+        for key, n in run["pairs"].items():
+            pairs[key] = pairs.get(key, 0) + n
+    return {
+        "clients": 4,
+        "mode": "hybrid",
+        "seconds": seconds + 5,
+        "requests": sum(r["requests"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "first_errors": [e for r in runs for e in r["first_errors"]][:3],
+        "pairs": pairs,
+        **result,
+    }
+
+
+def bench_backend(kind: str, where: list[str], args: argparse.Namespace, queries: list[str]) -> dict[str, Any]:
+    print(f"== {kind}: indexing SciFact", flush=True)
+    index_s = run_cli(["index", str(SCIFACT), "-i", "scifact", "--recreate"], where)
+    server = Server(where, "scifact")
+    rows = []
+    try:
+        for mode in MODES:
+            for clients in (int(c) for c in args.clients.split(",")):
+                row = asyncio.run(load(server.url, mode, clients, args.seconds, queries))
+                print(json.dumps({kind: {k: row[k] for k in ("mode", "clients", "rps", "p50_ms", "p99_ms")}}))
+                rows.append(row)
+        swap = swap_run(server.url, where, queries)
+        print(json.dumps({kind: {"swap": {k: swap[k] for k in ("requests", "errors", "pairs")}}}), flush=True)
+    finally:
+        server.stop()
+    return {"index_s": round(index_s, 1), "rows": rows, "swap": swap}
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The two goals: 16-client throughput over 1-client, hybrid p50 over dense p50 (1 client)."""
+    rows = {(r["mode"], r["clients"]): r for r in result["rows"]}
+    most = max(c for _, c in rows)
+    out: dict[str, Any] = {}
+    for mode in ("dense", "hybrid"):
+        if (mode, 1) in rows and (mode, most) in rows:
+            out[f"{mode}_scaling_{most}_over_1"] = round(rows[(mode, most)]["rps"] / rows[(mode, 1)]["rps"], 2)
+    for clients in sorted({c for _, c in rows}):
+        if ("hybrid", clients) in rows and ("dense", clients) in rows:
+            ratio = rows[("hybrid", clients)]["p50_ms"] / rows[("dense", clients)]["p50_ms"]
+            out[f"hybrid_over_dense_p50_at_{clients}"] = round(ratio, 2)
+    return out
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print("| backend | mode | clients | req/s | p50 ms | p95 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind, result in results["backends"].items():
+        for r in result["rows"]:
+            print(
+                f"| {kind} | {r['mode']} | {r['clients']} | {r['rps']} | {r['p50_ms']} | {r['p95_ms']} "
+                f"| {r['p99_ms']} | {r['errors']} |"
+            )
+    for kind, result in results["backends"].items():
+        swap = result["swap"]
+        print(
+            f"{kind}: swap under load: {swap['requests']} requests, {swap['errors']} errors, "
+            f"(version, model) pairs {swap['pairs']}; rebuild {swap.get('rebuild_s')} s; {summary(result)}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", default="embedded,es")
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--limit", type=int, default=None, help="index only this many passages (smoke runs)")
+    parser.add_argument("--es-url", default=None, help="existing node; default: start ES 9 from tests/es_node.py")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve.json")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    queries = test_queries()
+    if args.limit:
+        LIMIT.extend(["--limit", str(args.limit)])
+    results: dict[str, Any] = {"machine": machine(), "seconds": args.seconds, "queries": len(queries), "backends": {}}
+    work = Path(tempfile.mkdtemp(prefix="hybrid-bench-serve-"))
+    for kind in args.backends.split(","):
+        if kind == "embedded":
+            results["backends"][kind] = bench_backend(kind, ["--store", str(work / "store")], args, queries)
+        else:
+            from tests import es_node
+
+            node = None if args.es_url else es_node.start(es_node.ES9)
+            url = args.es_url or str(node["url"])  # type: ignore[index]
+            try:
+                results["backends"][kind] = bench_backend(kind, ["--es-url", url], args, queries)
+            finally:
+                if node is not None:
+                    es_node.stop(node)
+        for result in results["backends"].values():
+            result["summary"] = summary(result)
+        write_json(args.out, results)
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
