@@ -21,11 +21,14 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from hybrid.backends.base import Backend
     from hybrid.config import VectorSettings
     from hybrid.encoder import Encoder
     from hybrid.indexing import IndexJob, IndexStats
     from hybrid.manifest import VectorRecipe
+    from hybrid.types import Document
 
 ModelOpt = Annotated[
     str | None,
@@ -42,9 +45,20 @@ ModelOpt = Annotated[
 @backend_options
 def index(
     corpus: Annotated[
-        Path, typer.Argument(help="Corpus file or dataset directory (BEIR, MS MARCO, DPR, jsonl; .gz ok).")
-    ],
+        Path | None,
+        typer.Argument(help="Corpus file or dataset directory (BEIR, MS MARCO, DPR, jsonl; .gz ok)."),
+    ] = None,
+    *,
     index: IndexOpt,
+    from_es: Annotated[
+        str | None,
+        typer.Option(
+            "--from-es",
+            help="Adopt an existing index of the --es-url cluster instead of a corpus: read it (never "
+            "changed) and build a hybrid index from it; give --text-field, optionally --title-field/--id-field.",
+        ),
+    ] = None,
+    slices: Annotated[int, typer.Option("--slices", help="--from-es: parallel readers (sliced scroll).")] = 1,
     format: Annotated[
         str | None, typer.Option("--format", "-f", help="beir, msmarco, dpr or jsonl (default: detected).")
     ] = None,
@@ -82,9 +96,15 @@ def index(
     ] = None,
     hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="HNSW graph degree.")] = 16,
     ef_construction: Annotated[int, typer.Option("--ef-construction", help="HNSW build beam width.")] = 100,
-    id_field: Annotated[str | None, typer.Option("--id-field", help="jsonl: key of the document id.")] = None,
-    title_field: Annotated[str | None, typer.Option("--title-field", help="jsonl: key of the title.")] = None,
-    text_field: Annotated[str | None, typer.Option("--text-field", help="jsonl: key of the text.")] = None,
+    id_field: Annotated[
+        str | None, typer.Option("--id-field", help="jsonl / --from-es: key of the document id (--from-es: _id).")
+    ] = None,
+    title_field: Annotated[
+        str | None, typer.Option("--title-field", help="jsonl / --from-es: key of the title (a.b.c nests).")
+    ] = None,
+    text_field: Annotated[
+        str | None, typer.Option("--text-field", help="jsonl / --from-es: key of the text (a.b.c nests).")
+    ] = None,
     skip_malformed: Annotated[
         bool, typer.Option("--skip-malformed", help="Skip and count malformed lines instead of stopping.")
     ] = False,
@@ -101,12 +121,20 @@ def index(
     from hybrid.indexing import IndexJob
 
     es = conn.es_config()
-    resolve_corpus(corpus, format)  # fail on a bad path or format before loading a model
+    if (corpus is None) == (from_es is None):
+        raise ConfigError("give a corpus path or --from-es SOURCE_INDEX (one of them)")
+    if from_es is not None:
+        if es is None:
+            raise ConfigError("--from-es reads an index of an Elasticsearch cluster: give --es-url")
+        if not text_field:
+            raise ConfigError("--from-es needs --text-field: the source field holding the passage text")
+    elif corpus is not None:
+        resolve_corpus(corpus, format)  # fail on a bad path or format before loading a model
     if stemmer not in ("porter", "krovetz", "none"):
         raise ConfigError(f"unknown stemmer '{stemmer}'; choose porter, krovetz or none")
     vectors = _vector_settings(vector_index, es is not None, hnsw_m, ef_construction)
     fields = None
-    if id_field or title_field or text_field:
+    if (id_field or title_field or text_field) and from_es is None:
         default = JsonlFields()
         fields = JsonlFields(
             id=(id_field,) if id_field else default.id,
@@ -127,6 +155,13 @@ def index(
     )
     backend = conn.open()
     try:
+        documents = None
+        if from_es is not None:  # checked before a model is loaded
+            from hybrid.backends.es_source import ElasticSource, SourceFields
+
+            source = SourceFields(text=str(text_field), title=title_field, id=id_field or "_id")
+            client = backend.client  # type: ignore[attr-defined]
+            documents = ElasticSource(client, from_es, source, batch=batch_size, slices=slices)
         config = EncoderConfig(
             model=model, batch_size=encode_batch, device=device, passage_max_length=passage_max_length
         )
@@ -145,7 +180,7 @@ def index(
                 model_hash=recipe.model_hash,
             )
         encoder = Encoder(config)
-        stats = run_with_progress(job, backend, encoder, quiet)
+        stats = run_with_progress(job, backend, encoder, quiet, documents)
     finally:
         backend.close()
     report(stats, index, backend.kind, as_json)
@@ -157,14 +192,16 @@ def _existing_recipe(backend: Backend, index: str) -> VectorRecipe | None:
     return index_recipe(backend, index) if backend.exists(index) else None
 
 
-def run_with_progress(job: IndexJob, backend: Backend, encoder: Encoder, quiet: bool) -> IndexStats:
+def run_with_progress(
+    job: IndexJob, backend: Backend, encoder: Encoder, quiet: bool, documents: Iterable[Document] | None = None
+) -> IndexStats:
     """Run an indexing job, drawing a progress bar unless quiet."""
     from hybrid.indexing import run_index
 
     if quiet:
-        return run_index(job, backend, encoder)
+        return run_index(job, backend, encoder, documents=documents)
     with _IndexProgress() as bar:
-        return run_index(job, backend, encoder, bar.update)
+        return run_index(job, backend, encoder, bar.update, documents)
 
 
 def _vector_settings(kind: str | None, elastic: bool, m: int, ef: int) -> VectorSettings:
@@ -229,7 +266,7 @@ def report(stats: IndexStats, name: str, backend: str, as_json: bool) -> None:
         ("read / written", f"{stats.read:,} / {stats.written:,}"),
         ("already indexed (resumed)", f"{stats.already_indexed:,}"),
         ("repeated ids skipped", f"{stats.duplicates:,}"),
-        ("malformed lines skipped", f"{stats.malformed:,}"),
+        ("malformed (or text-less) skipped", f"{stats.malformed:,}"),
         (
             "encode / write / commit",
             f"{stats.encode_seconds:.1f}s / {stats.write_seconds:.1f}s / {stats.commit_seconds:.1f}s",

@@ -84,8 +84,8 @@ def run_index(
     """
     started = time.perf_counter()
     reader: CorpusReader | _Documents
-    if documents is not None:
-        reader = _Documents(documents)
+    if documents is not None:  # a reader with counters (e.g. an ElasticSource) is used as it is
+        reader = documents if hasattr(documents, "progress") else _Documents(documents)  # type: ignore[assignment]
     elif job.corpus is not None:
         reader = open_corpus(job.corpus, job.format, fields=job.fields, skip_malformed=job.skip_malformed)
     else:
