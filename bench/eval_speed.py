@@ -2,9 +2,9 @@
 
     python bench/eval_speed.py [--store DIR]    # DIR: an embedded store with a 'scifact' index to reuse
 
-Same run, same 300 SciFact test queries: the numpy query encoder (cold-start path of
-`hybrid search`) and the torch encoder (what eval, mine and training's mining now use for
-batches), queries/s and the ratio; then `hybrid eval`'s library path, dense mode, k=1000,
+Same run, same 300 SciFact test queries: the ONNX Runtime query encoder (what search,
+serve, eval and mine use) and the torch encoder (the peer: the model as transformers runs
+it), queries/s and the ratio; then `hybrid eval`'s library path, dense mode, k=1000,
 on the embedded store (search time only, metrics excluded). Builds the index when no
 store is given (~5 min of encoding on 2 cores). Writes bench/results/eval_speed.json.
 """
@@ -36,12 +36,12 @@ def main() -> int:
     from hybrid.encoder import Encoder
     from hybrid.evaluation.evaluate import EvalJob, run_eval
     from hybrid.indexing import IndexJob, run_index
-    from hybrid.query_encoder import NumpyBertQueryEncoder
+    from hybrid.onnx_encoder import OnnxQueryEncoder
     from hybrid.search import SearchConfig
 
     qrels = read_qrels(SCIFACT / "qrels" / "test.tsv")
     texts = [q.text for q in read_queries(SCIFACT / "queries.jsonl") if q.id in qrels]
-    encoders = {"numpy": NumpyBertQueryEncoder(), "torch": Encoder()}
+    encoders = {"onnx": OnnxQueryEncoder(), "torch": Encoder()}
     rates: dict[str, float] = {}
     for name, encoder in encoders.items():
         encoder.encode_queries(texts[:32])  # warm up
@@ -65,7 +65,7 @@ def main() -> int:
         "machine": machine(),
         "queries": len(texts),
         "encode_queries_per_s": rates,
-        "torch_over_numpy": round(rates["torch"] / rates["numpy"], 2),
+        "onnx_over_torch": round(rates["onnx"] / rates["torch"], 2),
         "dense_eval_k1000": {
             "queries_per_s": best.timings["queries_per_s"],
             "search_s": best.timings["search_s"],
@@ -77,7 +77,7 @@ def main() -> int:
     print("| encoder | queries/s (300 SciFact test queries, batch 32) |\n|---|---|")
     for name, rate in rates.items():
         print(f"| {name} | {rate} |")
-    print(f"torch / numpy: {results['torch_over_numpy']}x")
+    print(f"onnx / torch: {results['onnx_over_torch']}x")
     dense = results["dense_eval_k1000"]
     print(f"dense eval, k=1000, embedded: {dense['queries_per_s']} queries/s (nDCG@10 {dense['ndcg@10']})")
     return 0

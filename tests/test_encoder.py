@@ -66,30 +66,56 @@ def test_missing_model_dir_is_a_clear_error(tmp_path: Path) -> None:
 QUERIES = ["how do solar panels work", "What is the effect of statins on LDL cholesterol in elderly patients?", "a"]
 
 
-def test_numpy_query_encoder_matches_torch_on_tiny_model(tiny_model: Path, tiny_encoder: Any) -> None:
-    from hybrid.query_encoder import NumpyBertQueryEncoder, supports_numpy
+def _random_model(kind: str, tiny_model: Path, out: Path) -> Path:
+    """A small random MPNet or XLM-R (built here: nothing is downloaded) with MiniLM's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, MPNetConfig, MPNetModel, XLMRobertaConfig, XLMRobertaModel
 
-    assert supports_numpy(tiny_model)
-    fast = NumpyBertQueryEncoder(str(tiny_model))
-    np.testing.assert_allclose(fast.encode_queries(QUERIES), tiny_encoder.encode_queries(QUERIES), atol=1e-5)
+    from hybrid.encoder import save_settings
+
+    torch.manual_seed(0)
+    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    model: Any
+    if kind == "mpnet":
+        model = MPNetModel(MPNetConfig(vocab_size=30527, max_position_embeddings=130, **sizes))
+    else:
+        model = XLMRobertaModel(XLMRobertaConfig(vocab_size=30522, max_position_embeddings=130, **sizes))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(tiny_model), local_files_only=True).save_pretrained(out)
+    save_settings(out, EncoderSettings(pooling="mean", normalize=True, query_max_length=32, passage_max_length=64))
+    return out
 
 
-def test_numpy_query_encoder_matches_torch_on_minilm() -> None:
-    from hybrid.query_encoder import NumpyBertQueryEncoder, open_query_encoder
+@pytest.mark.parametrize("kind", ["bert", "mpnet", "xlm-roberta"])
+def test_onnx_query_encoder_equals_torch(kind: str, tiny_model: Path, tmp_path: Path) -> None:
+    from hybrid.onnx_encoder import OnnxQueryEncoder
+
+    model = tiny_model if kind == "bert" else _random_model(kind, tiny_model, tmp_path / kind)
+    fast = OnnxQueryEncoder(str(model))
+    reference = Encoder(EncoderConfig(model=str(model))).encode_queries(QUERIES)
+    np.testing.assert_allclose(fast.encode_queries(QUERIES), reference, atol=1e-5)
+    again = OnnxQueryEncoder(str(model))  # from the cached graph, keyed by the weights hash
+    np.testing.assert_allclose(again.encode_queries(QUERIES[::-1]), reference[::-1], atol=1e-5)
+    assert fast.model_hash == again.model_hash
+
+
+def test_onnx_query_encoder_equals_torch_on_minilm() -> None:
+    from hybrid.onnx_encoder import OnnxQueryEncoder
+    from hybrid.query_encoder import open_query_encoder
 
     fast = open_query_encoder(None)
-    assert isinstance(fast, NumpyBertQueryEncoder) and fast.dims == 384
+    assert isinstance(fast, OnnxQueryEncoder) and fast.dims == 384
     np.testing.assert_allclose(fast.encode_queries(QUERIES), Encoder().encode_queries(QUERIES), atol=1e-5)
 
 
-def test_non_bert_models_fall_back_to_torch(tmp_path: Path, tiny_model: Path) -> None:
+def test_models_without_a_fast_tokenizer_fall_back_to_torch(tmp_path: Path, tiny_model: Path) -> None:
     import shutil
 
-    from hybrid.query_encoder import supports_numpy
+    from hybrid.query_encoder import open_query_encoder
 
-    other = tmp_path / "other"
-    shutil.copytree(tiny_model, other)
-    cfg = json.loads((other / "config.json").read_text())
-    cfg["model_type"] = "roberta"
-    (other / "config.json").write_text(json.dumps(cfg))
-    assert not supports_numpy(other)
+    other = shutil.copytree(tiny_model, tmp_path / "other")
+    (other / "tokenizer.json").unlink()
+    encoder = open_query_encoder(str(other))
+    assert isinstance(encoder, Encoder)
+    vectors = encoder.encode_queries(QUERIES)
+    assert vectors.shape == (3, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

@@ -156,14 +156,14 @@ def test_separate_towers_save_a_query_tower(
     embedded_backend: Any, tiny_encoder: Any, tiny_model: Path, beir_small: Path, tmp_path: Path
 ) -> None:
     from hybrid.encoder import Encoder, EncoderConfig
-    from hybrid.query_encoder import NumpyBertQueryEncoder
+    from hybrid.onnx_encoder import OnnxQueryEncoder
 
     run_index(IndexJob(corpus=beir_small, index="idx"), embedded_backend, tiny_encoder)
     result = train(_config("idx", beir_small, tmp_path / "run", tiny_model, shared=False, steps=2), embedded_backend)
     assert (result.final / "query_encoder" / "model.safetensors").is_file()
     torch_q = Encoder(EncoderConfig(model=str(result.final))).encode_queries(["honey"])
-    numpy_q = NumpyBertQueryEncoder(str(result.final)).encode_queries(["honey"])
-    np.testing.assert_allclose(torch_q, numpy_q, atol=1e-5)
+    onnx_q = OnnxQueryEncoder(str(result.final)).encode_queries(["honey"])
+    np.testing.assert_allclose(torch_q, onnx_q, atol=1e-5)
 
 
 def test_config_files_and_overrides(tmp_path: Path) -> None:

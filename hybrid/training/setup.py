@@ -121,7 +121,7 @@ class RunState:
         if score is not None and score >= max(scores):
             best = config.out / "best"
             shutil.rmtree(best, ignore_errors=True)
-            shutil.copytree(model_dir, best)
+            shutil.copytree(model_dir, best, ignore=shutil.ignore_patterns(".hybrid-onnx"))
             (best / "best.json").write_text(json.dumps(entry, indent=1) + "\n")
             self.best = best
 
@@ -262,7 +262,7 @@ def keep_model(source: Path, target: Path) -> Path:
         shutil.rmtree(target)  # left by an earlier run in this --out with other weights
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(STATE_FILE, CONFIG_FILE, "best.json"))
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(STATE_FILE, CONFIG_FILE, "best.json", ".hybrid-onnx"))
     tmp.rename(target)
     return target
 
