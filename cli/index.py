@@ -59,6 +59,14 @@ def index(
         ),
     ] = None,
     slices: Annotated[int, typer.Option("--slices", help="--from-es: parallel readers (sliced scroll).")] = 1,
+    in_place: Annotated[
+        bool,
+        typer.Option(
+            "--in-place",
+            help="--from-es: add the vectors to SOURCE_INDEX itself (a hybrid_vector_vN field, filled with "
+            "partial updates; nothing else is changed) instead of building a new index; give -i SOURCE_INDEX.",
+        ),
+    ] = False,
     format: Annotated[
         str | None, typer.Option("--format", "-f", help="beir, msmarco, dpr or jsonl (default: detected).")
     ] = None,
@@ -128,6 +136,10 @@ def index(
             raise ConfigError("--from-es reads an index of an Elasticsearch cluster: give --es-url")
         if not text_field:
             raise ConfigError("--from-es needs --text-field: the source field holding the passage text")
+        if in_place and index != from_es:
+            raise ConfigError(f"--in-place adds vectors to '{from_es}' itself: give -i {from_es}")
+    elif in_place:
+        raise ConfigError("--in-place goes with --from-es SOURCE_INDEX")
     elif corpus is not None:
         resolve_corpus(corpus, format)  # fail on a bad path or format before loading a model
     if stemmer not in ("porter", "krovetz", "none"):
@@ -162,6 +174,12 @@ def index(
             source = SourceFields(text=str(text_field), title=title_field, id=id_field or "_id")
             client = backend.client  # type: ignore[attr-defined]
             documents = ElasticSource(client, from_es, source, batch=batch_size, slices=slices)
+            if in_place:
+                if id_field not in (None, "_id"):
+                    raise ConfigError("--in-place updates documents by their _id: leave out --id-field")
+                from hybrid.backends.es_inplace import adopt
+
+                adopt(client, from_es, str(text_field), title_field)
         config = EncoderConfig(
             model=model, batch_size=encode_batch, device=device, passage_max_length=passage_max_length
         )

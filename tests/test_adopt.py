@@ -11,6 +11,9 @@ from hybrid.cli.app import app
 from typer.testing import CliRunner
 
 from hybrid.backends.es_source import ElasticSource, SourceFields, field_value
+from hybrid.encoder import Encoder, EncoderConfig
+from hybrid.indexing import IndexJob, run_index
+from hybrid.manifest import model_hash
 from hybrid.search import SearchConfig, Searcher
 
 runner = CliRunner()
@@ -45,7 +48,7 @@ def app_index(es_backend: Any, es_prefix: str, beir_small: Path) -> tuple[str, d
         row = json.loads(line)
         doc: dict[str, Any] = {"sku": f"sku-{row['_id']}", "headline": row.get("title", ""), "price": float(n)}
         doc["body"] = {"content": row["text"], "lang": "en"} if n % 7 != 3 else {"lang": "en"}
-        docs[f"app-{row['_id']}"] = doc
+        docs[row["_id"]] = doc
     for doc_id, doc in docs.items():
         client.index(index=name, id=doc_id, document=doc)
     client.indices.refresh(index=name)
@@ -110,3 +113,157 @@ def test_adopt_errors_are_one_line(es_url: str, es_prefix: str, beir_small: Path
         result = runner.invoke(app, args)
         assert result.exit_code == 1, result.output
         assert message in result.output and "Traceback" not in result.output
+
+
+def _app_fields(client: Any, index: str) -> tuple[Any, dict[str, Any]]:
+    """The application's own mapping fields and documents, without hybrid's vector fields."""
+    mapping, docs = _snapshot(client, index)
+    own = {k: v for k, v in mapping["properties"].items() if not k.startswith("hybrid_vector_")}
+    return own, {i: {k: v for k, v in d.items() if not k.startswith("hybrid_vector_")} for i, d in docs.items()}
+
+
+@pytest.mark.es
+def test_adopt_in_place(es_url: str, es_backend: Any, app_index: tuple[str, dict[str, Any]], tiny_model: Path) -> None:
+    source, docs = app_index
+    client = es_backend.client
+    client.indices.put_mapping(index=source, meta={"owner": "shop-team"})
+    with_text = {i for i, d in docs.items() if "content" in d["body"]}
+    before = _app_fields(client, source)
+    args = ["index", "--from-es", source, "--in-place", "--text-field", "body.content", "--title-field", "headline"]
+    common = ["-i", source, "-m", str(tiny_model), "-q", "--json", "--es-url", es_url]
+    result = runner.invoke(app, [*args, *common])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["count"] == len(with_text)
+
+    assert es_backend.current(source) == f"{source}@hybrid_vector_v1"
+    mapping = client.indices.get_mapping(index=source)[source]["mappings"]
+    assert mapping["properties"]["hybrid_vector_v1"]["type"] == "dense_vector"
+    assert mapping["_meta"]["owner"] == "shop-team"  # the user's own _meta is kept
+    assert mapping["_meta"]["hybrid_in_place"]["active"] == "hybrid_vector_v1"
+    assert _app_fields(client, source) == before  # nothing of theirs changed
+    assert client.count(index=source)["count"] == len(docs)  # no document added or removed
+
+    info = es_backend.info(source)
+    assert info.count == len(with_text) and info.recipe["model_hash"] == model_hash(tiny_model)
+    for mode in ("bm25", "dense", "hybrid"):
+        hits = Searcher(es_backend, source).search(["ocean tides"], SearchConfig(mode=mode, k=3))[0]  # type: ignore[arg-type]
+        assert len(hits) == (1 if mode == "bm25" else 3), mode  # one document has the words
+        assert all(h.id in with_text and h.text for h in hits), mode
+    doc = es_backend.get(source, [sorted(with_text)[0]])
+    assert doc[sorted(with_text)[0]].text == docs[sorted(with_text)[0]]["body"]["content"]
+
+    again = runner.invoke(app, [*args, *common])
+    assert again.exit_code == 0 and json.loads(again.output)["written"] == 0, again.output
+    wrong = runner.invoke(app, ["index", "--from-es", source, "--in-place", "--text-field", "x", *common])
+    assert wrong.exit_code == 1 and "use the same fields" in wrong.output
+
+
+@pytest.mark.es
+def test_in_place_refresh_while_serving(
+    es_backend: Any, app_index: tuple[str, dict[str, Any]], tiny_model: Path, other_model: Path
+) -> None:
+    """Another model fills hybrid_vector_v2 while a client queries the server: zero errors,
+    every response from one real (field, model) pair with that pair's own results, and the
+    application's documents unchanged."""
+    import threading
+    import time
+
+    import httpx
+
+    from hybrid.backends.es_inplace import adopt
+    from hybrid.serving.app import create_app
+    from hybrid.serving.engine import Engine, EngineConfig
+    from tests.test_serve import running
+
+    source, _ = app_index
+    client = es_backend.client
+    fields = SourceFields(text="body.content", title="headline")
+    adopt(client, source, fields.text, fields.title)
+    first = Encoder(EncoderConfig(model=str(tiny_model), batch_size=8))
+    run_index(IndexJob(corpus=None, index=source), es_backend, first, documents=ElasticSource(client, source, fields))
+    before = _app_fields(client, source)
+    queries = ["ocean tides", "solar panels", "honey bees"]
+    config = SearchConfig(mode="dense", k=3)
+    v1 = f"{source}@hybrid_vector_v1"
+    expected = {(v1, model_hash(tiny_model)): Searcher(es_backend, source).search(queries, config)}
+    seen: list[tuple[str, str, int, list[str]]] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def loop(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            i = 0
+            while not stop.is_set():
+                response = http.post("/search", json={"query": queries[i % 3], "mode": "dense", "k": 3})
+                if response.status_code != 200:
+                    errors.append(response.text)
+                else:
+                    body = response.json()
+                    seen.append((body["version"], body["model_hash"], i % 3, [h["id"] for h in body["hits"]]))
+                i += 1
+
+    engine = Engine(es_backend, source, EngineConfig(poll_s=0.05))
+    with running(create_app(engine)) as url:
+        thread = threading.Thread(target=loop, args=(url,))
+        thread.start()
+        time.sleep(0.5)
+        second = Encoder(EncoderConfig(model=str(other_model), batch_size=4))
+        job = IndexJob(corpus=None, index=source, recreate=True, batch_size=4)
+        run_index(job, es_backend, second, documents=ElasticSource(client, source, fields))
+        v2 = f"{source}@hybrid_vector_v2"
+        assert es_backend.current(source) == v2
+        expected[(v2, model_hash(other_model))] = Searcher(es_backend, source).search(queries, config)
+        deadline = time.monotonic() + 60
+        while not any(v == v2 for v, *_ in seen[-3:]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop.set()
+        thread.join(timeout=60)
+    assert errors == []
+    assert {(v, h) for v, h, _, _ in seen} == set(expected)
+    for version, digest, query, ids in seen:
+        assert ids == [h.id for h in expected[(version, digest)][query]]
+    # the old field still answers for its own model, and the application's data is as it was
+    pinned = Searcher(es_backend, v1, Encoder(EncoderConfig(model=str(tiny_model)))).search(queries, config)
+    assert [[h.id for h in row] for row in pinned] == [
+        [h.id for h in row] for row in expected[(v1, model_hash(tiny_model))]
+    ]
+    assert _app_fields(client, source) == before
+
+
+@pytest.mark.es
+def test_training_refresh_in_place(
+    es_backend: Any, app_index: tuple[str, dict[str, Any]], tiny_model: Path, beir_small: Path, tmp_path: Path
+) -> None:
+    from hybrid.backends.es_inplace import adopt
+    from hybrid.negatives import SamplerConfig
+    from hybrid.training.config import TrainConfig
+    from hybrid.training.trainer import train
+
+    source, docs = app_index
+    client = es_backend.client
+    fields = SourceFields(text="body.content", title="headline")
+    adopt(client, source, fields.text, fields.title)
+    encoder = Encoder(EncoderConfig(model=str(tiny_model), batch_size=8))
+    run_index(IndexJob(corpus=None, index=source), es_backend, encoder, documents=ElasticSource(client, source, fields))
+    before = _app_fields(client, source)
+    config = TrainConfig(
+        index=source,
+        queries=beir_small / "queries.jsonl",
+        qrels=beir_small / "qrels/test.tsv",
+        out=tmp_path / "run",
+        sampler=SamplerConfig(n=2, depth=10),
+        steps=2,
+        batch_size=2,
+        bm25_depth=5,
+        knn_depth=5,
+        save_every=0,
+        refresh_at_end=True,
+    )
+    result = train(config, es_backend)
+    assert result.refreshes and es_backend.current(source) == f"{source}@hybrid_vector_v2"
+    info = es_backend.info(source)
+    assert info.count == sum(1 for d in docs.values() if "content" in d["body"])
+    assert info.recipe["model_hash"] == model_hash(result.final)
+    hits = Searcher(es_backend, source).search(["ocean tides"], SearchConfig(mode="hybrid", k=3))[0]
+    assert len(hits) == 3
+    assert _app_fields(client, source) == before

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from hybrid.backends import es_bodies as bodies
+from hybrid.backends import es_inplace as inplace
 from hybrid.backends.base import check_vectors, split_version, version_name, version_number
+from hybrid.backends.es_source import field_value
 from hybrid.config import ElasticConfig, IndexSpec
 from hybrid.errors import (
     BackendError,
@@ -77,20 +79,32 @@ class ElasticBackend:
     def __init__(self, config: ElasticConfig, client: Any | None = None) -> None:
         self.config = config
         self.client = client if client is not None else connect(config)
-        self._meta_cache: dict[str, dict[str, Any]] = {}
+        self._meta_cache: dict[str, _Layout] = {}
 
     # -- names and versions -------------------------------------------------
     def current(self, name: str) -> str | None:
-        """The physical index the alias ``name`` points at, or ``None``."""
+        """The version ``name`` points at: the physical index behind the alias ``name``, or
+        ``name@hybrid_vector_vN`` for an index adopted in place; ``None`` when there is none."""
         if not self.client.indices.exists_alias(name=name):
-            return None
+            state = self._in_place(name)
+            return inplace.version_of(name, state["active"]) if state and state.get("active") else None
         targets = list(self.client.indices.get_alias(name=name).keys())
         if len(targets) != 1:
             raise BackendError(f"alias '{name}' points at {len(targets)} indices; expected one")
         return str(targets[0])
 
+    def _in_place(self, index: str) -> dict[str, Any] | None:
+        """The in-place record of a concrete index (``None``: not adopted in place, or absent)."""
+        if split_version(index) is not None or not self.client.indices.exists(index=index):
+            return None
+        return inplace.read_state(self.client, index)
+
     def versions(self, name: str) -> list[str]:
         """Physical versions of ``name``, oldest first."""
+        state = self._in_place(name)
+        if state is not None:
+            fields = sorted(state.get("versions", {}), key=lambda f: inplace.field_number(f) or 0)
+            return [inplace.version_of(name, f) for f in fields]
         found = self.client.indices.get(index=f"{name}-v*", ignore_unavailable=True, allow_no_indices=True)
         named = [(version_number(name, idx), idx) for idx in found]
         return [idx for num, idx in sorted((n, i) for n, i in named if n is not None)]
@@ -103,9 +117,16 @@ class ElasticBackend:
         if physical is None:
             if split_version(name) is not None and self.client.indices.exists(index=name):
                 return name  # a version pinned by its physical name
+            parts = inplace.split(name)
+            if parts is not None:  # a field of an index adopted in place, pinned by name
+                state = self._in_place(parts[0]) or {}
+                if (state.get("versions", {}).get(parts[1]) or {}).get("committed"):
+                    return name
+                raise IndexNotFoundError(f"version '{name}' not found")
             if self.client.indices.exists(index=name):
                 raise BackendError(
-                    f"'{name}' is a plain index, not one made by hybrid; index a corpus under another name"
+                    f"'{name}' is a plain index, not one made by hybrid; adopt it with: hybrid index --from-es "
+                    f"{name} --text-field FIELD -i NEW_NAME (or --in-place -i {name})"
                 )
             raise IndexNotFoundError(f"index '{name}' not found; create it with: hybrid index CORPUS --index {name}")
         return physical
@@ -116,12 +137,19 @@ class ElasticBackend:
         return ",".join(sorted({n["version"] for n in nodes.values()}))
 
     def meta(self, physical: str) -> dict[str, Any]:
+        parts = inplace.split(physical)
+        if parts is not None:
+            state = self._in_place(parts[0]) or {}
+            return dict(state.get("versions", {}).get(parts[1], {}))
         mapping = self.client.indices.get_mapping(index=physical)[physical]["mappings"]
         meta: dict[str, Any] = mapping.get("_meta", {}).get("hybrid", {})
         return meta
 
     # -- writing ------------------------------------------------------------
-    def open_writer(self, spec: IndexSpec, *, recreate: bool = False) -> ElasticWriter:
+    def open_writer(self, spec: IndexSpec, *, recreate: bool = False) -> ElasticWriter | inplace.InPlaceWriter:
+        state = self._in_place(spec.name)
+        if state is not None:
+            return inplace.open_in_place(self, spec, state, recreate)
         if self.client.indices.exists(index=spec.name) and not self.client.indices.exists_alias(name=spec.name):
             raise BackendError(
                 f"'{spec.name}' is a plain index on this cluster; hybrid needs the name for an "
@@ -157,9 +185,10 @@ class ElasticBackend:
 
     # -- reading ------------------------------------------------------------
     def info(self, name: str) -> IndexInfo:
-        physical = self._require(name)
-        meta = self.meta(physical)
-        mapping = self.client.indices.get_mapping(index=physical)[physical]["mappings"]
+        layout = self._layout(name)
+        physical, meta = layout.physical, layout.meta
+        target = inplace.split(physical)[0] if inplace.split(physical) else physical  # type: ignore[index]
+        mapping = self.client.indices.get_mapping(index=target)[target]["mappings"]
         return IndexInfo(
             name=name,
             backend=self.kind,
@@ -178,24 +207,52 @@ class ElasticBackend:
         )
 
     def count(self, name: str) -> int:
-        self._search_meta(name)
+        layout = self._layout(name)
+        if layout.vector_field != "vector":  # adopted in place: the documents this version embedded
+            query = {"exists": {"field": layout.vector_field}}
+            return int(self.client.count(index=layout.index, query=query)["count"])
         return int(self.client.count(index=name)["count"])
 
-    def _search_meta(self, name: str) -> dict[str, Any]:
-        """The current version's metadata, cached per alias (searches hit the alias itself)."""
+    def _layout(self, name: str) -> _Layout:
+        """Where ``name``'s current version keeps text and vectors, cached per name (searches
+        address the alias itself; a swap is noticed from the hits, see ``_msearch_chunk``)."""
         cached = self._meta_cache.get(name)
         if cached is None:
             physical = self._require(name)
-            cached = {**self.meta(physical), "physical": physical}
+            parts = inplace.split(physical)
+            if parts is None:
+                cached = _Layout(index=name, physical=physical, meta=self.meta(physical))
+            else:
+                state = self._in_place(parts[0]) or {}
+                text, title = str(state["text_field"]), state.get("title_field")
+                fields = tuple(f for f in (title, text) if f)
+                cached = _Layout(
+                    index=parts[0],
+                    physical=physical,
+                    meta=dict(state["versions"][parts[1]]),
+                    vector_field=parts[1],
+                    text_field=text,
+                    title_field=title,
+                    bm25_fields=fields,
+                    source=fields,
+                )
             self._meta_cache[name] = cached
         return cached
 
+    def forget(self, index: str) -> None:
+        """Drop cached layouts that address ``index`` (after its active version changed)."""
+        for key, layout in list(self._meta_cache.items()):
+            if key == index or layout.index == index:
+                self._meta_cache.pop(key, None)
+
     def bm25(self, name: str, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        self._search_meta(name)
-        return self._msearch(name, [bodies.bm25_body(q, k) for q in queries], None)
+        layout = self._layout(name)
+        body = [bodies.bm25_body(q, k, layout.bm25_fields, layout.source) for q in queries]
+        return self._msearch(name, body, None)
 
     def knn(self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None) -> list[list[Hit]]:
-        meta = self._search_meta(name)
+        layout = self._layout(name)
+        meta = layout.meta
         dims = int(meta.get("dims") or vectors.shape[1])
         if vectors.shape[1] != dims:
             raise DimensionMismatchError(
@@ -203,8 +260,8 @@ class ElasticBackend:
                 f"{dims}-d vectors from {meta.get('model')}; search with that model"
             )
         nc = max(k, num_candidates or DEFAULT_NUM_CANDIDATES)
-        body = [bodies.knn_body(v, k, nc) for v in vectors]
-        return self._msearch(name, body, str(meta.get("similarity", "dot_product")))
+        body = [bodies.knn_body(v, k, nc, layout.vector_field, layout.source) for v in vectors]
+        return self._msearch(name, body, layout.similarity)
 
     def _msearch(self, name: str, body: list[dict[str, Any]], similarity: str | None) -> list[list[Hit]]:
         """Multi-search the alias in chunks; a chunk that fails during a version swap is retried."""
@@ -222,27 +279,29 @@ class ElasticBackend:
                     self._meta_cache.pop(name, None)
                     if attempt == SWAP_RETRIES:
                         raise
-                    self._search_meta(name)
+                    self._layout(name)
         return results
 
     def _msearch_chunk(self, name: str, chunk: list[dict[str, Any]], similarity: str | None) -> list[list[Hit]]:
         import elasticsearch
 
+        layout = self._meta_cache.get(name)
+        target = layout.index if layout is not None else name
         try:
-            resp = self.client.msearch(searches=bodies.msearch_lines(name, chunk))
+            resp = self.client.msearch(searches=bodies.msearch_lines(target, chunk))
         except elasticsearch.NotFoundError as exc:
             raise BackendError(f"search failed on '{name}': {exc}") from exc
         out = []
-        current = self._meta_cache.get(name, {}).get("physical")
+        current = layout.physical if layout is not None and layout.vector_field == "vector" else None
         for item in resp["responses"]:
             if "error" in item:
                 raise BackendError(f"search failed on '{name}': {_reason(item['error'])}")
             if item.get("_shards", {}).get("failed"):
                 raise BackendError(f"search on '{name}' had failed shards: {item['_shards']}")
             hits = item["hits"]["hits"]
-            if hits and hits[0].get("_index") != current:
+            if hits and current is not None and hits[0].get("_index") != current:
                 self._meta_cache.pop(name, None)  # served by a newer version: reload its metadata
-            out.append([_hit(h, similarity) for h in hits])
+            out.append([_hit(h, similarity, layout) for h in hits])
         return out
 
     def score(self, name: str, vectors: np.ndarray, ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
@@ -253,10 +312,11 @@ class ElasticBackend:
         give their quantized similarity). Vectors are not kept in _source, so they cannot be
         fetched and scored locally.
         """
-        similarity = str(self._search_meta(name).get("similarity", "dot_product"))
+        layout = self._layout(name)
+        similarity = layout.similarity
         bodies_ = []
         for vector, group in zip(vectors, ids, strict=True):
-            body = bodies.knn_body(vector, max(1, len(group)), max(1, len(group)))
+            body = bodies.knn_body(vector, max(1, len(group)), max(1, len(group)), layout.vector_field)
             body["knn"]["filter"] = {"ids": {"values": list(group)}}
             body["_source"] = False
             bodies_.append(body)
@@ -264,22 +324,36 @@ class ElasticBackend:
         return [{h.id: h.score for h in row} for row in hits]
 
     def get(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
-        self._search_meta(name)
+        layout = self._layout(name)
         if not ids:
             return {}
-        resp = self.client.mget(index=name, ids=list(ids), source=bodies.SOURCE_FIELDS)
+        resp = self.client.mget(index=layout.index, ids=list(ids), source=list(layout.source))
         out: dict[str, Document] = {}
         for doc in resp["docs"]:
             if doc.get("found"):
-                src = doc["_source"]
-                out[doc["_id"]] = Document(id=doc["_id"], text=src.get("text", ""), title=src.get("title", ""))
+                hit = _hit({**doc, "_score": 0.0}, None, layout)
+                out[doc["_id"]] = Document(id=doc["_id"], text=hit.text or "", title=hit.title or "")
         return out
 
     def iter_documents(self, name: str, batch: int = 1000) -> Iterator[list[Document]]:
         """Every document of the current version, in batches (a scroll over one version)."""
         from elasticsearch import helpers
 
-        physical = self._require(name)
+        layout = self._layout(name)
+        if layout.vector_field != "vector":  # adopted in place: the documents that have text
+            from hybrid.backends.es_source import ElasticSource, SourceFields
+
+            fields = SourceFields(text=layout.text_field, title=layout.title_field)
+            out_: list[Document] = []
+            for doc in ElasticSource(self.client, layout.index, fields, batch=batch):
+                out_.append(doc)
+                if len(out_) >= batch:
+                    yield out_
+                    out_ = []
+            if out_:
+                yield out_
+            return
+        physical = layout.physical
         out: list[Document] = []
         for hit in helpers.scan(
             self.client,
@@ -298,12 +372,18 @@ class ElasticBackend:
             yield out
 
     def drop(self, name: str) -> None:
-        self._meta_cache.pop(name, None)
+        self.forget(name)
+        if self._in_place(name) is not None:
+            # never delete a user's index: forget it was adopted (its vector fields stay in the mapping)
+            mapping = self.client.indices.get_mapping(index=name)[name]["mappings"]
+            meta = {k: v for k, v in mapping.get("_meta", {}).items() if k != inplace.META_KEY}
+            self.client.indices.put_mapping(index=name, meta=meta)
+            return
         for physical in self.versions(name):
             self.client.indices.delete(index=physical)
 
     def release(self, physical: str) -> None:
-        """Forget a pinned version's cached metadata (nothing is held open on a cluster)."""
+        """Forget a pinned version's cached layout (nothing is held open on a cluster)."""
         self._meta_cache.pop(physical, None)
 
     def close(self) -> None:
@@ -408,12 +488,34 @@ def _check_compatible(spec: IndexSpec, meta: dict[str, Any], name: str) -> None:
     check_same_vectors(name, VectorRecipe.from_dict(meta.get("recipe")), spec.recipe)
 
 
-def _hit(raw: dict[str, Any], similarity: str | None) -> Hit:
+@dataclass(frozen=True)
+class _Layout:
+    """Where one version keeps its text and vectors: hybrid's own index (behind an alias), or
+    a user's index adopted in place (their text fields, a ``hybrid_vector_vN`` field)."""
+
+    index: str  # what requests address: the alias, a physical version, or the adopted index
+    physical: str  # the version: ``name-v000001`` or ``index@hybrid_vector_vN``
+    meta: dict[str, Any]
+    vector_field: str = "vector"
+    text_field: str = "text"
+    title_field: str | None = "title"
+    bm25_fields: tuple[str, ...] = ("contents",)
+    source: tuple[str, ...] = tuple(bodies.SOURCE_FIELDS)
+
+    @property
+    def similarity(self) -> str:
+        return str(self.meta.get("similarity", "dot_product"))
+
+
+def _hit(raw: dict[str, Any], similarity: str | None, layout: _Layout | None = None) -> Hit:
     src = raw.get("_source", {})
     score = float(raw["_score"])
     if similarity is not None:
         score = bodies.similarity_from_es_score(score, similarity)
-    return Hit(id=raw["_id"], score=score, title=src.get("title"), text=src.get("text"))
+    text_field = layout.text_field if layout else "text"
+    title_field = layout.title_field if layout else "title"
+    title = field_value(src, title_field) if title_field else None
+    return Hit(id=raw["_id"], score=score, title=title, text=field_value(src, text_field))
 
 
 def _reason(error: Any) -> str:

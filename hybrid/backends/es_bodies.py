@@ -35,15 +35,21 @@ def render_index_body(spec: IndexSpec, meta: dict[str, Any], template_version: i
         del settings["analysis"]
     for name in ("title", "text", "contents"):
         props[name]["analyzer"] = analyzer
-    vector = props["vector"]
+    props["vector"] = vector_mapping(spec, props["vector"])
+    tpl["mappings"]["_meta"] = {"hybrid": {**meta, "template_version": template_version}}
+    return {"settings": tpl["settings"], "mappings": tpl["mappings"]}
+
+
+def vector_mapping(spec: IndexSpec, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``dense_vector`` mapping of ``spec``'s vectors (dimension, similarity, index options)."""
+    vector = dict(base or {"type": "dense_vector", "index": True})
     vector["dims"] = spec.dims
     vector["similarity"] = es_similarity(spec.normalized)
     options: dict[str, Any] = {"type": spec.vectors.es_type}
     if "hnsw" in spec.vectors.es_type:
         options.update(m=spec.vectors.m, ef_construction=spec.vectors.ef_construction)
     vector["index_options"] = options
-    tpl["mappings"]["_meta"] = {"hybrid": {**meta, "template_version": template_version}}
-    return {"settings": tpl["settings"], "mappings": tpl["mappings"]}
+    return vector
 
 
 def restored_refresh_interval(template_version: int = LATEST) -> str:
@@ -52,22 +58,32 @@ def restored_refresh_interval(template_version: int = LATEST) -> str:
     return value
 
 
-def bm25_body(query: str, k: int) -> dict[str, Any]:
-    """BM25 over title + text (the ``contents`` copy field), BEIR's "flat" setting."""
-    return {"query": {"match": {"contents": {"query": query}}}, "size": k, "_source": SOURCE_FIELDS}
+def bm25_body(
+    query: str, k: int, fields: Sequence[str] = ("contents",), source: Sequence[str] = SOURCE_FIELDS
+) -> dict[str, Any]:
+    """BM25 over title + text: hybrid's ``contents`` copy field (BEIR's "flat" setting), or
+    the fields of an index adopted in place (summed, ``most_fields``)."""
+    match: dict[str, Any]
+    if len(fields) == 1:
+        match = {"match": {fields[0]: {"query": query}}}
+    else:
+        match = {"multi_match": {"query": query, "fields": list(fields), "type": "most_fields"}}
+    return {"query": match, "size": k, "_source": list(source)}
 
 
-def knn_body(vector: Sequence[float], k: int, num_candidates: int) -> dict[str, Any]:
-    """Approximate kNN on the ``vector`` field."""
+def knn_body(
+    vector: Sequence[float], k: int, num_candidates: int, field: str = "vector", source: Sequence[str] = SOURCE_FIELDS
+) -> dict[str, Any]:
+    """Approximate kNN on ``field``."""
     return {
         "knn": {
-            "field": "vector",
+            "field": field,
             "query_vector": [float(x) for x in vector],
             "k": k,
             "num_candidates": max(k, num_candidates),
         },
         "size": k,
-        "_source": SOURCE_FIELDS,
+        "_source": list(source),
     }
 
 

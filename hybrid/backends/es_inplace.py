@@ -1,0 +1,216 @@
+"""Vectors added *in place* to an Elasticsearch index a user already has.
+
+``hybrid index --from-es SHOP --in-place`` leaves ``SHOP`` where it is (its applications keep
+using the name) and adds hybrid's vectors to it: each version is a ``dense_vector`` field,
+``hybrid_vector_v1``, ``hybrid_vector_v2``, …, added to the mapping and filled with partial
+updates, so no other field of any document is touched. The index's ``_meta`` records, under
+``hybrid_in_place``, where the text lives, which vector field is active, and each field's
+recipe (model hash and settings). A refresh fills the next field while searches use the
+active one, then flips ``active`` in one mapping update. A version's name is
+``SHOP@hybrid_vector_vN``: the readers of :class:`~hybrid.backends.elastic.ElasticBackend`
+accept it like an alias or a physical index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hybrid.backends import es_bodies as bodies
+from hybrid.backends.base import check_vectors
+from hybrid.config import IndexSpec
+from hybrid.errors import BackendError, ConfigError, CountMismatchError
+from hybrid.types import Document
+
+if TYPE_CHECKING:
+    from hybrid.backends.elastic import ElasticBackend
+
+META_KEY = "hybrid_in_place"
+FIELD_PREFIX = "hybrid_vector_v"
+BULK_CHUNK = 200
+
+
+def field_name(number: int) -> str:
+    return f"{FIELD_PREFIX}{number}"
+
+
+def field_number(field: str) -> int | None:
+    tail = field.removeprefix(FIELD_PREFIX)
+    return int(tail) if field.startswith(FIELD_PREFIX) and tail.isdigit() else None
+
+
+def version_of(index: str, field: str) -> str:
+    """The version name of ``field`` in ``index``: ``index@field``."""
+    return f"{index}@{field}"
+
+
+def split(version: str) -> tuple[str, str] | None:
+    """``(index, field)`` of an in-place version name, else ``None``."""
+    index, sep, field = version.rpartition("@")
+    return (index, field) if sep and index and field_number(field) is not None else None
+
+
+def read_state(client: Any, index: str) -> dict[str, Any] | None:
+    """The ``hybrid_in_place`` record of ``index``, or ``None`` when it was not adopted in place."""
+    mapping = client.indices.get_mapping(index=index)
+    meta = next(iter(mapping.values()))["mappings"].get("_meta", {})
+    state = meta.get(META_KEY)
+    return dict(state) if isinstance(state, dict) else None
+
+
+def write_state(client: Any, index: str, state: dict[str, Any]) -> None:
+    """Store ``state`` in ``index``'s ``_meta``, keeping every other key the user has there."""
+    mapping = client.indices.get_mapping(index=index)
+    meta = dict(next(iter(mapping.values()))["mappings"].get("_meta", {}))
+    meta[META_KEY] = state
+    client.indices.put_mapping(index=index, meta=meta)
+
+
+def adopt(client: Any, index: str, text_field: str, title_field: str | None) -> dict[str, Any]:
+    """Mark ``index`` as adopted in place (idempotent); returns its state."""
+    if client.indices.exists_alias(name=index):
+        raise ConfigError(f"'{index}' is an alias; --in-place adopts a concrete index")
+    if not client.indices.exists(index=index):
+        raise BackendError(f"index '{index}' not found on the cluster")
+    state = read_state(client, index)
+    if state is not None:
+        if (state.get("text_field"), state.get("title_field")) != (text_field, title_field):
+            raise ConfigError(
+                f"'{index}' was adopted with --text-field {state.get('text_field')} and --title-field "
+                f"{state.get('title_field')}; use the same fields"
+            )
+        return state
+    state = {"text_field": text_field, "title_field": title_field, "active": None, "versions": {}}
+    write_state(client, index, state)
+    return state
+
+
+def next_field(state: dict[str, Any]) -> str:
+    numbers = [field_number(f) or 0 for f in state.get("versions", {})]
+    return field_name(max(numbers, default=0) + 1)
+
+
+def newest_field(state: dict[str, Any]) -> str | None:
+    fields = sorted(state.get("versions", {}), key=lambda f: field_number(f) or 0)
+    return fields[-1] if fields else None
+
+
+class InPlaceWriter:
+    """Fills one vector field of an adopted index with partial updates; commit flips ``active``."""
+
+    def __init__(self, backend: ElasticBackend, spec: IndexSpec, index: str, field: str, resumed: bool) -> None:
+        self.backend = backend
+        self.client = backend.client
+        self.spec = spec
+        self.index = index
+        self.field = field
+        self.version = version_of(index, field)
+        self.resumed = resumed
+        self._written: set[str] = set()
+        if resumed:
+            self.client.indices.refresh(index=index)
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        found = {i for i in ids if i in self._written}
+        rest = [i for i in ids if i not in found]
+        if self.resumed and rest:
+            query = {"bool": {"filter": [{"ids": {"values": rest}}, {"exists": {"field": self.field}}]}}
+            resp = self.client.search(index=self.index, query=query, size=len(rest), source=False)
+            found |= {h["_id"] for h in resp["hits"]["hits"]}
+        return found
+
+    def write(self, docs: Sequence[Document], vectors: np.ndarray) -> int:
+        from elasticsearch import helpers
+
+        check_vectors(self.spec, docs, vectors)
+        errors: list[dict[str, Any]] = []
+        written = 0
+        for ok, item in helpers.streaming_bulk(
+            self.client.options(request_timeout=self.backend.config.request_timeout),
+            self._actions(docs, vectors),
+            chunk_size=BULK_CHUNK,
+            raise_on_error=False,
+            raise_on_exception=True,
+            max_retries=8,
+            initial_backoff=1.0,
+            max_backoff=60.0,
+        ):
+            if ok:
+                written += 1
+            else:
+                errors.append(item)
+        if errors:
+            first = next(iter(errors[0].values()))
+            raise BackendError(
+                f"{len(errors)} of {len(docs)} vectors were rejected by '{self.index}'; first: id "
+                f"{first.get('_id')}: {first.get('error', {})}"
+            )
+        self._written.update(d.id for d in docs)
+        return written
+
+    def _actions(self, docs: Sequence[Document], vectors: np.ndarray) -> Iterator[dict[str, Any]]:
+        for doc, vec in zip(docs, vectors, strict=True):
+            # a partial update: only this field is added; retry_on_conflict for concurrent app writes
+            yield {
+                "_op_type": "update",
+                "_index": self.index,
+                "_id": doc.id,
+                "retry_on_conflict": 3,
+                "doc": {self.field: vec.tolist()},
+            }
+
+    def count(self) -> int:
+        self.client.indices.refresh(index=self.index)
+        return int(self.client.count(index=self.index, query={"exists": {"field": self.field}})["count"])
+
+    def commit(self, expected: int | None = None) -> int:
+        count = self.count()
+        if expected is not None and count != expected:
+            raise CountMismatchError(
+                f"'{self.version}' holds {count} vectors but {expected} were expected; the active "
+                "field was not switched. Re-run the same command to resume"
+            )
+        state = read_state(self.client, self.index) or {}
+        version = dict(state.get("versions", {}).get(self.field, {}))
+        version.update(committed=datetime.now(UTC).isoformat(timespec="seconds"), count=count)
+        state.setdefault("versions", {})[self.field] = version
+        state["active"] = self.field
+        write_state(self.client, self.index, state)  # one mapping update: searches switch at once
+        self.backend.forget(self.index)
+        return count
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def open_in_place(backend: ElasticBackend, spec: IndexSpec, state: dict[str, Any], recreate: bool) -> InPlaceWriter:
+    """The writer for ``spec`` on an adopted index: resume the newest field, or start the next."""
+    from hybrid.backends.elastic import _check_compatible
+
+    client = backend.client
+    index = spec.name
+    newest = newest_field(state)
+    if newest is not None and not recreate:  # the unfinished next field, or more documents for the active one
+        _check_compatible(spec, state["versions"][newest], index)
+        return InPlaceWriter(backend, spec, index, newest, resumed=True)
+    field = next_field(state)
+    client.indices.put_mapping(index=index, properties={field: bodies.vector_mapping(spec)})
+    state.setdefault("versions", {})[field] = {
+        "model": spec.model,
+        "dims": spec.dims,
+        "normalized": spec.normalized,
+        "similarity": bodies.es_similarity(spec.normalized),
+        "vectors": {
+            "es_type": spec.vectors.es_type,
+            "m": spec.vectors.m,
+            "ef_construction": spec.vectors.ef_construction,
+        },
+        "recipe": spec.recipe.to_dict() if spec.recipe else None,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "committed": None,
+    }
+    write_state(client, index, state)
+    return InPlaceWriter(backend, spec, index, field, resumed=False)
