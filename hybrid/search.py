@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -78,10 +79,14 @@ class Searcher:
         if config.mode == "bm25":
             return self._bm25(queries, config.k)
         depth = config.k if config.mode == "dense" else max(config.k, config.fusion.depth)
-        dense = self._knn(queries, depth, config.num_candidates)
         if config.mode == "dense":
-            return dense
-        lexical = self._bm25(queries, depth)
+            return self._knn(queries, depth, config.num_candidates)
+        # both sides at once: the encoder (and kNN) in a thread while BM25 runs here, which on
+        # a cold start overlaps loading the model with starting the JVM
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybrid-knn") as pool:
+            pending = pool.submit(self._knn, queries, depth, config.num_candidates)
+            lexical = self._bm25(queries, depth)
+            dense = pending.result()
         start = time.perf_counter()
         fused = [fuse(b, d, config.fusion, config.k) for b, d in zip(lexical, dense, strict=True)]
         self.timings.fuse += time.perf_counter() - start
