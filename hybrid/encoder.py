@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -119,8 +120,44 @@ def resolve_settings(model_dir: Path, config: EncoderConfig) -> EncoderSettings:
 
 
 def save_settings(model_dir: Path, settings: EncoderSettings) -> None:
-    """Write ``hybrid_encoder.json`` beside a model."""
+    """Write ``hybrid_encoder.json`` beside a model, and the sentence-transformers layout
+    (``modules.json``, ``1_Pooling/``, ``2_Normalize/`` when normalised,
+    ``sentence_bert_config.json``, prompts for the prefixes) so ``SentenceTransformer(dir)``
+    builds the same encoder: same pooling, normalisation and passage truncation."""
     (model_dir / ENCODER_CONFIG_FILE).write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    hidden = (
+        json.loads((model_dir / "config.json").read_text()).get("hidden_size")
+        if (model_dir / "config.json").is_file()
+        else None
+    )
+    modules: list[dict[str, Any]] = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if settings.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (model_dir / "2_Normalize").mkdir(exist_ok=True)
+    else:
+        shutil.rmtree(model_dir / "2_Normalize", ignore_errors=True)
+    pooling = {
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": settings.pooling == "cls",
+        "pooling_mode_mean_tokens": settings.pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (model_dir / "1_Pooling").mkdir(exist_ok=True)
+    (model_dir / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
+    (model_dir / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    bert = {"max_seq_length": settings.passage_max_length, "do_lower_case": False}
+    (model_dir / "sentence_bert_config.json").write_text(json.dumps(bert, indent=2) + "\n")
+    prompts = {"query": settings.query_prefix, "document": settings.passage_prefix}
+    st_config = {
+        "prompts": prompts,
+        "default_prompt_name": "document" if settings.passage_prefix else None,
+        "similarity_fn_name": "cosine" if settings.normalize else "dot",
+    }
+    (model_dir / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2) + "\n")
 
 
 def _sentence_transformers_settings(model_dir: Path, modules: list[dict[str, Any]]) -> EncoderSettings:

@@ -16,6 +16,7 @@ from hybrid.indexing import IndexJob, run_index
 from hybrid.negatives import SamplerConfig
 from hybrid.training.config import TrainConfig, load_config_file, merge
 from hybrid.training.trainer import train
+from hybrid.types import Document
 
 
 def _config(name: str, beir_small: Path, out: Path, tiny_model: Path, **kw: Any) -> TrainConfig:
@@ -184,3 +185,22 @@ def test_config_files_and_overrides(tmp_path: Path) -> None:
         merge({"index": "d", "queries": "q", "qrels": "r", "out": "o", "stepz": 3}, {})
     with pytest.raises(ConfigError, match="train needs --qrels, --answers or --pools"):
         merge({"index": "d", "queries": "q", "out": "o"}, {})
+
+
+def test_checkpoints_load_in_sentence_transformers(
+    embedded_backend: Any, tiny_encoder: Any, tiny_model: Path, beir_small: Path, tmp_path: Path
+) -> None:
+    """A trained checkpoint is a sentence-transformers model: same vectors as hybrid's encoder."""
+    from sentence_transformers import SentenceTransformer
+
+    from hybrid.encoder import Encoder, EncoderConfig
+
+    run_index(IndexJob(corpus=beir_small, index="idx"), embedded_backend, tiny_encoder)
+    result = train(_config("idx", beir_small, tmp_path / "run", tiny_model, steps=2), embedded_backend)
+    texts = ["how do solar panels make electricity", "bees " * 200]  # the second is truncated
+    mine = Encoder(EncoderConfig(model=str(result.final)))
+    theirs = SentenceTransformer(str(result.final), device="cpu", local_files_only=True)
+    assert theirs.max_seq_length == mine.settings.passage_max_length
+    ours = mine.encode_passages([Document(id=str(i), text=t) for i, t in enumerate(texts)])
+    np.testing.assert_allclose(theirs.encode(texts, convert_to_numpy=True), ours, atol=1e-5)
+    assert np.allclose(np.linalg.norm(theirs.encode(texts), axis=1), 1.0, atol=1e-5)
