@@ -67,6 +67,13 @@ def train(
     ] = None,
     batch_size: Annotated[int | None, Opt("--batch-size", help="Queries per micro-batch (32).")] = None,
     grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-batches per step (1).")] = None,
+    grad_cache_chunk: Annotated[
+        int | None,
+        Opt(
+            "--grad-cache-chunk",
+            help="GradCache: encode in chunks of this many texts, so the batch size is not bounded by memory (off).",
+        ),
+    ] = None,
     lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (2e-5).")] = None,
     warmup: Annotated[float | None, Opt("--warmup", help="Warmup fraction of steps (0.1).")] = None,
     temperature: Annotated[float | None, Opt("--temperature", help="Softmax temperature (0.05).")] = None,
@@ -127,6 +134,7 @@ def train(
         "reembed": reembed,
         "batch_size": batch_size,
         "grad_accum": grad_accum,
+        "grad_cache_chunk": grad_cache_chunk,
         "lr": lr,
         "warmup": warmup,
         "temperature": temperature,

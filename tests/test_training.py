@@ -204,3 +204,15 @@ def test_checkpoints_load_in_sentence_transformers(
     ours = mine.encode_passages([Document(id=str(i), text=t) for i, t in enumerate(texts)])
     np.testing.assert_allclose(theirs.encode(texts, convert_to_numpy=True), ours, atol=1e-5)
     assert np.allclose(np.linalg.norm(theirs.encode(texts), axis=1), 1.0, atol=1e-5)
+
+
+def test_train_with_gradcache(
+    embedded_backend: Any, tiny_encoder: Any, tiny_model: Path, beir_small: Path, tmp_path: Path
+) -> None:
+    run_index(IndexJob(corpus=beir_small, index="idx"), embedded_backend, tiny_encoder)
+    result = train(
+        _config("idx", beir_small, tmp_path / "run", tiny_model, steps=2, grad_cache_chunk=3), embedded_backend
+    )
+    assert result.steps == 2 and all(math.isfinite(x) for x in result.losses)
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["grad_cache_chunk"] == 3

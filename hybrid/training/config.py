@@ -32,6 +32,7 @@ class TrainConfig:
     epochs: float | None = None  # passes over the training queries [default: 1 when steps is not given]
     batch_size: int = 32  # queries per micro-batch (each with 1 positive + sampler.n negatives)
     grad_accum: int = 1
+    grad_cache_chunk: int | None = None  # GradCache: embed in chunks of this size, batch no longer bounded by memory
     lr: float = 2e-5
     weight_decay: float = 0.01
     warmup: float = 0.1  # fraction of steps
@@ -64,6 +65,8 @@ class TrainConfig:
             raise ConfigError("give --steps or --epochs, not both")
         if (self.epochs is not None and self.epochs <= 0) or min(self.steps or 1, self.batch_size, self.grad_accum) < 1:
             raise ConfigError("steps, epochs, batch size and gradient accumulation must be positive")
+        if self.grad_cache_chunk is not None and self.grad_cache_chunk < 1:
+            raise ConfigError("--grad-cache-chunk must be at least 1")
         if self.remine and self.qrels is None and self.answers is None:
             raise ConfigError("--remine needs --qrels or --answers")
         if self.lr <= 0 or self.temperature <= 0 or not 0 <= self.warmup < 1:

@@ -29,6 +29,7 @@ from hybrid.training.checkpoint import (
 )
 from hybrid.training.config import TrainConfig
 from hybrid.training.data import Example, PoolData
+from hybrid.training.gradcache import cached_backward
 from hybrid.training.model import DualEncoder, contrastive_loss, false_negative_mask
 from hybrid.training.setup import check_config, prepare_model, prepare_pools, start_run
 from hybrid.training.setup import log as write_log
@@ -119,9 +120,31 @@ def train(
         for micro in range(config.grad_accum):
             torch.manual_seed(config.seed * 1_000_003 + step * config.grad_accum + micro)  # dropout per step
             batch = data.batch(step * config.grad_accum + micro, config.batch_size)
-            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                loss = _batch_loss(model, batch, backend, config, device) / config.grad_accum
-            (scaler.scale(loss) if scaler else loss).backward()
+            inputs = _batch_inputs(batch, backend, config, device)
+
+            def amp() -> Any:
+                return torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None)
+
+            def loss_of(q: torch.Tensor, p: torch.Tensor, inputs: _Inputs = inputs) -> torch.Tensor:
+                return inputs.loss(q, p, config) / config.grad_accum
+
+            if config.grad_cache_chunk:
+                loss = cached_backward(
+                    lambda texts, is_query: model.embed(texts, query=is_query, device=device),
+                    inputs.queries,
+                    inputs.passages,
+                    loss_of,
+                    config.grad_cache_chunk,
+                    device,
+                    amp,
+                    scaler.scale if scaler else (lambda value: value),
+                )
+            else:
+                with amp():
+                    q = model.embed(inputs.queries, query=True, device=device)  # (B, d)
+                    p = model.embed(inputs.passages, query=False, device=device)  # (P, d)
+                    loss = loss_of(q, p)
+                (scaler.scale(loss) if scaler else loss).backward()
             loss_value += float(loss.detach())
             examples += len(batch)
         if scaler:
@@ -179,9 +202,21 @@ def train(
     return result
 
 
-def _batch_loss(
-    model: DualEncoder, batch: list[Example], backend: Backend, config: TrainConfig, device: torch.device
-) -> torch.Tensor:
+@dataclass
+class _Inputs:
+    """One micro-batch's texts and the loss's bookkeeping."""
+
+    queries: list[str]
+    passages: list[str]
+    positives: torch.Tensor  # (B,) query i's positive column
+    groups: torch.Tensor  # (P,) the query each passage belongs to
+    mask: torch.Tensor  # (B, P) labelled positives of query i that are not its target
+
+    def loss(self, q: torch.Tensor, p: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+        return contrastive_loss(q, p, self.positives, self.groups, config.temperature, config.in_batch, self.mask)
+
+
+def _batch_inputs(batch: list[Example], backend: Backend, config: TrainConfig, device: torch.device) -> _Inputs:
     ids = [doc for ex in batch for doc in (ex.positive, *ex.negatives)]
     docs = backend.get(config.index, sorted(set(ids)))
     missing = [d for d in ids if d not in docs]
@@ -200,16 +235,12 @@ def _batch_loss(
             texts.append(f"{doc.title} {doc.text}" if doc.title else doc.text)
             groups.append(i)
     mask = false_negative_mask([ex.not_negative for ex in batch], [ex.positive for ex in batch], ids)
-    q = model.embed([ex.query for ex in batch], query=True, device=device)  # (B, d)
-    p = model.embed(texts, query=False, device=device)  # (P, d)
-    return contrastive_loss(
-        q,
-        p,
-        torch.tensor(positives, device=device),
-        torch.tensor(groups, device=device),
-        config.temperature,
-        config.in_batch,
-        mask.to(device),
+    return _Inputs(
+        queries=[ex.query for ex in batch],
+        passages=texts,
+        positives=torch.tensor(positives, device=device),
+        groups=torch.tensor(groups, device=device),
+        mask=mask.to(device),
     )
 
 
