@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -17,6 +20,9 @@ from .common import (
     err_console,
     handle_errors,
 )
+
+if TYPE_CHECKING:
+    from hybrid.training.distributed import Distributed
 
 Opt = typer.Option
 
@@ -109,6 +115,10 @@ def train(
     ] = None,
     device: Annotated[str | None, Opt("--device", help="cpu, cuda … (cuda when present).")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue from the newest checkpoint in --out.")] = False,
+    nproc: Annotated[
+        int,
+        Opt("--nproc", help="Processes (GPUs) to train with: relaunches under torchrun (1: this process)."),
+    ] = 1,
     allow_config_change: Annotated[
         bool, Opt("--allow-config-change", help="With --resume: go on with options that differ from the run's.")
     ] = False,
@@ -160,11 +170,15 @@ def train(
         "sampler_scale": scale,
         "sampler_percpos": percpos,
     }
+    if nproc > 1:
+        raise typer.Exit(_relaunch(nproc))
     config = merge(load_config_file(config_file) if config_file else {}, overrides)
+    dist = _distributed()
+    quiet = quiet or not dist.main
     backend = conn.open()
     try:
         if quiet:
-            result = run_train(config, backend, resume=resume, allow_config_change=allow_config_change)
+            result = run_train(config, backend, resume=resume, allow_config_change=allow_config_change, dist=dist)
         else:
             columns = (
                 TextColumn("[bold]{task.description}"),
@@ -191,10 +205,13 @@ def train(
                     )
 
                 result = run_train(
-                    config, backend, resume=resume, progress=show, allow_config_change=allow_config_change
+                    config, backend, resume=resume, progress=show, allow_config_change=allow_config_change, dist=dist
                 )
     finally:
         backend.close()
+        dist.stop()
+    if not dist.main:
+        return
     if quiet and result.plan:
         console.print(describe_plan(result.plan), markup=False, highlight=False)
     for dev in result.dev:
@@ -216,3 +233,27 @@ def describe_plan(plan: dict[str, Any]) -> str:
         f"effective candidates per query (p10 {eff['effective_p10']:g}, p90 {eff['effective_p90']:g}) "
         f"of {eff['pool_median']:g}"
     )
+
+
+def _distributed() -> Distributed:
+    """This process's rank from torchrun's environment (one process when not under torchrun)."""
+    from hybrid.training.distributed import Distributed
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    return Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _relaunch(nproc: int) -> int:
+    """Run this same command under torchrun with ``nproc`` processes; returns its exit status."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*command, "-m", "hybrid.cli", *args])

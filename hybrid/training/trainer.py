@@ -29,9 +29,10 @@ from hybrid.training.checkpoint import (
 )
 from hybrid.training.config import TrainConfig
 from hybrid.training.data import Example, PoolData
+from hybrid.training.distributed import Distributed
 from hybrid.training.gradcache import cached_backward
 from hybrid.training.model import DualEncoder, contrastive_loss, false_negative_mask
-from hybrid.training.setup import check_config, prepare_model, prepare_pools, start_run
+from hybrid.training.setup import RunState, check_config, prepare_model, prepare_pools, start_run
 from hybrid.training.setup import log as write_log
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,12 @@ def train(
     resume: bool = False,
     progress: Callable[[TrainProgress], None] | None = None,
     allow_config_change: bool = False,
+    dist: Distributed | None = None,
 ) -> TrainResult:
     """Train per ``config``; with ``resume`` continue from the newest checkpoint in ``out``.
+
+    With ``dist`` (several processes, see :mod:`hybrid.training.distributed`) each rank
+    embeds its share of every global batch; rank 0 alone mines, refreshes and writes.
 
     Raises:
         ConfigError: checkpoints exist without ``resume`` (or none with it); resumed with
@@ -76,22 +81,30 @@ def train(
         ModelMismatchError: ``config.model`` did not make the index's vectors (see ``reembed``).
     """
     started = time.perf_counter()
+    dist = dist or Distributed()
     out = config.out
+    device = dist.device(config.device)
+    dist.start(device)
+    if dist.enabled and config.grad_cache_chunk:
+        raise ConfigError("--grad-cache-chunk works in one process; with several, each holds only its share")
     previous = latest_checkpoint(out) if out.exists() else None
-    if previous is not None and not resume:
-        raise ConfigError(f"{out} already has checkpoints; pass --resume to continue, or choose another --out")
-    if resume and previous is None:
-        raise ConfigError(f"nothing to resume in {out}: no checkpoint found")
-    out.mkdir(parents=True, exist_ok=True)
-    check_config(out, config, resume, allow_config_change)
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    run = start_run(config, backend, previous, device)
+    if dist.main:
+        if previous is not None and not resume:
+            raise ConfigError(f"{out} already has checkpoints; pass --resume to continue, or choose another --out")
+        if resume and previous is None:
+            raise ConfigError(f"nothing to resume in {out}: no checkpoint found")
+        out.mkdir(parents=True, exist_ok=True)
+        check_config(out, config, resume, allow_config_change)
+        run = start_run(config, backend, previous, device)
+        state = load_state(previous) if previous is not None else {}
+        prepare_pools(config, backend, run, state, device)
+        if previous is not None and state.get("refresh_pending"):
+            update_state(previous, {**run.state(), "refresh_pending": False})  # redone: never again
+    run = dist.share(run if dist.main else None)  # the other ranks take rank 0's run as it is
+    if not dist.main:
+        state = load_state(previous) if previous is not None else {}
     model = prepare_model(config, run, device)
     optimizer = _optimizer(model, config)
-    state = load_state(previous) if previous is not None else {}
-    prepare_pools(config, backend, run, state, device)
-    if previous is not None and state.get("refresh_pending"):
-        update_state(previous, {**run.state(), "refresh_pending": False})  # redone: never again
     data = PoolData(run.pools, run.sampler, config.seed)
     steps = config.total_steps(len(data))
     if state.get("steps") and config.steps is None and state.get("epochs") == config.epochs:
@@ -106,12 +119,13 @@ def train(
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
     result = TrainResult(final=previous or out, steps=steps, refreshes=run.refreshes, best=run.best, dev=run.dev)
-    result.plan = run.plan(config, data, steps)
-    if progress is not None:
+    result.plan = {**run.plan(config, data, steps), "processes": dist.world}
+    if progress is not None and dist.main:
         progress(TrainProgress(step, steps, float("nan"), 0.0, 0.0, "plan", result.plan))
-    if not state:
+    if not state and dist.main:
         write_log(out, {"plan": result.plan})
         run.evaluate_dev(config, backend, 0, None)
+    run = dist.share(run if dist.main else None)
     examples, train_seconds = 0, 0.0
     model.train()
     while step < steps:
@@ -128,7 +142,11 @@ def train(
             def loss_of(q: torch.Tensor, p: torch.Tensor, inputs: _Inputs = inputs) -> torch.Tensor:
                 return inputs.loss(q, p, config) / config.grad_accum
 
-            if config.grad_cache_chunk:
+            if dist.enabled:
+                with amp():
+                    loss = loss_of(*_embed_share(model, inputs, dist, device))
+                (scaler.scale(loss) if scaler else loss).backward()
+            elif config.grad_cache_chunk:
                 loss = cached_backward(
                     lambda texts, is_query: model.embed(texts, query=is_query, device=device),
                     inputs.queries,
@@ -147,6 +165,7 @@ def train(
                 (scaler.scale(loss) if scaler else loss).backward()
             loss_value += float(loss.detach())
             examples += len(batch)
+        dist.sum_gradients([p for p in model.parameters() if p.requires_grad])
         if scaler:
             scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -162,18 +181,18 @@ def train(
         train_seconds += time.perf_counter() - step_start
         rate = examples / max(train_seconds, 1e-9)  # training only, refreshes excluded
         lr = scheduler.get_last_lr()[0]
-        if step % config.log_every == 0 or step == steps:
+        if dist.main and (step % config.log_every == 0 or step == steps):
             elapsed = round(time.perf_counter() - started, 1)
             record = {"step": step, "loss": round(loss_value, 6), "lr": lr, "examples_per_s": round(rate, 2)}
             write_log(out, {**record, "elapsed_s": elapsed})
-        if progress is not None:
+        if progress is not None and dist.main:
             progress(TrainProgress(step, steps, loss_value, lr, rate))
         refresh_now = bool(config.refresh_every and step % config.refresh_every == 0 and step < steps)
         refresh_now = refresh_now or (step == steps and config.refresh_at_end)
         if not (refresh_now or step == steps or (config.save_every and step % config.save_every == 0)):
             continue
 
-        def save(pending: bool, step: int = step) -> Path:
+        def save(pending: bool, step: int = step, run: RunState = run) -> Path:
             extra = {
                 **run.state(),
                 "steps": steps,
@@ -184,22 +203,37 @@ def train(
             path = checkpoint_dir(out, step)
             return save_checkpoint(path, model, config, optimizer, scheduler, step, extra, run.recipe.settings())
 
-        # Saved before the refresh with the refresh marked pending: a crash during it redoes it on resume.
-        path = save(pending=refresh_now)
+        path = checkpoint_dir(out, step)
+        if dist.main:
+            # Saved before the refresh with the refresh marked pending: a crash during it redoes it on resume.
+            path = save(pending=refresh_now)
+            if refresh_now:
+                if progress is not None:
+                    progress(TrainProgress(step, steps, loss_value, lr, rate, "refresh"))
+                run.refresh(config, backend, path, step, last=step >= steps, device=device)
+                update_state(path, {**run.state(), "refresh_pending": False})
+            prune(out, config.keep_checkpoints, {run.best} if run.best else set())
+        run = dist.share(run if dist.main else None)  # the others wait for the checkpoint and refresh
         if refresh_now:
-            if progress is not None:
-                progress(TrainProgress(step, steps, loss_value, lr, rate, "refresh"))
-            run.refresh(config, backend, path, step, last=step >= steps, device=device)
+            model.train()
             if step < steps:
                 data = PoolData(run.pools, run.sampler, config.seed)
-            update_state(path, {**run.state(), "refresh_pending": False})
-            model.train()
-        prune(out, config.keep_checkpoints, {run.best} if run.best else set())
         result.final = path
     result.best = run.best
     result.seconds = time.perf_counter() - started
     result.examples_per_s = examples / max(train_seconds, 1e-9)
     return result
+
+
+def _embed_share(
+    model: DualEncoder, inputs: _Inputs, dist: Distributed, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's queries and their passages embedded, gathered with every other rank's."""
+    start, end = dist.part(len(inputs.queries))
+    first = [*inputs.positives.tolist(), len(inputs.passages)]  # each query's passages are contiguous
+    q = model.embed(inputs.queries[start:end], query=True, device=device)
+    p = model.embed(inputs.passages[first[start] : first[end]], query=False, device=device)
+    return dist.gather(q), dist.gather(p)
 
 
 @dataclass

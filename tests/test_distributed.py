@@ -1,0 +1,82 @@
+"""Data-parallel training: two processes (gloo, CPU) take the same steps as one process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hybrid.encoder import Encoder, EncoderConfig
+from hybrid.indexing import IndexJob, run_index
+from hybrid.mining import MineJob, run_mine
+
+
+@pytest.fixture
+def no_dropout_model(tiny_model: Path, tmp_path: Path) -> Path:
+    """The tiny BERT without dropout: then one process and two compute the very same function."""
+    model = shutil.copytree(tiny_model, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+def _train(store: Path, beir_small: Path, pools: Path, out: Path, extra: list[str]) -> dict[str, Any]:
+    args = ["train", "-i", "idx", "--store", str(store), "--queries", str(beir_small / "queries.jsonl")]
+    args += ["--qrels", str(beir_small / "qrels/test.tsv"), "--pools", str(pools), "--out", str(out)]
+    args += ["--steps", "3", "--batch-size", "5", "--negatives", "2", "--pool-depth", "10", "--lr", "1e-3"]
+    args += ["--no-refresh-at-end", "--save-every", "0", "-q", *extra]
+    done = subprocess.run([sys.executable, "-m", "hybrid.cli", *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    return {"loss": steps[-1]["loss"], "plan": next(r["plan"] for r in log if "plan" in r), "final": out}
+
+
+def _weights(checkpoint: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+def test_two_processes_match_one(no_dropout_model: Path, beir_small: Path, tmp_path: Path) -> None:
+    from hybrid.backends.embedded import EmbeddedBackend
+
+    store = tmp_path / "store"
+    backend = EmbeddedBackend(store)
+    encoder = Encoder(EncoderConfig(model=str(no_dropout_model), batch_size=8))
+    run_index(IndexJob(corpus=beir_small, index="idx"), backend, encoder)
+    pools = tmp_path / "pools.jsonl.gz"
+    run_mine(
+        MineJob(
+            index="idx",
+            queries=beir_small / "queries.jsonl",
+            qrels=beir_small / "qrels/test.tsv",
+            out=pools,
+            bm25_depth=10,
+            knn_depth=10,
+        ),
+        backend,
+        encoder,
+    )
+    backend.close()
+
+    one = _train(store, beir_small, pools, tmp_path / "one", [])
+    two = _train(store, beir_small, pools, tmp_path / "two", ["--nproc", "2"])
+    assert one["plan"]["processes"] == 1 and two["plan"]["processes"] == 2
+    assert two["loss"] == pytest.approx(one["loss"], abs=1e-4)
+    final_one = sorted((tmp_path / "one").glob("checkpoint-*"))[-1]
+    final_two = sorted((tmp_path / "two").glob("checkpoint-*"))[-1]
+    a, b = _weights(final_one), _weights(final_two)
+    assert a.keys() == b.keys()
+    start = _weights(no_dropout_model)
+    moved = max(float(np.abs(a[k] - start[k]).max()) for k in a if k in start)
+    assert moved > 1e-4  # the steps changed the weights, so equal weights mean equal steps
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], atol=2e-6, err_msg=key)
