@@ -171,5 +171,7 @@ def setup_logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("elastic_transport", "urllib3", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Transport retries log warnings with whole tracebacks before hybrid's own one-line error
+    # says what to fix: shown with --verbose only.
+    for noisy in ("elastic_transport", "urllib3", "httpx", "elasticsearch"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.CRITICAL)

@@ -127,3 +127,18 @@ def test_quickstart_runs_on_the_shipped_demo(tmp_path: Path) -> None:
     assert "documents in index (verified)" in result.stdout and "35" in result.stdout
     assert "why is my bread dense" in result.stdout  # a demo query was run in every mode
     assert result.stdout.count("hybrid") >= 2
+
+
+def test_unreachable_cluster_is_one_line_without_tracebacks() -> None:
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "hybrid.cli", "search", "x", "-i", "y", "--es-url", "http://127.0.0.1:1"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "Error: cannot reach Elasticsearch at http://127.0.0.1:1; check --es-url (or HYBRID_ES_URL) and that the "
+        "cluster is running"
+    ]
+    verbose = subprocess.run([*args[:3], "-v", *args[3:]], capture_output=True, text=True, timeout=120)
+    assert "Retrying request" in verbose.stderr  # the transport's detail is there with -v
