@@ -47,6 +47,10 @@ class IndexNotFoundError(BackendError):
     """The named index does not exist."""
 
 
+class IndexBusyError(BackendError):
+    """Another process is writing the index."""
+
+
 class DimensionMismatchError(BackendError):
     """Vectors do not have the dimension the index was created with."""
 

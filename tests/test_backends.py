@@ -112,3 +112,42 @@ def _spec(name: str, encoder: Any, dims: int | None = None) -> Any:
 
 def _has_version(backend: Any, name: str, version: str) -> bool:
     return version in backend.versions(name)
+
+
+def test_a_second_writer_is_refused_and_deletes_nothing(backend_and_name: tuple[Any, str], tiny_encoder: Any) -> None:
+    import os
+
+    from hybrid.config import IndexSpec
+    from hybrid.errors import IndexBusyError
+
+    backend, name = backend_and_name
+    spec = IndexSpec(name=name, dims=32, model="m", normalized=True, recipe=tiny_encoder.recipe())
+    first = backend.open_writer(spec)
+    first.write([Document(id="a", text="alpha")], tiny_encoder.encode_passages([Document(id="a", text="alpha")]))
+    with pytest.raises(IndexBusyError, match=f"process {os.getpid()} on "):
+        backend.open_writer(spec, recreate=True)  # would delete the version being built
+    assert first.version in backend.versions(name)
+    assert first.count() == 1
+    first.close()
+    again = backend.open_writer(spec)  # released on close; the unfinished version resumes
+    assert again.resumed and again.version == first.version
+    again.close()
+
+
+@pytest.mark.es
+def test_a_dead_writers_lock_is_taken_over(es_backend: Any, es_prefix: str, tiny_encoder: Any) -> None:
+    import socket
+    import time
+
+    from hybrid.backends.locks import LOCK_INDEX, ElasticLock
+    from hybrid.config import IndexSpec
+
+    name = f"{es_prefix}-idx"
+    ElasticLock(es_backend.client, name).release()  # creates the lock index
+    dead = {"pid": 2**22 + 17, "host": socket.gethostname(), "since": "then", "heartbeat": time.time()}
+    es_backend.client.index(index=LOCK_INDEX, id=name, document=dead, refresh=True)
+    writer = es_backend.open_writer(IndexSpec(name=name, dims=32, model="m", normalized=True))
+    held = es_backend.client.get(index=LOCK_INDEX, id=name)["_source"]
+    assert held["pid"] != dead["pid"]
+    writer.close()
+    assert not es_backend.client.exists(index=LOCK_INDEX, id=name)

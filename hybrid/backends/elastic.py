@@ -19,6 +19,7 @@ from hybrid.backends import es_bodies as bodies
 from hybrid.backends import es_inplace as inplace
 from hybrid.backends.base import check_vectors, split_version, version_name, version_number
 from hybrid.backends.es_source import field_value
+from hybrid.backends.locks import ElasticLock
 from hybrid.config import ElasticConfig, IndexSpec
 from hybrid.errors import (
     BackendError,
@@ -147,6 +148,16 @@ class ElasticBackend:
 
     # -- writing ------------------------------------------------------------
     def open_writer(self, spec: IndexSpec, *, recreate: bool = False) -> ElasticWriter | inplace.InPlaceWriter:
+        lock = ElasticLock(self.client, spec.name)  # before anything is deleted: one writer at a time
+        try:
+            writer = self._open_writer(spec, recreate)
+        except BaseException:
+            lock.release()
+            raise
+        writer.lock = lock
+        return writer
+
+    def _open_writer(self, spec: IndexSpec, recreate: bool) -> ElasticWriter | inplace.InPlaceWriter:
         state = self._in_place(spec.name)
         if state is not None:
             return inplace.open_in_place(self, spec, state, recreate)
@@ -400,6 +411,7 @@ class ElasticWriter:
         self.version = physical
         self.resumed = resumed
         self._written = 0
+        self.lock: ElasticLock | None = None
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         if not ids:
@@ -412,6 +424,8 @@ class ElasticWriter:
         from elasticsearch import helpers
 
         check_vectors(self.spec, docs, vectors)
+        if self.lock is not None:
+            self.lock.beat()
         errors: list[dict[str, Any]] = []
         written = 0
         for ok, item in helpers.streaming_bulk(
@@ -475,7 +489,9 @@ class ElasticWriter:
         return count
 
     def close(self) -> None:
-        """Nothing to release: the client belongs to the backend."""
+        """Release the write lock (the client belongs to the backend)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _check_compatible(spec: IndexSpec, meta: dict[str, Any], name: str) -> None:

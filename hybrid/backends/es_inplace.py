@@ -21,6 +21,7 @@ import numpy as np
 
 from hybrid.backends import es_bodies as bodies
 from hybrid.backends.base import check_vectors
+from hybrid.backends.locks import ElasticLock
 from hybrid.config import IndexSpec
 from hybrid.errors import BackendError, ConfigError, CountMismatchError
 from hybrid.types import Document
@@ -110,6 +111,7 @@ class InPlaceWriter:
         self.version = version_of(index, field)
         self.resumed = resumed
         self._written: set[str] = set()
+        self.lock: ElasticLock | None = None
         if resumed:
             self.client.indices.refresh(index=index)
 
@@ -126,6 +128,8 @@ class InPlaceWriter:
         from elasticsearch import helpers
 
         check_vectors(self.spec, docs, vectors)
+        if self.lock is not None:
+            self.lock.beat()
         errors: list[dict[str, Any]] = []
         written = 0
         for ok, item in helpers.streaming_bulk(
@@ -183,7 +187,9 @@ class InPlaceWriter:
         return count
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Release the write lock."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def open_in_place(backend: ElasticBackend, spec: IndexSpec, state: dict[str, Any], recreate: bool) -> InPlaceWriter:

@@ -19,12 +19,14 @@ from hybrid.backends.base import check_vectors, split_version, version_name, ver
 from hybrid.backends.embedded.lucene import LuceneSearcher, build_lucene
 from hybrid.backends.embedded.store import VersionStore, write_atomic
 from hybrid.backends.embedded.vectors import HNSW_FILE, VectorIndex, build_hnsw
+from hybrid.backends.locks import FileLock
 from hybrid.config import IndexSpec, LexicalSettings, VectorSettings, validate_index_name
 from hybrid.errors import BackendError, CountMismatchError, DimensionMismatchError, IndexNotFoundError
 from hybrid.manifest import VectorRecipe, check_same_vectors
 from hybrid.types import Document, Hit, IndexInfo
 
 log = logging.getLogger(__name__)
+WRITE_LOCK = ".write.lock"
 CURRENT = "CURRENT"
 
 
@@ -147,6 +149,15 @@ class EmbeddedBackend:
     def open_writer(self, spec: IndexSpec, *, recreate: bool = False) -> EmbeddedWriter:
         base = self.index_dir(spec.name)
         base.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(base / WRITE_LOCK, spec.name)  # before anything is deleted: one writer at a time
+        try:
+            return self._open_writer(spec, recreate, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    def _open_writer(self, spec: IndexSpec, recreate: bool, lock: FileLock) -> EmbeddedWriter:
+        base = self.index_dir(spec.name)
         current = self.current(spec.name)
         versions = self.versions(spec.name)
         newest = versions[-1] if versions else None
@@ -158,7 +169,7 @@ class EmbeddedBackend:
                     f"encoder makes {spec.dims}-d vectors; use the same model, or --recreate to rebuild"
                 )
             check_same_vectors(spec.name, VectorRecipe.from_dict(meta.get("recipe")), spec.recipe)
-            return EmbeddedWriter(self, spec, base / newest, resumed=True)
+            return EmbeddedWriter(self, spec, base / newest, resumed=True, lock=lock)
         for stale in versions:
             if stale != current:
                 shutil.rmtree(base / stale)
@@ -181,7 +192,7 @@ class EmbeddedBackend:
         store = VersionStore(path, spec.dims, writable=True)
         store.write_meta(meta)
         store.close()
-        return EmbeddedWriter(self, spec, path, resumed=False)
+        return EmbeddedWriter(self, spec, path, resumed=False, lock=lock)
 
     def make_current(self, name: str, version: str) -> None:
         """Point ``name`` at ``version`` atomically, then delete older versions."""
@@ -277,12 +288,15 @@ class EmbeddedBackend:
 class EmbeddedWriter:
     """Appends to one version directory; ``commit`` builds Lucene (and HNSW) then swaps."""
 
-    def __init__(self, backend: EmbeddedBackend, spec: IndexSpec, path: Path, resumed: bool) -> None:
+    def __init__(
+        self, backend: EmbeddedBackend, spec: IndexSpec, path: Path, resumed: bool, lock: FileLock | None = None
+    ) -> None:
         self.backend = backend
         self.spec = spec
         self.path = path
         self.version = path.name
         self.resumed = resumed
+        self.lock = lock
         self.store = VersionStore(path, spec.dims, writable=True)
         self.on_build: Callable[[int], None] | None = None
 
@@ -324,6 +338,8 @@ class EmbeddedWriter:
 
     def close(self) -> None:
         self.store.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -1,0 +1,135 @@
+"""One writer per index: a second ``hybrid index`` (or a training refresh) on the same index
+refuses with a message naming the holder, instead of deleting the version the first is
+building.
+
+The embedded store takes an exclusive ``flock`` on ``<index>/.write.lock`` (the kernel
+releases it when the process dies). On Elasticsearch the lock is a document in the
+``hybrid-locks`` index created with ``op_type=create`` (atomic: exactly one creator wins);
+it carries a heartbeat, and a lock whose holder stopped beating for ``stale_s`` seconds, or
+whose process is gone from this host, is taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hybrid.errors import IndexBusyError
+
+LOCK_INDEX = "hybrid-locks"
+HEARTBEAT_S = 30.0
+
+
+def holder() -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": datetime.now(UTC).isoformat(timespec="seconds"),
+        "heartbeat": time.time(),
+    }
+
+
+def _busy(name: str, info: dict[str, Any]) -> IndexBusyError:
+    return IndexBusyError(
+        f"index '{name}' is being written by process {info.get('pid', '?')} on {info.get('host', '?')} "
+        f"(since {info.get('since', '?')}); wait for it to finish, or stop it and re-run to resume"
+    )
+
+
+class FileLock:
+    """Exclusive lock on a file, held until :meth:`release` or process exit."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info: dict[str, Any] = {}
+            with contextlib.suppress(OSError, ValueError):
+                info = json.loads(os.pread(self.fd, 4096, 0) or b"{}")
+            os.close(self.fd)
+            raise _busy(name, info) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(holder()).encode(), 0)
+
+    def beat(self) -> None:
+        """Nothing to renew: the kernel holds the lock for the process."""
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+
+class ElasticLock:
+    """A lock document per index name in ``hybrid-locks``."""
+
+    def __init__(self, client: Any, name: str, stale_s: float = 600.0) -> None:
+        import elasticsearch
+
+        self.client = client
+        self.name = name
+        self.held = False
+        self._beat = 0.0
+        with contextlib.suppress(elasticsearch.BadRequestError):  # already there
+            if not client.indices.exists(index=LOCK_INDEX):
+                client.indices.create(
+                    index=LOCK_INDEX,
+                    settings={"number_of_shards": 1, "auto_expand_replicas": "0-1"},
+                    mappings={"dynamic": False, "properties": {}},
+                )
+        for _ in range(3):
+            try:
+                client.create(index=LOCK_INDEX, id=name, document=holder(), refresh=True)
+                self.held, self._beat = True, time.monotonic()
+                return
+            except elasticsearch.ConflictError:
+                current = client.get(index=LOCK_INDEX, id=name)
+                info = current["_source"]
+                if not _stale(info, stale_s):
+                    raise _busy(name, info) from None
+                with contextlib.suppress(elasticsearch.ConflictError, elasticsearch.NotFoundError):
+                    client.delete(  # take over, unless someone else did just now
+                        index=LOCK_INDEX,
+                        id=name,
+                        if_seq_no=current["_seq_no"],
+                        if_primary_term=current["_primary_term"],
+                        refresh=True,
+                    )
+        raise _busy(name, {})
+
+    def beat(self) -> None:
+        """Renew the heartbeat (at most every HEARTBEAT_S seconds)."""
+        if self.held and time.monotonic() - self._beat >= HEARTBEAT_S:
+            self.client.update(index=LOCK_INDEX, id=self.name, doc={"heartbeat": time.time()})
+            self._beat = time.monotonic()
+
+    def release(self) -> None:
+        import elasticsearch
+
+        if self.held:
+            with contextlib.suppress(elasticsearch.NotFoundError):
+                self.client.delete(index=LOCK_INDEX, id=self.name, refresh=True)
+            self.held = False
+
+
+def _stale(info: dict[str, Any], stale_s: float) -> bool:
+    if time.time() - float(info.get("heartbeat", 0)) > stale_s:
+        return True
+    if info.get("host") == socket.gethostname():
+        try:
+            os.kill(int(info.get("pid", 0)), 0)
+        except ProcessLookupError:
+            return True  # the holder died on this machine
+        except (PermissionError, ValueError):
+            return False
+    return False
