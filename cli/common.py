@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from hybrid.errors import HybridError
+from hybrid.errors import ConfigError, HybridError
 
 if TYPE_CHECKING:
     from hybrid.backends.base import Backend
@@ -48,6 +48,8 @@ class BackendOptions:
     es_ca_certs: Path | None = None
     es_timeout: float = 120.0
     store: Path | None = None
+    es_api_key_file: Path | None = None
+    es_password_file: Path | None = None
 
     def es_config(self) -> ElasticConfig | None:
         """An :class:`ElasticConfig` when a URL is given, else ``None`` (embedded store)."""
@@ -55,11 +57,13 @@ class BackendOptions:
             return None
         from hybrid.config import ElasticConfig
 
+        api_key = _secret(self.es_api_key, self.es_api_key_file, "--es-api-key")
+        password = _secret(self.es_password, self.es_password_file, "--es-password")
         return ElasticConfig(
             url=self.es_url,
-            api_key=self.es_api_key,
+            api_key=api_key,
             username=self.es_user,
-            password=self.es_password,
+            password=password,
             ca_certs=self.es_ca_certs,
             request_timeout=self.es_timeout,
         )
@@ -69,6 +73,21 @@ class BackendOptions:
         from hybrid.backends import open_backend
 
         return open_backend(self.es_config(), self.store or default_store(), java_home=os.environ.get("JAVA_HOME"))
+
+
+def _secret(value: str | None, path: Path | None, option: str) -> str | None:
+    """A secret given directly (env) or read from ``path`` (its first line); not both."""
+    if path is None:
+        return value
+    if value is not None:
+        raise ConfigError(f"give {option} or {option}-file, not both")
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {option}-file {path}: {exc.strerror}") from None
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"{option}-file {path} is empty")
+    return lines[0].strip()
 
 
 _BACKEND_PARAMS: list[tuple[str, Any, Any]] = [
@@ -112,6 +131,28 @@ _BACKEND_PARAMS: list[tuple[str, Any, Any]] = [
         120.0,
     ),
     (
+        "es_api_key_file",
+        Annotated[
+            Path | None,
+            typer.Option(
+                "--es-api-key-file", envvar="HYBRID_ES_API_KEY_FILE", help="File holding the API key (not in ps)."
+            ),
+        ],
+        None,
+    ),
+    (
+        "es_password_file",
+        Annotated[
+            Path | None,
+            typer.Option(
+                "--es-password-file",
+                envvar="HYBRID_ES_PASSWORD_FILE",
+                help="File holding the password (kept out of ps).",
+            ),
+        ],
+        None,
+    ),
+    (
         "store",
         Annotated[
             Path | None,
@@ -127,7 +168,7 @@ _BACKEND_PARAMS: list[tuple[str, Any, Any]] = [
 def backend_options(func: F) -> F:
     """Give a command the shared ``--es-*`` and ``--store`` options.
 
-    The command declares a ``conn: BackendOptions`` parameter; Typer sees the seven
+    The command declares a ``conn: BackendOptions`` parameter; Typer sees the
     options instead, and the command receives them gathered into one object.
     """
     signature = inspect.signature(func, eval_str=True)
@@ -139,6 +180,15 @@ def backend_options(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         options = BackendOptions(**{name: kwargs.pop(name) for name, _, _ in _BACKEND_PARAMS})
+        for flag in ("--es-password", "--es-api-key"):
+            if any(a == flag or a.startswith(flag + "=") for a in sys.argv[1:]):
+                err_console.print(
+                    f"Warning: {flag} on the command line is visible to other users (ps, shell history); "
+                    f"use {flag}-file or the environment instead.",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
         return func(*args, conn=options, **kwargs)
 
     parameters = own + extra

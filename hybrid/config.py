@@ -20,7 +20,7 @@ Stemmer = Literal["porter", "krovetz", "none"]
 class ElasticConfig:
     """How to reach an Elasticsearch cluster. Secrets never appear in ``repr``."""
 
-    url: str
+    url: str = field(repr=False)  # may carry user:password@
     api_key: str | None = field(default=None, repr=False)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
@@ -28,9 +28,14 @@ class ElasticConfig:
     verify_certs: bool = True
     request_timeout: float = 120.0
 
+    @property
+    def display_url(self) -> str:
+        """The URL with any password in it replaced by ``***`` (for messages and logs)."""
+        return redact_url(self.url)
+
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"--es-url must start with http:// or https://, got '{self.url}'")
+            raise ConfigError(f"--es-url must start with http:// or https://, got '{redact_url(self.url)}'")
         if self.api_key and (self.username or self.password):
             raise ConfigError("give either an API key or a username/password, not both")
         if (self.username is None) != (self.password is None):
@@ -93,6 +98,16 @@ class IndexSpec:
         validate_index_name(self.name)
         if self.dims < 1:
             raise ConfigError("vector dimension must be positive")
+
+
+def redact_url(url: str) -> str:
+    """``https://user:secret@host`` -> ``https://user:***@host``; other URLs unchanged."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.partition("@")
+    if not sep or not at or "/" in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in userinfo else f"{scheme}://***@{host}"
 
 
 def validate_index_name(name: str) -> None:

@@ -142,3 +142,45 @@ def test_unreachable_cluster_is_one_line_without_tracebacks() -> None:
     ]
     verbose = subprocess.run([*args[:3], "-v", *args[3:]], capture_output=True, text=True, timeout=120)
     assert "Retrying request" in verbose.stderr  # the transport's detail is there with -v
+
+
+def test_redact_url() -> None:
+    from hybrid.config import ElasticConfig, redact_url
+
+    assert redact_url("https://elastic:s3cret@es.example:9200") == "https://elastic:***@es.example:9200"
+    assert redact_url("http://token@host") == "http://***@host"
+    assert redact_url("http://host:9200/path@x") == "http://host:9200/path@x"
+    config = ElasticConfig(url="https://elastic:s3cret@es.example:9200", api_key="k3y")
+    assert "s3cret" not in repr(config) and "k3y" not in repr(config)
+
+
+def test_secrets_stay_out_of_messages(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "hybrid.cli", "info", "-i", "x"]
+    done = subprocess.run([*cli, "--es-url", "http://elastic:s3cret@127.0.0.1:1"], capture_output=True, text=True)
+    assert done.returncode == 1 and "s3cret" not in done.stderr + done.stdout
+    assert "http://elastic:***@127.0.0.1:1" in done.stderr
+
+    warned = subprocess.run(
+        [*cli, "--es-url", "http://127.0.0.1:1", "--es-user", "u", "--es-password", "hunter2"],
+        capture_output=True,
+        text=True,
+    )
+    assert "--es-password on the command line is visible" in warned.stderr and "hunter2" not in warned.stderr
+
+    empty = tmp_path / "key"
+    empty.write_text("\n")
+    bad = subprocess.run(
+        [*cli, "--es-url", "http://127.0.0.1:1", "--es-api-key-file", str(empty)], capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and "is empty" in bad.stderr
+
+
+@pytest.mark.es
+def test_api_key_from_a_file(es_url: str, tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("c2VjcmV0LWtleS12YWx1ZQ==\n")  # a security-less node accepts any key
+    result = runner.invoke(app, ["info", "-i", "no-such-index", "--es-url", es_url, "--es-api-key-file", str(key)])
+    assert result.exit_code == 1 and "not found" in result.output and "c2VjcmV0" not in result.output

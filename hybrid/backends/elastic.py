@@ -62,11 +62,11 @@ def connect(config: ElasticConfig) -> Any:
         client.options(request_timeout=min(10.0, config.request_timeout)).cluster.health()
     except elasticsearch.AuthenticationException as exc:
         raise ClusterUnreachableError(
-            f"Elasticsearch at {config.url} refused the credentials; check --es-api-key or --es-user/--es-password"
+            f"Elasticsearch at {config.display_url} refused the credentials; check the API key or the user and password"
         ) from exc
     except (elasticsearch.ConnectionError, elasticsearch.TransportError) as exc:
         raise ClusterUnreachableError(
-            f"cannot reach Elasticsearch at {config.url}; check --es-url (or HYBRID_ES_URL) "
+            f"cannot reach Elasticsearch at {config.display_url}; check --es-url (or HYBRID_ES_URL) "
             "and that the cluster is running"
         ) from exc
     return client
