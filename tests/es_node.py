@@ -112,8 +112,10 @@ def _ensure_user() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def start(version: str, heap: str = "1g", timeout: float = 240.0) -> dict[str, object]:
-    """Start a node; returns its state (url, pid, version, run directory)."""
+def start(
+    version: str, heap: str = "1g", timeout: float = 240.0, extra: dict[str, str] | None = None
+) -> dict[str, object]:
+    """Start a node (``extra``: more node settings); returns its state (url, pid, version, run directory)."""
     cache = cache_dir()
     home = unpack(version, cache)
     run = Path(tempfile.mkdtemp(prefix=f"hybrid-es-{version}-"))
@@ -138,6 +140,7 @@ def start(version: str, heap: str = "1g", timeout: float = 240.0) -> dict[str, o
         "path.logs": str(run / "logs"),
         "cluster.name": f"hybrid-test-{port}",
         "action.destructive_requires_name": "false",
+        **(extra or {}),
     }
     cmd = [str(home / "bin" / "elasticsearch"), "-d", "-p", str(pidfile)]
     cmd += [f"-E{k}={v}" for k, v in settings.items()]

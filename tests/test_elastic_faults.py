@@ -77,3 +77,29 @@ def _spec(name: str, encoder: Any) -> Any:
     from hybrid.config import IndexSpec
 
     return IndexSpec(name=name, dims=encoder.dims, model=encoder.name, normalized=True)
+
+
+def test_msearch_items_rejected_by_an_overloaded_node_are_retried(tiny_encoder: Any, beir_small: Path) -> None:
+    """A real node with a one-thread, one-slot search pool rejects (429) most items of a
+    large multi-search; every query still gets its hits, equal to an unloaded search's."""
+    from hybrid.backends.elastic import ElasticBackend
+    from hybrid.config import ElasticConfig
+    from hybrid.search import SearchConfig, Searcher
+    from tests import es_node
+
+    tight = {"thread_pool.search.size": "1", "thread_pool.search.queue_size": "1"}
+    node = es_node.start(es_node.ES9, heap="512m", extra=tight)
+    try:
+        backend = ElasticBackend(ElasticConfig(url=str(node["url"]), request_timeout=60))
+        run_index(IndexJob(corpus=beir_small, index="busy"), backend, tiny_encoder)
+        queries = ["ocean tides moon", "bread yeast", "solar panels", "honey bees"] * 30
+        config = SearchConfig(mode="bm25", k=3)
+        searcher = Searcher(backend, "busy", tiny_encoder)
+        loaded = searcher.search(queries, config)
+        assert backend.rejected_retries > 0  # the node did reject items: the retry was exercised
+        calm = [searcher.search([q], config)[0] for q in queries[:4]]
+        assert [[h.id for h in row] for row in loaded[:4]] == [[h.id for h in row] for row in calm]
+        assert all(loaded[i] == loaded[i % 4] for i in range(len(queries)))
+        backend.close()
+    finally:
+        es_node.stop(node)

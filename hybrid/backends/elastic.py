@@ -7,7 +7,9 @@ rebuild is "fill a new versioned index, then swap the alias atomically", so noth
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -38,6 +40,8 @@ MSEARCH_CHUNK = 64
 DEFAULT_NUM_CANDIDATES = 100
 MSEARCH_HITS = 20_000  # hits per multi-search response, at most
 SWAP_RETRIES = 2
+REJECTED_RETRIES = 8  # per-item 429s inside a multi-search, retried with back-off
+REJECTED_BACKOFF_S = 0.1
 
 
 def connect(config: ElasticConfig) -> Any:
@@ -81,6 +85,7 @@ class ElasticBackend:
         self.config = config
         self.client = client if client is not None else connect(config)
         self._meta_cache: dict[str, _Layout] = {}
+        self.rejected_retries = 0  # msearch items the cluster rejected (429) and that were sent again
 
     # -- names and versions -------------------------------------------------
     def current(self, name: str) -> str | None:
@@ -294,26 +299,42 @@ class ElasticBackend:
         return results
 
     def _msearch_chunk(self, name: str, chunk: list[dict[str, Any]], similarity: str | None) -> list[list[Hit]]:
+        """One multi-search; items the cluster rejected as overloaded (429) are sent again after
+        an exponential back-off and with less concurrency, instead of failing the request."""
         import elasticsearch
 
         layout = self._meta_cache.get(name)
         target = layout.index if layout is not None else name
-        try:
-            resp = self.client.msearch(searches=bodies.msearch_lines(target, chunk))
-        except elasticsearch.NotFoundError as exc:
-            raise BackendError(f"search failed on '{name}': {exc}") from exc
-        out = []
         current = layout.physical if layout is not None and layout.vector_field == "vector" else None
-        for item in resp["responses"]:
-            if "error" in item:
-                raise BackendError(f"search failed on '{name}': {_reason(item['error'])}")
-            if item.get("_shards", {}).get("failed"):
-                raise BackendError(f"search on '{name}' had failed shards: {item['_shards']}")
-            hits = item["hits"]["hits"]
-            if hits and current is not None and hits[0].get("_index") != current:
-                self._meta_cache.pop(name, None)  # served by a newer version: reload its metadata
-            out.append([_hit(h, similarity, layout) for h in hits])
-        return out
+        out: list[list[Hit] | None] = [None] * len(chunk)
+        pending = list(range(len(chunk)))
+        for attempt in range(REJECTED_RETRIES + 1):
+            try:
+                lines = bodies.msearch_lines(target, [chunk[i] for i in pending])
+                # a retry runs the rejected items with less concurrency, down to one at a time
+                calmer = {"max_concurrent_searches": max(1, 8 >> attempt)} if attempt else {}
+                resp = self.client.msearch(searches=lines, **calmer)
+            except elasticsearch.NotFoundError as exc:
+                raise BackendError(f"search failed on '{name}': {exc}") from exc
+            rejected = []
+            for i, item in zip(pending, resp["responses"], strict=True):
+                if "error" in item:
+                    if _rejected(item) and attempt < REJECTED_RETRIES:
+                        rejected.append(i)
+                        continue
+                    raise BackendError(f"search failed on '{name}': {_reason(item['error'])}")
+                if item.get("_shards", {}).get("failed"):
+                    raise BackendError(f"search on '{name}' had failed shards: {item['_shards']}")
+                hits = item["hits"]["hits"]
+                if hits and current is not None and hits[0].get("_index") != current:
+                    self._meta_cache.pop(name, None)  # served by a newer version: reload its metadata
+                out[i] = [_hit(h, similarity, layout) for h in hits]
+            if not rejected:
+                break
+            self.rejected_retries += len(rejected)
+            time.sleep(min(REJECTED_BACKOFF_S * 2**attempt, 10.0))
+            pending = rejected
+        return [hits if hits is not None else [] for hits in out]
 
     def score(self, name: str, vectors: np.ndarray, ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
         """Exact scores through a kNN search filtered to the ids.
@@ -532,6 +553,16 @@ def _hit(raw: dict[str, Any], similarity: str | None, layout: _Layout | None = N
     title_field = layout.title_field if layout else "title"
     title = field_value(src, title_field) if title_field else None
     return Hit(id=raw["_id"], score=score, title=title, text=field_value(src, text_field))
+
+
+def _rejected(item: dict[str, Any]) -> bool:
+    """A multi-search item the cluster refused for load (429, or a search phase whose shards
+    were all rejected by a full thread pool), worth sending again later."""
+    if item.get("status") == 429:
+        return True
+    return "rejected execution" in json.dumps(item.get("error", {})) or "es_rejected_execution_exception" in json.dumps(
+        item.get("error", {})
+    )
 
 
 def _reason(error: Any) -> str:
