@@ -122,6 +122,18 @@ def _app_fields(client: Any, index: str) -> tuple[Any, dict[str, Any]]:
     return own, {i: {k: v for k, v in d.items() if not k.startswith("hybrid_vector_")} for i, d in docs.items()}
 
 
+def _adopt_in_place(es_backend: Any, source: str, model: Path) -> tuple[Any, SourceFields]:
+    """Adopt the application index in place and embed it with ``model`` (hybrid_vector_v1)."""
+    from hybrid.backends.es_inplace import adopt
+
+    client = es_backend.client
+    fields = SourceFields(text="body.content", title="headline")
+    adopt(client, source, fields.text, fields.title)
+    encoder = Encoder(EncoderConfig(model=str(model), batch_size=8))
+    run_index(IndexJob(corpus=None, index=source), es_backend, encoder, documents=ElasticSource(client, source, fields))
+    return client, fields
+
+
 @pytest.mark.es
 def test_adopt_in_place(es_url: str, es_backend: Any, app_index: tuple[str, dict[str, Any]], tiny_model: Path) -> None:
     source, docs = app_index
@@ -168,19 +180,12 @@ def test_in_place_refresh_while_serving(
     import threading
     import time
 
-    import httpx
-
-    from hybrid.backends.es_inplace import adopt
     from hybrid.serving.app import create_app
     from hybrid.serving.engine import Engine, EngineConfig
-    from tests.test_serve import running
+    from tests.test_serve import query_loop, running
 
     source, _ = app_index
-    client = es_backend.client
-    fields = SourceFields(text="body.content", title="headline")
-    adopt(client, source, fields.text, fields.title)
-    first = Encoder(EncoderConfig(model=str(tiny_model), batch_size=8))
-    run_index(IndexJob(corpus=None, index=source), es_backend, first, documents=ElasticSource(client, source, fields))
+    client, fields = _adopt_in_place(es_backend, source, tiny_model)
     before = _app_fields(client, source)
     queries = ["ocean tides", "solar panels", "honey bees"]
     config = SearchConfig(mode="dense", k=3)
@@ -190,21 +195,9 @@ def test_in_place_refresh_while_serving(
     errors: list[str] = []
     stop = threading.Event()
 
-    def loop(url: str) -> None:
-        with httpx.Client(base_url=url, timeout=60) as http:
-            i = 0
-            while not stop.is_set():
-                response = http.post("/search", json={"query": queries[i % 3], "mode": "dense", "k": 3})
-                if response.status_code != 200:
-                    errors.append(response.text)
-                else:
-                    body = response.json()
-                    seen.append((body["version"], body["model_hash"], i % 3, [h["id"] for h in body["hits"]]))
-                i += 1
-
     engine = Engine(es_backend, source, EngineConfig(poll_s=0.05))
     with running(create_app(engine)) as url:
-        thread = threading.Thread(target=loop, args=(url,))
+        thread = threading.Thread(target=query_loop, args=(url, queries, 0, stop, seen, errors))
         thread.start()
         time.sleep(0.5)
         second = Encoder(EncoderConfig(model=str(other_model), batch_size=4))
@@ -234,17 +227,12 @@ def test_in_place_refresh_while_serving(
 def test_training_refresh_in_place(
     es_backend: Any, app_index: tuple[str, dict[str, Any]], tiny_model: Path, beir_small: Path, tmp_path: Path
 ) -> None:
-    from hybrid.backends.es_inplace import adopt
     from hybrid.negatives import SamplerConfig
     from hybrid.training.config import TrainConfig
     from hybrid.training.trainer import train
 
     source, docs = app_index
-    client = es_backend.client
-    fields = SourceFields(text="body.content", title="headline")
-    adopt(client, source, fields.text, fields.title)
-    encoder = Encoder(EncoderConfig(model=str(tiny_model), batch_size=8))
-    run_index(IndexJob(corpus=None, index=source), es_backend, encoder, documents=ElasticSource(client, source, fields))
+    client, _ = _adopt_in_place(es_backend, source, tiny_model)
     before = _app_fields(client, source)
     config = TrainConfig(
         index=source,

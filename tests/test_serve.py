@@ -53,6 +53,28 @@ def running(app: Any) -> Iterator[str]:
         thread.join(timeout=30)
 
 
+def query_loop(
+    url: str,
+    queries: list[str],
+    offset: int,
+    stop: threading.Event,
+    seen: list[tuple[str, str, int, list[str]]],
+    errors: list[str],
+) -> None:
+    """Dense searches until ``stop``: (version, model hash, query number, ids) of each answer."""
+    with httpx.Client(base_url=url, timeout=60) as client:
+        i = offset
+        while not stop.is_set():
+            query = i % len(queries)
+            response = client.post("/search", json={"query": queries[query], "mode": "dense", "k": 3})
+            if response.status_code != 200:
+                errors.append(response.text)
+            else:
+                body = response.json()
+                seen.append((body["version"], body["model_hash"], query, _ids(body["hits"])))
+            i += 1
+
+
 @pytest.fixture
 def served_index(backend_and_name: tuple[Any, str], tiny_encoder: Any, beir_small: Path) -> tuple[Any, str]:
     backend, name = backend_and_name
@@ -164,21 +186,8 @@ def test_swap_to_another_model_while_serving(
     errors: list[str] = []
     stop = threading.Event()
 
-    def client_loop(url: str, offset: int) -> None:
-        with httpx.Client(base_url=url, timeout=60) as client:
-            i = offset
-            while not stop.is_set():
-                query = i % len(QUERIES)
-                response = client.post("/search", json={"query": QUERIES[query], "mode": "dense", "k": 3})
-                if response.status_code != 200:
-                    errors.append(response.text)
-                else:
-                    body = response.json()
-                    seen.append((body["version"], body["model_hash"], query, _ids(body["hits"])))
-                i += 1
-
     with running(create_app(engine)) as url:
-        threads = [threading.Thread(target=client_loop, args=(url, n)) for n in range(3)]
+        threads = [threading.Thread(target=query_loop, args=(url, QUERIES, n, stop, seen, errors)) for n in range(3)]
         for thread in threads:
             thread.start()
         time.sleep(0.5)

@@ -20,6 +20,7 @@ import numpy as np
 from hybrid.backends import es_bodies as bodies
 from hybrid.backends import es_inplace as inplace
 from hybrid.backends.base import check_vectors, split_version, version_name, version_number
+from hybrid.backends.es_bulk import bulk_write, reason
 from hybrid.backends.es_source import field_value
 from hybrid.backends.locks import ElasticLock
 from hybrid.config import ElasticConfig, IndexSpec
@@ -35,7 +36,6 @@ from hybrid.types import Document, Hit, IndexInfo
 
 log = logging.getLogger(__name__)
 
-BULK_CHUNK = 200  # vectors make documents large: keep bulk requests a few MB
 MSEARCH_CHUNK = 64
 DEFAULT_NUM_CANDIDATES = 100
 MSEARCH_HITS = 20_000  # hits per multi-search response, at most
@@ -322,7 +322,7 @@ class ElasticBackend:
                     if _rejected(item) and attempt < REJECTED_RETRIES:
                         rejected.append(i)
                         continue
-                    raise BackendError(f"search failed on '{name}': {_reason(item['error'])}")
+                    raise BackendError(f"search failed on '{name}': {reason(item['error'])}")
                 if item.get("_shards", {}).get("failed"):
                     raise BackendError(f"search on '{name}' had failed shards: {item['_shards']}")
                 hits = item["hits"]["hits"]
@@ -442,34 +442,11 @@ class ElasticWriter:
         return {d["_id"] for d in resp["docs"] if d.get("found")}
 
     def write(self, docs: Sequence[Document], vectors: np.ndarray) -> int:
-        from elasticsearch import helpers
-
         check_vectors(self.spec, docs, vectors)
         if self.lock is not None:
             self.lock.beat()
-        errors: list[dict[str, Any]] = []
-        written = 0
-        for ok, item in helpers.streaming_bulk(
-            self.client.options(request_timeout=self.backend.config.request_timeout),
-            self._actions(docs, vectors),
-            chunk_size=BULK_CHUNK,
-            max_chunk_bytes=20 * 1024 * 1024,
-            raise_on_error=False,
-            raise_on_exception=True,
-            max_retries=8,
-            initial_backoff=1.0,
-            max_backoff=60.0,
-        ):
-            if ok:
-                written += 1
-            else:
-                errors.append(item)
-        if errors:
-            first = next(iter(errors[0].values()))
-            raise BackendError(
-                f"{len(errors)} of {len(docs)} documents were rejected by '{self.version}'; "
-                f"first: id {first.get('_id')}: {_reason(first.get('error', {}))}"
-            )
+        timeout = self.backend.config.request_timeout
+        written = bulk_write(self.client, timeout, self._actions(docs, vectors), len(docs), self.version)
         self._written += written
         return written
 
@@ -563,11 +540,3 @@ def _rejected(item: dict[str, Any]) -> bool:
     return "rejected execution" in json.dumps(item.get("error", {})) or "es_rejected_execution_exception" in json.dumps(
         item.get("error", {})
     )
-
-
-def _reason(error: Any) -> str:
-    if isinstance(error, dict):
-        cause = error.get("caused_by")
-        reason = str(error.get("reason") or error.get("type") or error)
-        return f"{reason} ({_reason(cause)})" if cause else reason
-    return str(error)

@@ -21,6 +21,7 @@ import numpy as np
 
 from hybrid.backends import es_bodies as bodies
 from hybrid.backends.base import check_vectors
+from hybrid.backends.es_bulk import bulk_write
 from hybrid.backends.locks import ElasticLock
 from hybrid.config import IndexSpec
 from hybrid.errors import BackendError, ConfigError, CountMismatchError
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 META_KEY = "hybrid_in_place"
 FIELD_PREFIX = "hybrid_vector_v"
-BULK_CHUNK = 200
 
 
 def field_name(number: int) -> str:
@@ -125,33 +125,11 @@ class InPlaceWriter:
         return found
 
     def write(self, docs: Sequence[Document], vectors: np.ndarray) -> int:
-        from elasticsearch import helpers
-
         check_vectors(self.spec, docs, vectors)
         if self.lock is not None:
             self.lock.beat()
-        errors: list[dict[str, Any]] = []
-        written = 0
-        for ok, item in helpers.streaming_bulk(
-            self.client.options(request_timeout=self.backend.config.request_timeout),
-            self._actions(docs, vectors),
-            chunk_size=BULK_CHUNK,
-            raise_on_error=False,
-            raise_on_exception=True,
-            max_retries=8,
-            initial_backoff=1.0,
-            max_backoff=60.0,
-        ):
-            if ok:
-                written += 1
-            else:
-                errors.append(item)
-        if errors:
-            first = next(iter(errors[0].values()))
-            raise BackendError(
-                f"{len(errors)} of {len(docs)} vectors were rejected by '{self.index}'; first: id "
-                f"{first.get('_id')}: {first.get('error', {})}"
-            )
+        timeout = self.backend.config.request_timeout
+        written = bulk_write(self.client, timeout, self._actions(docs, vectors), len(docs), self.index)
         self._written.update(d.id for d in docs)
         return written
 

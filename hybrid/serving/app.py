@@ -163,15 +163,17 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return error(400, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request body")
 
-    @app.exception_handler(ConfigError)
-    async def bad_config(_: Request, exc: ConfigError) -> Any:
-        errors_total.labels("bad_request").inc()
-        return error(400, str(exc))
+    def answer_with(kind: type[Exception], status: int, label: str) -> None:
+        async def handler(_: Request, exc: Exception) -> Any:
+            errors_total.labels(label).inc()
+            return error(status, str(exc))
 
-    @app.exception_handler(HybridError)
-    async def backend_error(_: Request, exc: HybridError) -> Any:
-        errors_total.labels("backend").inc()
-        return error(503, str(exc))
+        app.add_exception_handler(kind, handler)
+
+    answer_with(ConfigError, 400, "bad_request")  # a subclass: found before HybridError
+    answer_with(HybridError, 503, "backend")
+    answer_with(_TooLarge, 413, "too_large")
+    answer_with(_NotReady, 503, "not_ready")
 
     async def run(queries: list[str], options: SearchOptions) -> tuple[Answer, float]:
         too_long = next((q for q in queries if len(q) > limits.max_query_chars), None)
@@ -189,16 +191,6 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
         elapsed = time.perf_counter() - start
         latency.labels(options.mode).observe(elapsed)
         return answer, elapsed
-
-    @app.exception_handler(_TooLarge)
-    async def too_large(_: Request, exc: _TooLarge) -> Any:
-        errors_total.labels("too_large").inc()
-        return error(413, str(exc))
-
-    @app.exception_handler(_NotReady)
-    async def not_ready(_: Request, exc: _NotReady) -> Any:
-        errors_total.labels("not_ready").inc()
-        return error(503, str(exc))
 
     def hit_json(hit: Hit, fields: list[Field]) -> dict[str, Any]:
         row: dict[str, Any] = {"id": hit.id, "score": hit.score}
