@@ -50,6 +50,10 @@ class BackendOptions:
     store: Path | None = None
     es_api_key_file: Path | None = None
     es_password_file: Path | None = None
+    es_verify_certs: bool = True
+    es_ssl_fingerprint: str | None = None
+    es_client_cert: Path | None = None
+    es_client_key: Path | None = None
 
     def es_config(self) -> ElasticConfig | None:
         """An :class:`ElasticConfig` when a URL is given, else ``None`` (embedded store)."""
@@ -65,6 +69,10 @@ class BackendOptions:
             username=self.es_user,
             password=password,
             ca_certs=self.es_ca_certs,
+            verify_certs=self.es_verify_certs,
+            ssl_fingerprint=self.es_ssl_fingerprint,
+            client_cert=self.es_client_cert,
+            client_key=self.es_client_key,
             request_timeout=self.es_timeout,
         )
 
@@ -153,6 +161,46 @@ _BACKEND_PARAMS: list[tuple[str, Any, Any]] = [
         None,
     ),
     (
+        "es_verify_certs",
+        Annotated[
+            bool,
+            typer.Option(
+                "--es-verify-certs/--no-es-verify-certs",
+                envvar="HYBRID_ES_VERIFY_CERTS",
+                help="Verify the cluster's TLS certificate (on; turning it off allows man-in-the-middle attacks).",
+            ),
+        ],
+        True,
+    ),
+    (
+        "es_ssl_fingerprint",
+        Annotated[
+            str | None,
+            typer.Option(
+                "--es-ssl-fingerprint",
+                envvar="HYBRID_ES_SSL_FINGERPRINT",
+                help="SHA-256 fingerprint of the cluster's certificate (instead of --es-ca-certs).",
+            ),
+        ],
+        None,
+    ),
+    (
+        "es_client_cert",
+        Annotated[
+            Path | None,
+            typer.Option("--es-client-cert", envvar="HYBRID_ES_CLIENT_CERT", help="Client certificate (PEM)."),
+        ],
+        None,
+    ),
+    (
+        "es_client_key",
+        Annotated[
+            Path | None,
+            typer.Option("--es-client-key", envvar="HYBRID_ES_CLIENT_KEY", help="Client certificate's key (PEM)."),
+        ],
+        None,
+    ),
+    (
         "store",
         Annotated[
             Path | None,
@@ -180,6 +228,14 @@ def backend_options(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         options = BackendOptions(**{name: kwargs.pop(name) for name, _, _ in _BACKEND_PARAMS})
+        if not options.es_verify_certs and options.es_url:
+            err_console.print(
+                "WARNING: --no-es-verify-certs: the cluster's identity is NOT checked; anyone on the network "
+                "path can read and change this traffic, credentials included.",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         for flag in ("--es-password", "--es-api-key"):
             if any(a == flag or a.startswith(flag + "=") for a in sys.argv[1:]):
                 err_console.print(
@@ -210,8 +266,25 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             err_console.print("Interrupted; re-run the same command to resume.", markup=False)
             raise typer.Exit(130) from None
+        except Exception as exc:
+            refused = _refused(exc)
+            if refused is None:
+                raise
+            err_console.print(f"Error: {refused}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _refused(exc: Exception) -> str | None:
+    """One line for a request Elasticsearch refused (403: a missing privilege), else ``None``."""
+    if type(exc).__name__ != "AuthorizationException" or not type(exc).__module__.startswith("elasticsearch"):
+        return None
+    from hybrid.backends.es_bulk import reason
+
+    body = getattr(exc, "body", None)
+    why = reason(body.get("error")) if isinstance(body, dict) and body.get("error") else "HTTP 403 (no detail given)"
+    return f"Elasticsearch refused the request, the API key or user lacks a privilege: {why}"
 
 
 def setup_logging(verbose: bool = False) -> None:

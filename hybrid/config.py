@@ -26,6 +26,9 @@ class ElasticConfig:
     password: str | None = field(default=None, repr=False)
     ca_certs: Path | None = None
     verify_certs: bool = True
+    ssl_fingerprint: str | None = None  # SHA-256 of the cluster's certificate, instead of a CA
+    client_cert: Path | None = None
+    client_key: Path | None = field(default=None, repr=False)
     request_timeout: float = 120.0
 
     @property
@@ -40,8 +43,11 @@ class ElasticConfig:
             raise ConfigError("give either an API key or a username/password, not both")
         if (self.username is None) != (self.password is None):
             raise ConfigError("basic auth needs both --es-user and --es-password")
-        if self.ca_certs is not None and not self.ca_certs.is_file():
-            raise ConfigError(f"CA certificate file not found: {self.ca_certs}")
+        for label, path in (("CA certificate", self.ca_certs), ("client certificate", self.client_cert)):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{label} file not found: {path}")
+        if self.client_key is not None and not self.client_key.is_file():
+            raise ConfigError(f"client key file not found: {self.client_key}")
         if self.request_timeout <= 0:
             raise ConfigError("--es-timeout must be positive")
 

@@ -113,15 +113,28 @@ def _ensure_user() -> tuple[int, int] | None:
 
 
 def start(
-    version: str, heap: str = "1g", timeout: float = 240.0, extra: dict[str, str] | None = None
+    version: str,
+    heap: str = "1g",
+    timeout: float = 240.0,
+    extra: dict[str, str] | None = None,
+    secure: bool = False,
 ) -> dict[str, object]:
-    """Start a node (``extra``: more node settings); returns its state (url, pid, version, run directory)."""
+    """Start a node (``extra``: more node settings); returns its state (url, pid, version, run directory).
+
+    With ``secure`` the node runs with security on and TLS on HTTP: a CA and a node
+    certificate are made here (``cryptography``), a superuser ``hybrid-admin`` with a random
+    password is added to the file realm; the state then also holds ``ca``, ``user`` and
+    ``password``.
+    """
     cache = cache_dir()
     home = unpack(version, cache)
     run = Path(tempfile.mkdtemp(prefix=f"hybrid-es-{version}-"))
     shutil.copytree(home / "config", run / "config")
     (run / "data").mkdir()
     (run / "logs").mkdir()
+    secrets: dict[str, str] = {}
+    if secure:
+        secrets = _secure(home, run, version)
     owner = _ensure_user()
     if owner is not None:
         os.chmod(run, 0o755)
@@ -134,12 +147,13 @@ def start(
         "network.host": "127.0.0.1",
         "http.port": str(port),
         "transport.port": str(free_port()),
-        "xpack.security.enabled": "false",
+        "xpack.security.enabled": "true" if secure else "false",
         "cluster.routing.allocation.disk.threshold_enabled": "false",
         "path.data": str(run / "data"),
         "path.logs": str(run / "logs"),
         "cluster.name": f"hybrid-test-{port}",
         "action.destructive_requires_name": "false",
+        **(_tls_settings() if secure else {}),
         **(extra or {}),
     }
     cmd = [str(home / "bin" / "elasticsearch"), "-d", "-p", str(pidfile)]
@@ -158,19 +172,28 @@ def start(
         proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"Elasticsearch {version} failed to start:\n{out.read_text()[-4000:]}")
-    url = f"http://127.0.0.1:{port}"
-    state: dict[str, object] = {"url": url, "version": version, "run": str(run), "pidfile": str(pidfile)}
-    _wait_healthy(url, run, timeout)
+    url = f"{'https' if secure else 'http'}://127.0.0.1:{port}"
+    state: dict[str, object] = {"url": url, "version": version, "run": str(run), "pidfile": str(pidfile), **secrets}
+    _wait_healthy(url, run, timeout, secrets)
     state["pid"] = int(pidfile.read_text().strip())
     return state
 
 
-def _wait_healthy(url: str, run: Path, timeout: float) -> None:
+def _wait_healthy(url: str, run: Path, timeout: float, secrets: dict[str, str] | None = None) -> None:
+    import base64
+    import ssl
+
     deadline = time.monotonic() + timeout
     last = ""
+    request = urllib.request.Request(f"{url}/_cluster/health?wait_for_status=yellow&timeout=5s")
+    context = None
+    if secrets:
+        token = base64.b64encode(f"{secrets['user']}:{secrets['password']}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        context = ssl.create_default_context(cafile=secrets["ca"])
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/_cluster/health?wait_for_status=yellow&timeout=5s", timeout=10) as r:
+            with urllib.request.urlopen(request, timeout=10, context=context) as r:
                 if json.load(r).get("status") in ("yellow", "green"):
                     return
         except OSError as exc:
@@ -179,6 +202,124 @@ def _wait_healthy(url: str, run: Path, timeout: float) -> None:
     logs = sorted((run / "logs").glob("*.log"))
     tail = logs[-1].read_text()[-4000:] if logs else ""
     raise RuntimeError(f"Elasticsearch at {url} not healthy after {timeout:.0f}s ({last})\n{tail}")
+
+
+def _tls_settings() -> dict[str, str]:
+    return {
+        "xpack.security.http.ssl.enabled": "true",
+        "xpack.security.http.ssl.key": "certs/node.key",
+        "xpack.security.http.ssl.certificate": "certs/node.crt",
+        "xpack.security.http.ssl.certificate_authorities": "certs/ca.crt",
+        "xpack.security.transport.ssl.enabled": "false",
+        "xpack.security.authc.api_key.enabled": "true",
+    }
+
+
+def make_certs(target: Path, days: int = 30) -> None:
+    """A CA (``ca.crt``) and a certificate for 127.0.0.1/localhost signed by it (``node.crt/.key``)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    target.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def cert(
+        subject: str, key: rsa.RSAPrivateKey, issuer: x509.Name, signer: rsa.RSAPrivateKey, ca: bool
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hybrid test CA")])
+    ca_cert = cert("hybrid test CA", ca_key, ca_name, ca_key, ca=True)
+    node_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    node_cert = cert("localhost", node_key, ca_name, ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    (target / "ca.crt").write_bytes(ca_cert.public_bytes(pem))
+    (target / "node.crt").write_bytes(node_cert.public_bytes(pem))
+    (target / "node.key").write_bytes(
+        node_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+def _secure(home: Path, run: Path, version: str) -> dict[str, str]:
+    """Certificates and a file-realm superuser for a secured node; returns ca, user, password."""
+    import secrets as random_secrets
+
+    make_certs(run / "config" / "certs")
+    password = random_secrets.token_urlsafe(18)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "ES_JAVA_HOME": java_home(version),
+        "ES_PATH_CONF": str(run / "config"),
+    }
+    users = [str(home / "bin" / "elasticsearch-users"), "useradd", "hybrid-admin", "-p", password, "-r", "superuser"]
+    done = subprocess.run(users, env=env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"elasticsearch-users failed: {done.stdout}{done.stderr}")
+    return {"ca": str(run / "config" / "certs" / "ca.crt"), "user": "hybrid-admin", "password": password}
+
+
+def add_user(state: dict[str, object], user: str, password: str, role: str, definition: dict[str, object]) -> None:
+    """A file-realm user with one file-based role (a secured node only); waits until it can log in.
+
+    File realm and file roles need no ``.security`` index, which the integ-test zip cannot
+    create (it lacks the analysis-common module), so API keys are not available there.
+    """
+    import base64
+    import ssl
+
+    run = Path(str(state["run"]))
+    version = str(state["version"])
+    roles = run / "config" / "roles.yml"
+    with roles.open("a") as fh:
+        fh.write(f"\n{role}: {json.dumps(definition)}\n")  # JSON is YAML
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "ES_JAVA_HOME": java_home(version),
+        "ES_PATH_CONF": str(run / "config"),
+    }
+    home = unpack(version, cache_dir())
+    cmd = [str(home / "bin" / "elasticsearch-users"), "useradd", user, "-p", password, "-r", role]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"elasticsearch-users failed: {done.stdout}{done.stderr}")
+    owner = _ensure_user()
+    if owner is not None:
+        for path in (run / "config").glob("*"):
+            os.chown(path, *owner)
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(f"{state['url']}/_security/_authenticate")
+    request.add_header("Authorization", f"Basic {token}")
+    context = ssl.create_default_context(cafile=str(state["ca"]))
+    deadline = time.monotonic() + 60
+    while True:  # the node reloads users and roles files every few seconds
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as r:
+                if role in json.load(r).get("roles", []):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"user {user} could not log in to {state['url']}")
+        time.sleep(1)
 
 
 def stop(state: dict[str, object], timeout: float = 60.0) -> None:

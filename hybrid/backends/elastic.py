@@ -60,15 +60,33 @@ def connect(config: ElasticConfig) -> Any:
         kwargs["basic_auth"] = (config.username, config.password)
     if config.ca_certs is not None:
         kwargs["ca_certs"] = str(config.ca_certs)
+    if config.ssl_fingerprint:
+        kwargs["ssl_assert_fingerprint"] = config.ssl_fingerprint.replace(":", "").lower()
+    if config.client_cert is not None:
+        kwargs["client_cert"] = str(config.client_cert)
+    if config.client_key is not None:
+        kwargs["client_key"] = str(config.client_key)
+    if not config.verify_certs:
+        kwargs["ssl_show_warn"] = False  # the CLI says it once, loudly
     client = elasticsearch.Elasticsearch(config.url, **kwargs)
     try:
         # Not info(): GET / lives in a module some distributions (the integ-test zip) lack.
+        # Only a reachability and credentials check: a key scoped to indices gets 403 here
+        # (cluster health needs the cluster `monitor` privilege) and that is fine.
         client.options(request_timeout=min(10.0, config.request_timeout)).cluster.health()
+    except elasticsearch.AuthorizationException:
+        pass
     except elasticsearch.AuthenticationException as exc:
         raise ClusterUnreachableError(
-            f"Elasticsearch at {config.display_url} refused the credentials; check the API key or the user and password"
+            f"Elasticsearch at {config.display_url} refused the credentials (wrong, expired or revoked); "
+            "check the API key or the user and password"
         ) from exc
     except (elasticsearch.ConnectionError, elasticsearch.TransportError) as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "fingerprint" in str(exc).lower():
+            raise ClusterUnreachableError(
+                f"the TLS certificate of {config.display_url} could not be verified; pass the CA that signed it "
+                "with --es-ca-certs (or its SHA-256 with --es-ssl-fingerprint)"
+            ) from exc
         raise ClusterUnreachableError(
             f"cannot reach Elasticsearch at {config.display_url}; check --es-url (or HYBRID_ES_URL) "
             "and that the cluster is running"
@@ -138,8 +156,13 @@ class ElasticBackend:
         return physical
 
     def cluster_version(self) -> str:
-        """Version of the node(s), e.g. ``9.2.8``."""
-        nodes = self.client.nodes.info(filter_path="nodes.*.version")["nodes"]
+        """Version of the node(s), e.g. ``9.2.8`` (needs the cluster ``monitor`` privilege)."""
+        import elasticsearch
+
+        try:
+            nodes = self.client.nodes.info(filter_path="nodes.*.version")["nodes"]
+        except elasticsearch.AuthorizationException:
+            return "unknown (reading it needs the cluster 'monitor' privilege)"
         return ",".join(sorted({n["version"] for n in nodes.values()}))
 
     def meta(self, physical: str) -> dict[str, Any]:

@@ -80,13 +80,12 @@ class ElasticLock:
         self.name = name
         self.held = False
         self._beat = 0.0
-        with contextlib.suppress(elasticsearch.BadRequestError):  # already there
-            if not client.indices.exists(index=LOCK_INDEX):
-                client.indices.create(
-                    index=LOCK_INDEX,
-                    settings={"number_of_shards": 1, "auto_expand_replicas": "0-1"},
-                    mappings={"dynamic": False, "properties": {}},
-                )
+        with contextlib.suppress(elasticsearch.BadRequestError):  # already there (no HEAD: fewer privileges)
+            client.indices.create(
+                index=LOCK_INDEX,
+                settings={"number_of_shards": 1, "auto_expand_replicas": "0-1"},
+                mappings={"dynamic": False, "properties": {}},
+            )
         for _ in range(3):
             try:
                 client.create(index=LOCK_INDEX, id=name, document=holder(), refresh=True)
