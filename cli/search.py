@@ -68,7 +68,11 @@ def search(
     conn: BackendOptions = BackendOptions(),
 ) -> None:
     """Search an index and print the top hits."""
-    from hybrid.search import SearchConfig, Searcher
+    from hybrid.errors import ConfigError
+    from hybrid.search import SearchConfig, Searcher, clean_query
+
+    if not clean_query(query).strip():
+        raise ConfigError("the query is empty; give some words to search for")
 
     config = SearchConfig(
         mode=mode,  # type: ignore[arg-type]  # validated by SearchConfig

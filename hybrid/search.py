@@ -13,6 +13,20 @@ from hybrid.fusion import FusionConfig, fuse
 from hybrid.query_encoder import QueryEncoder, check_encoder, encoder_for_index
 from hybrid.types import SEARCH_MODES, Hit, SearchMode
 
+# BM25 uses a query's first 1,000 words: Lucene refuses more than 1,024 clauses (ES scales
+# its limit with the heap), and a longer "query" is a document, not a search. The dense side
+# truncates by tokens (the model's query length).
+MAX_BM25_TERMS = 1000
+
+
+def clean_query(text: str) -> str:
+    """Query text safe for every backend: undecodable bytes (lone surrogates from a
+    non-UTF-8 command line) become U+FFFD and NUL characters are dropped."""
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text.replace("\x00", " ")
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -75,7 +89,16 @@ class Searcher:
         return self._encoder  # type: ignore[return-value]
 
     def search(self, queries: Sequence[str], config: SearchConfig) -> list[list[Hit]]:
-        """Top ``config.k`` hits for each query, in order."""
+        """Top ``config.k`` hits for each query, in order (an empty query has none)."""
+        queries = [clean_query(q) for q in queries]
+        blank = [i for i, q in enumerate(queries) if not q.strip()]
+        if blank:  # searched without them; their rows stay empty
+            keep = [i for i, q in enumerate(queries) if q.strip()]
+            found = self.search([queries[i] for i in keep], config) if keep else []
+            rows: list[list[Hit]] = [[] for _ in queries]
+            for i, hits in zip(keep, found, strict=True):
+                rows[i] = hits
+            return rows
         if config.mode == "bm25":
             return self._bm25(queries, config.k)
         depth = config.k if config.mode == "dense" else max(config.k, config.fusion.depth)
@@ -94,7 +117,7 @@ class Searcher:
 
     def _bm25(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         start = time.perf_counter()
-        hits = self.backend.bm25(self.index, queries, k)
+        hits = self.backend.bm25(self.index, [" ".join(q.split()[:MAX_BM25_TERMS]) for q in queries], k)
         self.timings.bm25 += time.perf_counter() - start
         return hits
 

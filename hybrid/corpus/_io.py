@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -11,6 +10,7 @@ from typing import IO
 from hybrid.errors import CorpusError
 
 GZIP_MAGIC = b"\x1f\x8b"
+BOM = b"\xef\xbb\xbf"
 
 
 def is_gzip(path: Path) -> bool:
@@ -39,19 +39,31 @@ class LineSource:
             return 0
         return self._raw.tell()
 
-    def __iter__(self) -> Iterator[tuple[int, str]]:
+    def __iter__(self) -> Iterator[tuple[int, str | CorpusError]]:
+        """``(line number, text)``; a line that is not UTF-8 comes as a CorpusError in place
+        of its text, so a reader may skip it (``--skip-malformed``) and go on. A UTF-8 byte
+        order mark at the start is dropped; CRLF endings are accepted."""
         raw = self.path.open("rb")
         self._raw = raw
         try:
             stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if is_gzip(self.path) else raw  # type: ignore[assignment]
-            text = io.TextIOWrapper(stream, encoding="utf-8", errors="strict", newline="\n")
             lineno = 0
             try:
-                for lineno, line in enumerate(text, start=1):
-                    yield lineno, line.rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                raise CorpusError(f"not valid UTF-8 ({exc.reason})", str(self.path), lineno + 1) from exc
+                for lineno, data in enumerate(stream, start=1):
+                    if lineno == 1 and data.startswith(BOM):
+                        data = data[len(BOM) :]
+                    try:
+                        yield lineno, data.decode("utf-8").rstrip("\r\n")
+                    except UnicodeDecodeError as exc:
+                        yield lineno, CorpusError(f"not valid UTF-8 ({exc.reason})", str(self.path), lineno)
             except (OSError, EOFError) as exc:
                 raise CorpusError(f"cannot read ({exc})", str(self.path), lineno + 1) from exc
         finally:
             raw.close()
+
+    def lines(self) -> Iterator[tuple[int, str]]:
+        """Like iterating, but a line that is not UTF-8 raises its CorpusError (small files)."""
+        for lineno, line in self:
+            if isinstance(line, CorpusError):
+                raise line
+            yield lineno, line

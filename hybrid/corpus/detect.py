@@ -90,6 +90,6 @@ def _detect_file(path: Path) -> str:
 
 
 def _first_line(path: Path) -> str:
-    for _, line in LineSource(path):
+    for _, line in LineSource(path).lines():
         return line
     return ""

@@ -2,7 +2,11 @@
 
 Every reader yields :class:`~hybrid.types.Document` one at a time and never holds the
 corpus in memory. A malformed line raises :class:`CorpusError` naming file and line, or,
-with ``skip_malformed``, is skipped and counted in ``reader.skipped``.
+with ``skip_malformed``, is skipped and counted in ``reader.skipped``. Malformed: not
+UTF-8, not parseable, no id or text, an id, text or title that is a JSON object, list or
+boolean, an id over 512 UTF-8 bytes (Elasticsearch's limit, kept on both backends) or a
+document with neither text nor title. Ids are taken as they are (spaces, slashes, any
+Unicode); a byte order mark and CRLF line ends are accepted.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from hybrid.errors import CorpusError
 from hybrid.types import Document
 
 DPR_HEADER = ("id", "text", "title")
+MAX_ID_BYTES = 512
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,14 @@ class CorpusReader:
 
     def __iter__(self) -> Iterator[Document]:
         for lineno, line in self.source:
-            if not line.strip():
-                continue
             try:
+                if isinstance(line, CorpusError):
+                    raise line
+                if not line.strip():
+                    continue
                 doc = self._parse(line, lineno)
+                if doc is not None:
+                    self._check(doc, lineno)
             except CorpusError as exc:
                 if not self.skip_malformed:
                     raise
@@ -63,6 +72,14 @@ class CorpusReader:
 
     def _parse(self, line: str, lineno: int) -> Document | None:
         raise NotImplementedError
+
+    def _check(self, doc: Document, lineno: int) -> None:
+        """Rules every backend can keep: an id of at most 512 UTF-8 bytes (Elasticsearch's
+        ``_id`` limit) and some text."""
+        if len(doc.id.encode("utf-8")) > MAX_ID_BYTES:
+            raise self._error(f"id is {len(doc.id.encode('utf-8'))} bytes; the limit is {MAX_ID_BYTES}", lineno)
+        if not doc.text.strip() and not doc.title.strip():
+            raise self._error("empty document (no text and no title)", lineno)
 
     def _error(self, message: str, lineno: int) -> CorpusError:
         return CorpusError(message, str(self.path), lineno)
@@ -82,6 +99,8 @@ class JsonlReader(CorpusReader):
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise self._error(f"malformed JSON ({exc.msg} at column {exc.colno})", lineno) from exc
+        except RecursionError:
+            raise self._error("JSON nested too deeply", lineno) from None
         if not isinstance(obj, dict):
             raise self._error("expected a JSON object", lineno)
         doc_id = _first(obj, self.fields.id)
@@ -91,6 +110,11 @@ class JsonlReader(CorpusReader):
         if text is None:
             raise self._error(f"no text field (looked for {', '.join(self.fields.text)})", lineno)
         title = _first(obj, self.fields.title)
+        for label, value in (("id", doc_id), ("text", text), ("title", title)):
+            if isinstance(value, (dict, list, bool)):
+                raise self._error(f"'{label}' is a JSON {type(value).__name__}; expected a string", lineno)
+        if not str(doc_id).strip():
+            raise self._error("empty id", lineno)
         return Document(id=str(doc_id), text=str(text), title="" if title is None else str(title))
 
 

@@ -21,7 +21,7 @@ def read_queries(path: Path) -> list[Query]:
     queries: list[Query] = []
     source = LineSource(path)
     is_json = path.name.lower().removesuffix(".gz").endswith((".jsonl", ".json"))
-    for lineno, line in source:
+    for lineno, line in source.lines():
         if not line.strip():
             continue
         if is_json:
@@ -40,7 +40,7 @@ def read_queries(path: Path) -> list[Query]:
 def read_answers(path: Path) -> dict[str, list[str]]:
     """Read a DPR qa file (``question<TAB>["a", ...]``): query id (line index) -> answers."""
     answers: dict[str, list[str]] = {}
-    for lineno, line in LineSource(path):
+    for lineno, line in LineSource(path).lines():
         if not line.strip():
             continue
         parts = line.split("\t")
@@ -56,7 +56,7 @@ def read_qrels(path: Path) -> Qrels:
     BEIR's header line ``query-id corpus-id score`` is recognised and skipped.
     """
     qrels: Qrels = {}
-    for lineno, line in LineSource(path):
+    for lineno, line in LineSource(path).lines():
         parts = line.split()
         if not parts:
             continue
