@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -261,3 +262,38 @@ def test_serve_refuses_short_token(tmp_path: Path) -> None:
         text=True,
     )
     assert done.returncode == 1 and "shorter than 16 characters" in done.stderr
+
+
+def test_cli_serve_with_two_worker_processes(tmp_path: Path, tiny_encoder: Any, beir_small: Path) -> None:
+    """`--workers 2`: two uvicorn worker processes, each with its own engine, answer alike."""
+    from hybrid.backends.embedded import EmbeddedBackend
+
+    store = tmp_path / "store"
+    backend = EmbeddedBackend(store)
+    run_index(IndexJob(corpus=beir_small, index="demo"), backend, tiny_encoder)
+    backend.close()
+    port = _free_port()
+    args = [sys.executable, "-m", "hybrid.cli", "serve", "-i", "demo", "--store", str(store), "--port", str(port)]
+    proc = subprocess.Popen([*args, "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "hybrid serve --workers 2 did not become ready"
+            time.sleep(0.3)
+        answers = {
+            json.dumps(httpx.post(f"{url}/search", json={"query": q, "k": 3}, timeout=60).json()["hits"])
+            for q in ["ocean tides"] * 8
+        }
+        assert len(answers) == 1  # whichever worker answered, the same hits
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    assert output.count("Started server process") == 2, output
+    assert "Traceback" not in output
