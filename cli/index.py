@@ -117,6 +117,10 @@ def index(
         bool, typer.Option("--skip-malformed", help="Skip and count malformed lines instead of stopping.")
     ] = False,
     limit: Annotated[int | None, typer.Option("--limit", help="Index at most this many documents.")] = None,
+    grace: Annotated[
+        float,
+        typer.Option("--grace", help="Keep the swapped-out version this many seconds for searches in flight."),
+    ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final stats as JSON.")] = False,
     conn: BackendOptions = BackendOptions(),
     quiet: QuietOpt = False,
@@ -166,6 +170,7 @@ def index(
         lexical=LexicalSettings(k1=k1, b=b, analyzer=analyzer, stemmer=stemmer),  # type: ignore[arg-type]
     )
     backend = conn.open()
+    backend.retirement.grace_s = grace
     try:
         documents = None
         if from_es is not None:  # checked before a model is loaded

@@ -115,6 +115,9 @@ def train(
     ] = None,
     device: Annotated[str | None, Opt("--device", help="cpu, cuda … (cuda when present).")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue from the newest checkpoint in --out.")] = False,
+    grace: Annotated[
+        float, Opt("--grace", help="Keep each swapped-out index version this many seconds after a refresh (0).")
+    ] = 0.0,
     nproc: Annotated[
         int,
         Opt("--nproc", help="Processes (GPUs) to train with: relaunches under torchrun (1: this process)."),
@@ -176,6 +179,7 @@ def train(
     dist = _distributed()
     quiet = quiet or not dist.main
     backend = conn.open()
+    backend.retirement.grace_s = grace
     try:
         if quiet:
             result = run_train(config, backend, resume=resume, allow_config_change=allow_config_change, dist=dist)

@@ -151,3 +151,22 @@ def test_a_dead_writers_lock_is_taken_over(es_backend: Any, es_prefix: str, tiny
     assert held["pid"] != dead["pid"]
     writer.close()
     assert not es_backend.client.exists(index=LOCK_INDEX, id=name)
+
+
+def test_a_swapped_out_version_is_kept_for_the_grace_period(
+    backend_and_name: tuple[Any, str], tiny_encoder: Any, beir_small: Path
+) -> None:
+    backend, name = backend_and_name
+    build(backend, name, tiny_encoder, beir_small)
+    first = backend.current(name)
+    backend.retirement.grace_s = 1.5
+    build(backend, name, tiny_encoder, beir_small, recreate=True)
+    assert backend.current(name) != first
+    assert first in backend.versions(name)  # still there for searches pinned to it
+    pinned = Searcher(backend, first, tiny_encoder).search(["ocean tides"], SearchConfig(mode="hybrid", k=2))[0]
+    assert len(pinned) == 2
+    backend.retirement.wait()  # close() waits too
+    assert first not in backend.versions(name)
+    backend.retirement.grace_s = 0.0
+    build(backend, name, tiny_encoder, beir_small, recreate=True)
+    assert len(backend.versions(name)) == 1  # no grace: deleted at the swap

@@ -8,7 +8,8 @@ current in one atomic step, so readers never see a half-built index.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -44,6 +45,30 @@ def split_version(physical: str) -> tuple[str, int] | None:
     if sep and name and len(tail) == VERSION_DIGITS and tail.isdigit():
         return name, int(tail)
     return None
+
+
+class Retirement:
+    """Deletes swapped-out versions ``grace_s`` seconds after a swap (at once when 0), so
+    searches already pinned to them (``hybrid serve``) finish; :meth:`wait` (a backend's
+    close) waits for the deletions still due."""
+
+    def __init__(self, grace_s: float = 0.0) -> None:
+        self.grace_s = grace_s
+        self._timers: list[threading.Timer] = []
+
+    def retire(self, delete: Callable[[], None]) -> None:
+        if self.grace_s <= 0:
+            delete()
+            return
+        timer = threading.Timer(self.grace_s, delete)
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
+    def wait(self) -> None:
+        for timer in self._timers:
+            timer.join()
+        self._timers.clear()
 
 
 def check_vectors(spec: IndexSpec, docs: Sequence[Document], vectors: np.ndarray) -> None:
@@ -149,6 +174,8 @@ class Backend(Protocol):
     def release(self, physical: str) -> None:
         """Let go of a version read by its physical name (open files, cached metadata)."""
         ...
+
+    retirement: Retirement  # when swapped-out versions are deleted (``grace_s`` after the swap)
 
     def close(self) -> None:
         """Release connections, files and searchers."""

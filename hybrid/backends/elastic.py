@@ -19,7 +19,7 @@ import numpy as np
 
 from hybrid.backends import es_bodies as bodies
 from hybrid.backends import es_inplace as inplace
-from hybrid.backends.base import check_vectors, split_version, version_name, version_number
+from hybrid.backends.base import Retirement, check_vectors, split_version, version_name, version_number
 from hybrid.backends.es_bulk import bulk_write, reason
 from hybrid.backends.es_source import field_value
 from hybrid.backends.locks import ElasticLock
@@ -104,6 +104,7 @@ class ElasticBackend:
         self.client = client if client is not None else connect(config)
         self._meta_cache: dict[str, _Layout] = {}
         self.rejected_retries = 0  # msearch items the cluster rejected (429) and that were sent again
+        self.retirement = Retirement()  # set grace_s to keep a swapped-out version a while
 
     # -- names and versions -------------------------------------------------
     def current(self, name: str) -> str | None:
@@ -442,6 +443,7 @@ class ElasticBackend:
         self._meta_cache.pop(physical, None)
 
     def close(self) -> None:
+        self.retirement.wait()
         self.client.close()
 
 
@@ -504,9 +506,9 @@ class ElasticWriter:
             actions.insert(0, {"remove": {"index": old, "alias": name}})
         indices.update_aliases(actions=actions)  # one atomic step: searches never miss
         self.backend._meta_cache.pop(name, None)
-        for stale in self.backend.versions(name):
-            if stale != self.version:
-                indices.delete(index=stale)
+        stale = [v for v in self.backend.versions(name) if v != self.version]
+        if stale:
+            self.backend.retirement.retire(lambda: indices.delete(index=",".join(stale), ignore_unavailable=True))
         return count
 
     def close(self) -> None:

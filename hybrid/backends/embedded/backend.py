@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid.backends.base import check_vectors, split_version, version_name, version_number
+from hybrid.backends.base import Retirement, check_vectors, split_version, version_name, version_number
 from hybrid.backends.embedded.lucene import LuceneSearcher, build_lucene
 from hybrid.backends.embedded.store import VersionStore, write_atomic
 from hybrid.backends.embedded.vectors import HNSW_FILE, VectorIndex, build_hnsw
@@ -72,6 +72,7 @@ class EmbeddedBackend:
         self.java_home = java_home
         self._open: dict[str, _OpenVersion] = {}
         self._lock = threading.Lock()
+        self.retirement = Retirement()  # set grace_s to keep a swapped-out version a while
 
     # -- names and versions -------------------------------------------------
     def index_dir(self, name: str) -> Path:
@@ -202,9 +203,13 @@ class EmbeddedBackend:
             # Not closed: a search in another thread may still hold it. Its files stay
             # readable after deletion (open descriptors and maps) until it is collected.
             self._open.pop(name, None)
-        for stale in self.versions(name):
-            if stale != version:
-                shutil.rmtree(base / stale, ignore_errors=True)
+        stale = [v for v in self.versions(name) if v != version]
+
+        def delete() -> None:
+            for old in stale:
+                shutil.rmtree(base / old, ignore_errors=True)
+
+        self.retirement.retire(delete)
 
     # -- reading ------------------------------------------------------------
     def info(self, name: str) -> IndexInfo:
@@ -279,6 +284,7 @@ class EmbeddedBackend:
         shutil.rmtree(self.index_dir(name), ignore_errors=True)
 
     def close(self) -> None:
+        self.retirement.wait()
         with self._lock:
             for opened in self._open.values():
                 opened.close()
