@@ -117,6 +117,14 @@ def index(
         bool, typer.Option("--skip-malformed", help="Skip and count malformed lines instead of stopping.")
     ] = False,
     limit: Annotated[int | None, typer.Option("--limit", help="Index at most this many documents.")] = None,
+    drop_old: Annotated[
+        bool,
+        typer.Option(
+            "--drop-old",
+            help="--in-place with --recreate: after the switch (and --grace), remove the previous vector "
+            "field's values from the documents.",
+        ),
+    ] = False,
     grace: Annotated[
         float,
         typer.Option("--grace", help="Keep the swapped-out version this many seconds for searches in flight."),
@@ -144,6 +152,8 @@ def index(
             raise ConfigError(f"--in-place adds vectors to '{from_es}' itself: give -i {from_es}")
     elif in_place:
         raise ConfigError("--in-place goes with --from-es SOURCE_INDEX")
+    if drop_old and not (in_place and recreate):
+        raise ConfigError("--drop-old goes with --in-place --recreate (a new vector field replacing the old one)")
     elif corpus is not None:
         resolve_corpus(corpus, format)  # fail on a bad path or format before loading a model
     if stemmer not in ("porter", "krovetz", "none"):
@@ -203,10 +213,27 @@ def index(
                 model_hash=recipe.model_hash,
             )
         encoder = Encoder(config)
+        previous = backend.current(index) if drop_old else None
         stats = run_with_progress(job, backend, encoder, quiet, documents)
+        if drop_old and previous and previous != stats.version:
+            _drop_previous(backend, index, previous, grace)
     finally:
         backend.close()
     report(stats, index, backend.kind, as_json)
+
+
+def _drop_previous(backend: Backend, index: str, previous: str, grace: float) -> None:
+    """Remove the vectors of the field that served before the switch, after the grace period."""
+    import time
+
+    from hybrid.backends.es_inplace import drop_field, split
+
+    parts = split(previous)
+    if parts is None:
+        return  # not in place: the old version is a whole index, retired by the backend
+    time.sleep(grace)
+    dropped = drop_field(backend.client, parts[0], parts[1])  # type: ignore[attr-defined]
+    err_console.print(f"removed {parts[1]} from {dropped:,} documents", markup=False, highlight=False)
 
 
 def _existing_recipe(backend: Backend, index: str) -> VectorRecipe | None:

@@ -255,3 +255,30 @@ def test_training_refresh_in_place(
     hits = Searcher(es_backend, source).search(["ocean tides"], SearchConfig(mode="hybrid", k=3))[0]
     assert len(hits) == 3
     assert _app_fields(client, source) == before
+
+
+@pytest.mark.es
+def test_in_place_rebuild_drops_the_old_field_on_request(
+    es_url: str, es_backend: Any, app_index: tuple[str, dict[str, Any]], tiny_model: Path, other_model: Path
+) -> None:
+    source, docs = app_index
+    client = es_backend.client
+    with_text = sum(1 for d in docs.values() if "content" in d["body"])
+    base = ["index", "--from-es", source, "--in-place", "--text-field", "body.content", "-i", source, "-q"]
+    where = ["--es-url", es_url, "--json"]
+    first = runner.invoke(app, [*base, "-m", str(tiny_model), *where])
+    assert first.exit_code == 0, first.output
+    before = _app_fields(client, source)
+    wrong = runner.invoke(app, [*base, "--drop-old", *where])
+    assert wrong.exit_code == 1 and "--drop-old goes with --in-place --recreate" in wrong.output
+    second = runner.invoke(app, [*base, "--recreate", "--drop-old", "-m", str(other_model), *where])
+    assert second.exit_code == 0, second.output
+    assert es_backend.current(source) == f"{source}@hybrid_vector_v2"
+
+    def having(field: str) -> int:
+        return int(client.count(index=source, query={"exists": {"field": field}})["count"])
+
+    assert having("hybrid_vector_v2") == with_text and having("hybrid_vector_v1") == 0
+    assert _app_fields(client, source) == before
+    hits = Searcher(es_backend, source).search(["ocean tides"], SearchConfig(mode="dense", k=3))[0]
+    assert len(hits) == 3

@@ -170,6 +170,43 @@ class InPlaceWriter:
             self.lock.release()
 
 
+def drop_field(client: Any, index: str, field: str, timeout: float = 120.0) -> int:
+    """Remove ``field``'s vectors from every document of ``index`` (a partial update setting
+    it to null: nothing else changes); refuses the active field. Returns documents updated."""
+    from hybrid.backends.es_bulk import bulk_write
+
+    state = read_state(client, index) or {}
+    if field == state.get("active"):
+        raise ConfigError(f"'{field}' is the active vector field of '{index}'; it cannot be dropped")
+    pit = client.open_point_in_time(index=index, keep_alive="5m")["id"]
+    ids: list[str] = []
+    after = None
+    try:
+        while True:
+            body: dict[str, Any] = {
+                "size": 1000,
+                "pit": {"id": pit, "keep_alive": "5m"},
+                "sort": [{"_shard_doc": "asc"}],
+                "query": {"exists": {"field": field}},
+                "_source": False,
+            }
+            if after is not None:
+                body["search_after"] = after
+            resp = client.search(**body)
+            pit = resp.get("pit_id", pit)
+            hits = resp["hits"]["hits"]
+            if not hits:
+                break
+            ids.extend(h["_id"] for h in hits)
+            after = hits[-1]["sort"]
+    finally:
+        client.close_point_in_time(id=pit)
+    actions = ({"_op_type": "update", "_index": index, "_id": i, "doc": {field: None}} for i in ids)
+    done = bulk_write(client, timeout, actions, len(ids), index)
+    client.indices.refresh(index=index)
+    return done
+
+
 def open_in_place(backend: ElasticBackend, spec: IndexSpec, state: dict[str, Any], recreate: bool) -> InPlaceWriter:
     """The writer for ``spec`` on an adopted index: resume the newest field, or start the next."""
     from hybrid.backends.elastic import _check_compatible
