@@ -23,8 +23,10 @@ def clean_query(text: str) -> str:
     """Query text safe for every backend: undecodable bytes (lone surrogates from a
     non-UTF-8 command line) become U+FFFD and NUL characters are dropped."""
     if any("\ud800" <= ch <= "\udfff" for ch in text):
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        text = text.encode("utf-8", "replace").decode("utf-8")
+        try:  # bytes smuggled in by surrogateescape (U+DC80-DCFF): decode what they were
+            text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:  # any other lone surrogate (e.g. a JSON "\ud800"): replaced
+            text = text.encode("utf-8", "replace").decode("utf-8")
     return text.replace("\x00", " ")
 
 

@@ -134,11 +134,20 @@ def test_search_endpoints_match_the_library(served_index: tuple[Any, str], tiny_
         assert client.post("/search/batch", json={"queries": ["x"] * 5}).status_code == 413
         assert client.post("/search", json={"query": "x", "pad": "y" * 30_000}).status_code == 413
 
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is counted as it streams
+            yield b'{"query": "x", "pad": "'
+            for _ in range(40):
+                yield b"y" * 1000
+            yield b'"}'
+
+        streamed = client.post("/search", content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413, streamed.text
+
         metrics = client.get("/metrics").text
         assert 'hybrid_requests_total{route="/search",status="200"}' in metrics
         assert 'hybrid_search_seconds_count{mode="dense"}' in metrics
         assert "hybrid_batch_queries_count" in metrics
-        assert 'hybrid_errors_total{kind="too_large"} 3.0' in metrics
+        assert 'hybrid_errors_total{kind="too_large"} 4.0' in metrics
         assert client.get("/openapi.json").json()["paths"]["/search"]
 
 
@@ -297,3 +306,20 @@ def test_cli_serve_with_two_worker_processes(tmp_path: Path, tiny_encoder: Any, 
         output = proc.communicate(timeout=60)[0]
     assert output.count("Started server process") == 2, output
     assert "Traceback" not in output
+
+
+def test_given_up_requests_and_bad_queries_do_not_stop_the_engine(served_index: tuple[Any, str]) -> None:
+    backend, name = served_index
+    engine = Engine(backend, name, EngineConfig(max_wait_ms=100)).start()
+    try:
+        config = SearchConfig(mode="dense", k=2)
+        abandoned = engine.submit(["ocean tides"], config)
+        assert abandoned.cancel()  # the client went away (a timeout, a closed connection)
+        lone = engine.submit(["broken \ud800 surrogate"], config)  # a JSON "\\ud800" gets this far
+        fine = engine.submit(["ocean tides"], config)
+        assert len(fine.result(60).hits[0]) == 2 and len(lone.result(60).hits[0]) == 2
+        assert engine.healthy
+        again = engine.search(["honey bees"], config, timeout=60)
+        assert len(again.hits[0]) == 2
+    finally:
+        engine.close()

@@ -13,6 +13,7 @@ weights hash of the model that embedded its queries.
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -123,6 +124,8 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
         docs_url="/api-docs",
         redoc_url=None,
     )
+
+    app.add_middleware(_BodyLimit, limit=limits.max_body_bytes, refused=errors_total.labels("too_large").inc)
 
     def error(status: int, message: str) -> Any:
         return JSONResponse({"error": message}, status_code=status)
@@ -251,6 +254,8 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
         generation = engine.generation
         if generation is None:
             return error(503, "the index and its model are not loaded yet")
+        if not engine.healthy:
+            return error(503, "the search threads have stopped; restart the server")
         try:
             info = await asyncio.to_thread(engine.backend.info, generation.version)
         except Exception as exc:  # unreachable backend or a deleted version: not ready
@@ -277,6 +282,48 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class _BodyLimit:
+    """Refuse a request body over ``limit`` bytes as it streams in (a chunked upload has no
+    Content-Length to check up front): the body is buffered up to the limit, then replayed."""
+
+    def __init__(self, app: Any, limit: int, refused: Callable[[], None]) -> None:
+        self.app = app
+        self.limit = limit
+        self.refused = refused
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.limit:
+                self.refused()
+                body = json.dumps({"error": f"request body over {self.limit} bytes"}).encode()
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                await send({"type": "http.response.start", "status": 413, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 def _all_fields() -> list[Field]:

@@ -21,12 +21,13 @@ equal search options as one batched encoder and backend call.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,7 @@ class Generation:
     model_hash: str | None
     dims: int
     searcher: Searcher = field(repr=False)
+    key: str = ""  # the encoder cache key: weights hash and query-side settings
 
 
 @dataclass
@@ -125,8 +127,17 @@ class Engine:
         for thread in self._threads:
             thread.join(timeout=10)
         self._threads.clear()
+        for _, version in self._retired:
+            self.backend.release(version)
+        self._retired.clear()
         if self._owns_backend:
             self.backend.close()
+
+    @property
+    def healthy(self) -> bool:
+        """Every batch thread is alive (a started engine)."""
+        workers = [t for t in self._threads if t.name.startswith("hybrid-batch-")]
+        return bool(workers) and all(t.is_alive() for t in workers)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -146,6 +157,7 @@ class Engine:
             if physical is None:
                 raise IndexNotFoundError(f"index '{self.index}' not found")
             if current is not None and current.version == physical:
+                self._release_retired()
                 return current
             generation = self._load(physical)
             self._generation = generation
@@ -158,7 +170,9 @@ class Engine:
     def _load(self, physical: str) -> Generation:
         info = self.backend.info(physical)
         recipe = VectorRecipe.from_dict(info.recipe)
-        key = recipe.model_hash if recipe is not None else f"name:{info.model}"
+        # the weights and every query-side setting: the same weights with another pooling,
+        # normalisation, prefix or length make other query vectors
+        key = f"{recipe.model_hash}|{recipe.settings()}" if recipe is not None else f"name:{info.model}"
         encoder = self._encoders.get(key)
         if encoder is None:
             encoder = self._factory(recipe, info.model)
@@ -172,18 +186,21 @@ class Engine:
             model_hash=recipe.model_hash if recipe is not None else encoder.model_hash,
             dims=info.dims,
             searcher=searcher,
+            key=key,
         )
 
     def _in_use(self, key: str | None) -> bool:
         generation = self._generation
-        if generation is None:
-            return False
-        return key in (generation.model_hash, f"name:{generation.model}")
+        return generation is not None and key == generation.key
 
     def _release_retired(self) -> None:
+        """Close swapped-out versions whose grace period is over (never the one in use)."""
         now = time.monotonic()
+        current = self._generation.version if self._generation is not None else None
         keep = []
         for retired_at, version in self._retired:
+            if version == current:
+                continue  # the alias went back to it: in use again
             if now - retired_at >= self.config.grace_s:
                 self.backend.release(version)
             else:
@@ -233,9 +250,13 @@ class Engine:
                 size += len(job.queries)
             groups: dict[SearchConfig, list[_Job]] = {}
             for job in jobs:
-                groups.setdefault(job.config, []).append(job)
+                if job.future.set_running_or_notify_cancel():  # a request given up on is not run
+                    groups.setdefault(job.config, []).append(job)
             for config, group in groups.items():
-                self._run(config, group)
+                try:
+                    self._run(config, group)
+                except Exception:  # never let one batch take the thread down
+                    log.exception("a search batch failed")
 
     def _run(self, config: SearchConfig, jobs: list[_Job]) -> None:
         queries = [q for job in jobs for q in job.queries]
@@ -243,15 +264,19 @@ class Engine:
             self._on_batch(len(queries))
         try:
             generation, hits = self._search(queries, config)
-        except BaseException as exc:
+        except Exception as exc:
+            if len(jobs) > 1 and not isinstance(exc, HybridError):
+                for job in jobs:  # one bad request must not fail the others batched with it
+                    self._run(config, [job])
+                return
             for job in jobs:
-                job.future.set_exception(exc)
+                _settle(job.future, exception=exc)
             return
         start = 0
         for job in jobs:
             part = hits[start : start + len(job.queries)]
             start += len(job.queries)
-            job.future.set_result(Answer(part, generation, len(queries)))
+            _settle(job.future, Answer(part, generation, len(queries)))
 
     def _search(self, queries: list[str], config: SearchConfig) -> tuple[Generation, list[list[Hit]]]:
         generation = self._generation
@@ -270,6 +295,17 @@ class Engine:
         generation = self._generation
         assert generation is not None, "Engine.start() was not called"
         return generation, self.backend.get(generation.version, list(ids))
+
+
+def _settle(future: Future[Answer], result: Answer | None = None, exception: BaseException | None = None) -> None:
+    """Resolve ``future`` unless it already was (cancelled meanwhile: its caller has gone)."""
+    if future.done():
+        return
+    with contextlib.suppress(InvalidStateError):
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
 
 
 def _open_encoder(recipe: VectorRecipe | None, model: str) -> QueryEncoder:
