@@ -109,11 +109,12 @@ class IndexSpec:
 def redact_url(url: str) -> str:
     """``https://user:secret@host`` -> ``https://user:***@host``; other URLs unchanged."""
     scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.partition("@")
-    if not sep or not at or "/" in userinfo:
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")  # the last @ ends the user info: passwords may hold @
+    if not sep or not at:
         return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in userinfo else f"{scheme}://***@{host}"
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    return f"{scheme}://{user + ':' if user else ''}***@{host}{rest[end:]}"
 
 
 def validate_index_name(name: str) -> None:

@@ -279,6 +279,37 @@ def test_in_place_rebuild_drops_the_old_field_on_request(
         return int(client.count(index=source, query={"exists": {"field": field}})["count"])
 
     assert having("hybrid_vector_v2") == with_text and having("hybrid_vector_v1") == 0
+    from hybrid.errors import IndexNotFoundError
+
+    with pytest.raises(IndexNotFoundError):  # a reader pinned to the dropped field moves on
+        es_backend.info(f"{source}@hybrid_vector_v1")
     assert _app_fields(client, source) == before
     hits = Searcher(es_backend, source).search(["ocean tides"], SearchConfig(mode="dense", k=3))[0]
     assert len(hits) == 3
+
+
+@pytest.mark.es
+def test_in_place_survives_the_application_deleting_documents(
+    es_backend: Any, app_index: tuple[str, dict[str, Any]], tiny_model: Path
+) -> None:
+    from hybrid.backends.es_inplace import adopt
+
+    source, docs = app_index
+    client = es_backend.client
+    fields = SourceFields(text="body.content")
+    adopt(client, source, fields.text, None)
+    deleted: list[str] = []
+
+    def read_then_app_deletes() -> Any:
+        for doc in ElasticSource(client, source, fields):
+            if not deleted:  # the application removes a document hybrid has already read
+                client.delete(index=source, id=doc.id, refresh=True)
+                deleted.append(doc.id)
+            yield doc
+
+    encoder = Encoder(EncoderConfig(model=str(tiny_model), batch_size=4))
+    job = IndexJob(corpus=None, index=source, batch_size=3)
+    stats = run_index(job, es_backend, encoder, documents=read_then_app_deletes())
+    with_text = sum(1 for d in docs.values() if "content" in d["body"])
+    assert stats.count == with_text - 1 == es_backend.count(source)
+    assert deleted[0] not in es_backend.get(source, [deleted[0]])

@@ -170,3 +170,23 @@ def test_a_swapped_out_version_is_kept_for_the_grace_period(
     backend.retirement.grace_s = 0.0
     build(backend, name, tiny_encoder, beir_small, recreate=True)
     assert len(backend.versions(name)) == 1  # no grace: deleted at the swap
+
+
+@pytest.mark.es
+def test_a_writer_whose_lock_was_taken_over_cannot_touch_the_new_holders(es_backend: Any, es_prefix: str) -> None:
+    from hybrid.backends import locks
+    from hybrid.errors import IndexBusyError
+
+    name = f"{es_prefix}-locked"
+    old = locks.ElasticLock(es_backend.client, name)
+    stale = {**locks.holder(), "pid": 2**22 + 19, "token": old.token, "heartbeat": 0}
+    es_backend.client.index(index=locks.LOCK_INDEX, id=name, document=stale, refresh=True)
+    new = locks.ElasticLock(es_backend.client, name)  # takes the stale lock over
+    old._beat = -1e9  # due for a heartbeat
+    with pytest.raises(IndexBusyError, match="lost the write lock"):
+        old.beat()
+    old.release()  # must not delete the new holder's lock
+    held = es_backend.client.get(index=locks.LOCK_INDEX, id=name)["_source"]
+    assert held["token"] == new.token
+    new.release()
+    assert not es_backend.client.exists(index=locks.LOCK_INDEX, id=name)

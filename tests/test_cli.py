@@ -150,6 +150,7 @@ def test_redact_url() -> None:
     assert redact_url("https://elastic:s3cret@es.example:9200") == "https://elastic:***@es.example:9200"
     assert redact_url("http://token@host") == "http://***@host"
     assert redact_url("http://host:9200/path@x") == "http://host:9200/path@x"
+    assert redact_url("http://u:p@ss@host:1/x") == "http://u:***@host:1/x"  # an @ inside the password
     config = ElasticConfig(url="https://elastic:s3cret@es.example:9200", api_key="k3y")
     assert "s3cret" not in repr(config) and "k3y" not in repr(config)
 

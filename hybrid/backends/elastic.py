@@ -145,7 +145,8 @@ class ElasticBackend:
             parts = inplace.split(name)
             if parts is not None:  # a field of an index adopted in place, pinned by name
                 state = self._in_place(parts[0]) or {}
-                if (state.get("versions", {}).get(parts[1]) or {}).get("committed"):
+                version = state.get("versions", {}).get(parts[1]) or {}
+                if version.get("committed") and not version.get("dropped"):
                     return name
                 raise IndexNotFoundError(f"version '{name}' not found")
             if self.client.indices.exists(index=name):

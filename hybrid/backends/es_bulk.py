@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hybrid.errors import BackendError
@@ -10,10 +10,19 @@ from hybrid.errors import BackendError
 BULK_CHUNK = 200  # vectors make documents large: keep bulk requests a few MB
 
 
-def bulk_write(client: Any, timeout: float, actions: Iterable[dict[str, Any]], total: int, target: str) -> int:
+def bulk_write(
+    client: Any,
+    timeout: float,
+    actions: Iterable[dict[str, Any]],
+    total: int,
+    target: str,
+    missing: Callable[[str], None] | None = None,
+) -> int:
     """Send ``actions`` in chunks (retrying 429s with back-off); returns how many succeeded.
 
-    Raises BackendError naming the first rejected document when any was rejected.
+    Raises BackendError naming the first rejected document when any was rejected. With
+    ``missing``, an update of a document that no longer exists (deleted meanwhile by the
+    index's application) is reported to it instead.
     """
     from elasticsearch import helpers
 
@@ -32,6 +41,10 @@ def bulk_write(client: Any, timeout: float, actions: Iterable[dict[str, Any]], t
     ):
         if ok:
             written += 1
+            continue
+        result = next(iter(item.values()))
+        if missing is not None and result.get("status") == 404:
+            missing(str(result.get("_id")))
         else:
             errors.append(item)
     if errors:

@@ -111,6 +111,7 @@ class InPlaceWriter:
         self.version = version_of(index, field)
         self.resumed = resumed
         self._written: set[str] = set()
+        self.missing = 0
         self.lock: ElasticLock | None = None
         if resumed:
             self.client.indices.refresh(index=index)
@@ -129,8 +130,12 @@ class InPlaceWriter:
         if self.lock is not None:
             self.lock.beat()
         timeout = self.backend.config.request_timeout
-        written = bulk_write(self.client, timeout, self._actions(docs, vectors), len(docs), self.index)
-        self._written.update(d.id for d in docs)
+        gone: list[str] = []
+        written = bulk_write(
+            self.client, timeout, self._actions(docs, vectors), len(docs), self.index, missing=gone.append
+        )
+        self.missing += len(gone)  # deleted by the application since they were read: not an error
+        self._written.update(d.id for d in docs if d.id not in set(gone))
         return written
 
     def _actions(self, docs: Sequence[Document], vectors: np.ndarray) -> Iterator[dict[str, Any]]:
@@ -150,6 +155,8 @@ class InPlaceWriter:
 
     def commit(self, expected: int | None = None) -> int:
         count = self.count()
+        if expected is not None:
+            expected -= self.missing
         if expected is not None and count != expected:
             raise CountMismatchError(
                 f"'{self.version}' holds {count} vectors but {expected} were expected; the active "
@@ -178,6 +185,9 @@ def drop_field(client: Any, index: str, field: str, timeout: float = 120.0) -> i
     state = read_state(client, index) or {}
     if field == state.get("active"):
         raise ConfigError(f"'{field}' is the active vector field of '{index}'; it cannot be dropped")
+    if field in state.get("versions", {}):  # readers pinned to it stop using it before it empties
+        state["versions"][field]["dropped"] = datetime.now(UTC).isoformat(timespec="seconds")
+        write_state(client, index, state)
     pit = client.open_point_in_time(index=index, keep_alive="5m")["id"]
     ids: list[str] = []
     after = None
@@ -201,8 +211,10 @@ def drop_field(client: Any, index: str, field: str, timeout: float = 120.0) -> i
             after = hits[-1]["sort"]
     finally:
         client.close_point_in_time(id=pit)
-    actions = ({"_op_type": "update", "_index": index, "_id": i, "doc": {field: None}} for i in ids)
-    done = bulk_write(client, timeout, actions, len(ids), index)
+    actions = (
+        {"_op_type": "update", "_index": index, "_id": i, "retry_on_conflict": 3, "doc": {field: None}} for i in ids
+    )
+    done = bulk_write(client, timeout, actions, len(ids), index, missing=lambda _id: None)
     client.indices.refresh(index=index)
     return done
 

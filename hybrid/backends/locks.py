@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import socket
 import time
 from datetime import UTC, datetime
@@ -71,7 +72,9 @@ class FileLock:
 
 
 class ElasticLock:
-    """A lock document per index name in ``hybrid-locks``."""
+    """A lock document per index name in ``hybrid-locks``, owned through a random token: a
+    writer whose lock was taken over (it looked dead) can neither renew nor delete the new
+    holder's lock, and learns it has lost it."""
 
     def __init__(self, client: Any, name: str, stale_s: float = 600.0) -> None:
         import elasticsearch
@@ -79,6 +82,7 @@ class ElasticLock:
         self.client = client
         self.name = name
         self.held = False
+        self.token = secrets.token_hex(16)
         self._beat = 0.0
         with contextlib.suppress(elasticsearch.BadRequestError):  # already there (no HEAD: fewer privileges)
             client.indices.create(
@@ -86,13 +90,16 @@ class ElasticLock:
                 settings={"number_of_shards": 1, "auto_expand_replicas": "0-1"},
                 mappings={"dynamic": False, "properties": {}},
             )
-        for _ in range(3):
+        for _ in range(5):
             try:
-                client.create(index=LOCK_INDEX, id=name, document=holder(), refresh=True)
+                client.create(index=LOCK_INDEX, id=name, document={**holder(), "token": self.token}, refresh=True)
                 self.held, self._beat = True, time.monotonic()
                 return
             except elasticsearch.ConflictError:
-                current = client.get(index=LOCK_INDEX, id=name)
+                try:
+                    current = client.get(index=LOCK_INDEX, id=name)
+                except elasticsearch.NotFoundError:
+                    continue  # released meanwhile: try again
                 info = current["_source"]
                 if not _stale(info, stale_s):
                     raise _busy(name, info) from None
@@ -106,19 +113,57 @@ class ElasticLock:
                     )
         raise _busy(name, {})
 
+    def _mine(self) -> dict[str, Any] | None:
+        """The lock document when this writer still owns it, else ``None``."""
+        import elasticsearch
+
+        try:
+            current = self.client.get(index=LOCK_INDEX, id=self.name)
+        except elasticsearch.NotFoundError:
+            return None
+        return dict(current) if current["_source"].get("token") == self.token else None
+
     def beat(self) -> None:
-        """Renew the heartbeat (at most every HEARTBEAT_S seconds)."""
-        if self.held and time.monotonic() - self._beat >= HEARTBEAT_S:
-            self.client.update(index=LOCK_INDEX, id=self.name, doc={"heartbeat": time.time()})
-            self._beat = time.monotonic()
+        """Renew the heartbeat (at most every HEARTBEAT_S seconds); raise if the lock was lost."""
+        import elasticsearch
+
+        if not self.held or time.monotonic() - self._beat < HEARTBEAT_S:
+            return
+        current = self._mine()
+        try:
+            if current is not None:
+                self.client.update(
+                    index=LOCK_INDEX,
+                    id=self.name,
+                    doc={"heartbeat": time.time()},
+                    if_seq_no=current["_seq_no"],
+                    if_primary_term=current["_primary_term"],
+                )
+        except elasticsearch.ConflictError:
+            current = None
+        if current is None:
+            self.held = False
+            raise IndexBusyError(
+                f"this process lost the write lock on '{self.name}' (it was taken over as stale); stopping"
+            )
+        self._beat = time.monotonic()
 
     def release(self) -> None:
         import elasticsearch
 
-        if self.held:
-            with contextlib.suppress(elasticsearch.NotFoundError):
-                self.client.delete(index=LOCK_INDEX, id=self.name, refresh=True)
-            self.held = False
+        if not self.held:
+            return
+        self.held = False
+        current = self._mine()
+        if current is not None:
+            with contextlib.suppress(elasticsearch.NotFoundError, elasticsearch.ConflictError):
+                self.client.delete(
+                    index=LOCK_INDEX,
+                    id=self.name,
+                    if_seq_no=current["_seq_no"],
+                    if_primary_term=current["_primary_term"],
+                    refresh=True,
+                )
 
 
 def _stale(info: dict[str, Any], stale_s: float) -> bool:

@@ -13,9 +13,12 @@ evaluates, logs and writes checkpoints; the others wait for it and take its run 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
+
+GROUP_TIMEOUT = timedelta(hours=12)  # a refresh of a large corpus on rank 0 keeps the others waiting
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,21 @@ class Distributed:
         return device
 
     def start(self, device: torch.device) -> None:
-        """Join the process group (rendezvous from torchrun's environment)."""
+        """Join the process group (rendezvous from torchrun's environment).
+
+        The timeout is long: the other ranks wait in a collective while rank 0 re-embeds the
+        whole corpus during a refresh.
+        """
         if self.enabled and not torch.distributed.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.world)
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # NCCL collectives use the current device
+                torch.distributed.init_process_group(
+                    "nccl", rank=self.rank, world_size=self.world, timeout=GROUP_TIMEOUT, device_id=device
+                )
+            else:
+                torch.distributed.init_process_group(
+                    "gloo", rank=self.rank, world_size=self.world, timeout=GROUP_TIMEOUT
+                )
 
     def barrier(self) -> None:
         if self.enabled:

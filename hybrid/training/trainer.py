@@ -87,6 +87,10 @@ def train(
     dist.start(device)
     if dist.enabled and config.grad_cache_chunk:
         raise ConfigError("--grad-cache-chunk works in one process; with several, each holds only its share")
+    if dist.world > config.batch_size:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is smaller than the {dist.world} processes; each needs a query"
+        )
     previous = latest_checkpoint(out) if out.exists() else None
     if dist.main:
         if previous is not None and not resume:
