@@ -34,6 +34,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_until_up(proc: subprocess.Popen[str], port: int, probe: str, timeout: float = 180) -> str:
+    """The base URL once ``probe`` answers 200 (fails if the server process exits first)."""
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
+                return url
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"hybrid serve did not answer {probe}"
+        time.sleep(0.2)
+
+
 @contextmanager
 def running(app: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a thread; yields its base URL."""
@@ -239,17 +254,7 @@ def test_cli_serve_process(tmp_path: Path, tiny_encoder: Any, beir_small: Path) 
     args = [*cli, "serve", "-i", "demo", "--store", str(store), "--port", str(port), "--api-key-file", str(key_file)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"{url}/livez", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "hybrid serve did not come up"
-            time.sleep(0.2)
+        url = wait_until_up(proc, port, "/livez")
         headers = {"Authorization": f"Bearer {TOKEN}"}
         body = httpx.post(f"{url}/search", json={"query": "ocean tides", "k": 2}, headers=headers, timeout=60).json()
         assert len(body["hits"]) == 2 and body["version"] == "demo-v000001"
@@ -285,17 +290,7 @@ def test_cli_serve_with_two_worker_processes(tmp_path: Path, tiny_encoder: Any, 
     args = [sys.executable, "-m", "hybrid.cli", "serve", "-i", "demo", "--store", str(store), "--port", str(port)]
     proc = subprocess.Popen([*args, "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "hybrid serve --workers 2 did not become ready"
-            time.sleep(0.3)
+        url = wait_until_up(proc, port, "/readyz")
         answers = {
             json.dumps(httpx.post(f"{url}/search", json={"query": q, "k": 3}, timeout=60).json()["hits"])
             for q in ["ocean tides"] * 8
