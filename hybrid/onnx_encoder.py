@@ -101,8 +101,23 @@ def export(tower: Path, target: Path, max_length: int) -> None:
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                LastHidden(model),
+            program = _export_once(torch, LastHidden(model), example, names, b, t)
+            if program is None:
+                raise ModelError(f"torch could not export {tower} to ONNX")
+            program.save(str(tmp), external_data=False)
+    finally:
+        quiet.setLevel(level)
+    os.replace(tmp, target)
+
+
+def _export_once(torch: Any, module: Any, example: dict[str, Any], names: list[str], b: Any, t: Any) -> Any:
+    """torch.onnx.export with fresh tracing state, tried twice: state left by an earlier export
+    in the same process (symbolic shapes) can make torch.export fail spuriously."""
+    for attempt in (1, 2):
+        torch._dynamo.reset()
+        try:
+            return torch.onnx.export(
+                module,
                 tuple(example[n] for n in names),
                 input_names=names,
                 output_names=["last_hidden_state"],
@@ -111,12 +126,10 @@ def export(tower: Path, target: Path, max_length: int) -> None:
                 optimize=True,
                 verbose=False,
             )
-            if program is None:
-                raise ModelError(f"torch could not export {tower} to ONNX")
-            program.save(str(tmp), external_data=False)
-    finally:
-        quiet.setLevel(level)
-    os.replace(tmp, target)
+        except Exception:
+            if attempt == 2:
+                raise
+    return None
 
 
 class OnnxQueryEncoder:
