@@ -64,6 +64,21 @@ def cache_path(root_dir: Path, tower: Path, digest: str) -> Path:
 
 
 def export(tower: Path, target: Path, max_length: int) -> None:
+    """Export in a fresh process: torch.export's tracing state left by other exports (or any
+    torch work) in a long-lived process made it fail spuriously."""
+    import subprocess
+    import sys
+
+    code = "import sys; from pathlib import Path; from hybrid.onnx_encoder import export_here as e; "
+    code += "e(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tower), str(target), str(max_length)], capture_output=True, text=True
+    )
+    if done.returncode != 0 or not target.is_file():
+        raise RuntimeError(f"could not export {tower} to ONNX: {done.stderr.strip().splitlines()[-1:]}")
+
+
+def export_here(tower: Path, target: Path, max_length: int) -> None:
     """Export the transformer at ``tower`` (last hidden state) to ``target``, atomically."""
     import torch
     from transformers import AutoConfig, AutoModel
