@@ -176,8 +176,13 @@ def _mine_batch(
 ) -> list[dict[str, Any]]:
     texts = [q.text for q in batch]
     vectors = encoder.encode_queries(texts)
-    lexical = backend.bm25(job.index, texts, job.bm25_depth) if job.bm25_depth else [[] for _ in batch]
-    dense = backend.knn(job.index, vectors, job.knn_depth, job.num_candidates) if job.knn_depth else [[] for _ in batch]
+    need = matcher is not None  # passage texts only to look for answers (false-negative flags)
+    lexical = backend.bm25(job.index, texts, job.bm25_depth, texts=need) if job.bm25_depth else [[] for _ in batch]
+    dense = (
+        backend.knn(job.index, vectors, job.knn_depth, job.num_candidates, texts=need)
+        if job.knn_depth
+        else [[] for _ in batch]
+    )
     union: list[dict[str, Hit]] = []
     sources: list[dict[str, str]] = []
     for lex_hits, dense_hits in zip(lexical, dense, strict=True):

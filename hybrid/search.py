@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hybrid.backends.base import Backend
 from hybrid.errors import ConfigError
@@ -38,6 +38,7 @@ class SearchConfig:
     k: int = 10
     fusion: FusionConfig = field(default_factory=FusionConfig)
     num_candidates: int | None = None
+    texts: bool = True  # fill each hit's title and text (False: ids and scores only)
 
     def __post_init__(self) -> None:
         if self.mode not in SEARCH_MODES:
@@ -102,33 +103,43 @@ class Searcher:
                 rows[i] = hits
             return rows
         if config.mode == "bm25":
-            return self._bm25(queries, config.k)
+            return self._bm25(queries, config.k, config.texts)
         depth = config.k if config.mode == "dense" else max(config.k, config.fusion.depth)
         if config.mode == "dense":
-            return self._knn(queries, depth, config.num_candidates)
+            return self._knn(queries, depth, config.num_candidates, config.texts)
         # both sides at once: the encoder (and kNN) in a thread while BM25 runs here, which on
-        # a cold start overlaps loading the model with starting the JVM
+        # a cold start overlaps loading the model with starting the JVM. Each side returns ids
+        # and scores only; texts are fetched for the fused top k alone.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybrid-knn") as pool:
-            pending = pool.submit(self._knn, queries, depth, config.num_candidates)
-            lexical = self._bm25(queries, depth)
+            pending = pool.submit(self._knn, queries, depth, config.num_candidates, False)
+            lexical = self._bm25(queries, depth, False)
             dense = pending.result()
         start = time.perf_counter()
         fused = [fuse(b, d, config.fusion, config.k) for b, d in zip(lexical, dense, strict=True)]
         self.timings.fuse += time.perf_counter() - start
-        return fused
+        return self._with_texts(fused) if config.texts else fused
 
-    def _bm25(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def _with_texts(self, rows: list[list[Hit]]) -> list[list[Hit]]:
+        """``rows`` with each hit's title and text from the index (one lookup for all)."""
+        docs = self.backend.get(self.index, sorted({h.id for row in rows for h in row}))
+        return [
+            [replace(h, title=docs[h.id].title, text=docs[h.id].text) if h.id in docs else h for h in row]
+            for row in rows
+        ]
+
+    def _bm25(self, queries: Sequence[str], k: int, texts: bool = True) -> list[list[Hit]]:
         start = time.perf_counter()
-        hits = self.backend.bm25(self.index, [" ".join(q.split()[:MAX_BM25_TERMS]) for q in queries], k)
+        terms = [" ".join(q.split()[:MAX_BM25_TERMS]) for q in queries]
+        hits = self.backend.bm25(self.index, terms, k, texts=texts)
         self.timings.bm25 += time.perf_counter() - start
         return hits
 
-    def _knn(self, queries: Sequence[str], k: int, num_candidates: int | None) -> list[list[Hit]]:
+    def _knn(self, queries: Sequence[str], k: int, num_candidates: int | None, texts: bool = True) -> list[list[Hit]]:
         encoder = self.encoder
         start = time.perf_counter()
         vectors = encoder.encode_queries(queries)
         mid = time.perf_counter()
-        hits = self.backend.knn(self.index, vectors, k, num_candidates)
+        hits = self.backend.knn(self.index, vectors, k, num_candidates, texts=texts)
         self.timings.encode += mid - start
         self.timings.knn += time.perf_counter() - mid
         return hits

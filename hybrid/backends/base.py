@@ -141,14 +141,18 @@ class Backend(Protocol):
         """Documents in the current version."""
         ...
 
-    def bm25(self, name: str, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        """BM25 top-``k`` for each query, in order."""
+    def bm25(self, name: str, queries: Sequence[str], k: int, *, texts: bool = True) -> list[list[Hit]]:
+        """BM25 top-``k`` for each query, in order; ``texts=False`` leaves title and text out
+        (ids and scores only: cheaper when the hits are fused and cut first)."""
         ...
 
-    def knn(self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None) -> list[list[Hit]]:
+    def knn(
+        self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None, *, texts: bool = True
+    ) -> list[list[Hit]]:
         """Inner-product top-``k`` for each query vector; scores are raw similarities.
 
-        ``num_candidates`` widens the approximate search (ES num_candidates, HNSW efSearch).
+        ``num_candidates`` widens the approximate search (ES num_candidates, HNSW efSearch);
+        ``texts`` as in :meth:`bm25`.
         """
         ...
 

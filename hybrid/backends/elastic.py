@@ -286,12 +286,15 @@ class ElasticBackend:
             if key == index or layout.index == index:
                 self._meta_cache.pop(key, None)
 
-    def bm25(self, name: str, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def bm25(self, name: str, queries: Sequence[str], k: int, *, texts: bool = True) -> list[list[Hit]]:
         layout = self._layout(name)
-        body = [bodies.bm25_body(q, k, layout.bm25_fields, layout.source) for q in queries]
+        source = layout.source if texts else ()
+        body = [bodies.bm25_body(q, k, layout.bm25_fields, source) for q in queries]
         return self._msearch(name, body, None)
 
-    def knn(self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None) -> list[list[Hit]]:
+    def knn(
+        self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None, *, texts: bool = True
+    ) -> list[list[Hit]]:
         layout = self._layout(name)
         meta = layout.meta
         dims = int(meta.get("dims") or vectors.shape[1])
@@ -301,7 +304,8 @@ class ElasticBackend:
                 f"{dims}-d vectors from {meta.get('model')}; search with that model"
             )
         nc = max(k, num_candidates or DEFAULT_NUM_CANDIDATES)
-        body = [bodies.knn_body(v, k, nc, layout.vector_field, layout.source) for v in vectors]
+        source = layout.source if texts else ()
+        body = [bodies.knn_body(v, k, nc, layout.vector_field, source) for v in vectors]
         return self._msearch(name, body, layout.similarity)
 
     def _msearch(self, name: str, body: list[dict[str, Any]], similarity: str | None) -> list[list[Hit]]:

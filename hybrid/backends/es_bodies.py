@@ -68,7 +68,7 @@ def bm25_body(
         match = {"match": {fields[0]: {"query": query}}}
     else:
         match = {"multi_match": {"query": query, "fields": list(fields), "type": "most_fields"}}
-    return {"query": match, "size": k, "_source": list(source)}
+    return {"query": match, "size": k, "_source": list(source) or False}
 
 
 def knn_body(
@@ -83,7 +83,7 @@ def knn_body(
             "num_candidates": max(k, num_candidates),
         },
         "size": k,
-        "_source": list(source),
+        "_source": list(source) or False,
     }
 
 

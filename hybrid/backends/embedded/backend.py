@@ -236,13 +236,15 @@ class EmbeddedBackend:
     def count(self, name: str) -> int:
         return self._version(name).store.count()
 
-    def bm25(self, name: str, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def bm25(self, name: str, queries: Sequence[str], k: int, *, texts: bool = True) -> list[list[Hit]]:
         opened = self._version(name)
         ranked = opened.lucene.search(list(queries), k)
-        docs = opened.store.get(sorted({d for hits in ranked for d, _ in hits}))
+        docs = opened.store.get(sorted({d for hits in ranked for d, _ in hits})) if texts else {}
         return [[_hit(doc_id, score, docs) for doc_id, score in hits] for hits in ranked]
 
-    def knn(self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None) -> list[list[Hit]]:
+    def knn(
+        self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None, *, texts: bool = True
+    ) -> list[list[Hit]]:
         opened = self._version(name)
         dims = int(opened.meta["dims"])
         if vectors.ndim != 2 or vectors.shape[1] != dims:
@@ -252,7 +254,7 @@ class EmbeddedBackend:
             )
         scores, rows = opened.faiss.search(vectors, k, num_candidates)
         row_ids = opened.store.ids_for_rows(sorted({int(r) for r in rows.ravel() if r >= 0}))
-        docs = opened.store.get(list(row_ids.values()))
+        docs = opened.store.get(list(row_ids.values())) if texts else {}
         return [
             [_hit(row_ids[int(r)], float(s), docs) for s, r in zip(qs, qr, strict=True) if r >= 0]
             for qs, qr in zip(scores, rows, strict=True)
