@@ -16,7 +16,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -99,7 +99,13 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
                 dense_weight=self.dense_weight,
                 depth=self.depth,
             )
-            return SearchConfig(mode=self.mode, k=self.k, fusion=fusion, num_candidates=self.num_candidates)
+            return SearchConfig(
+                mode=self.mode,
+                k=self.k,
+                fusion=fusion,
+                num_candidates=self.num_candidates,
+                texts=bool(self.fields),
+            )
 
     class SearchRequest(SearchOptions):
         query: str = PField(min_length=1)
@@ -125,39 +131,15 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
         redoc_url=None,
     )
 
-    app.add_middleware(_BodyLimit, limit=limits.max_body_bytes, refused=errors_total.labels("too_large").inc)
-
     def error(status: int, message: str) -> Any:
         return JSONResponse({"error": message}, status_code=status)
 
-    open_paths = {"/openapi.json", "/api-docs"}
-    probes = {"/livez", "/readyz", "/metrics"}
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        path = request.url.path
-        known = probes | open_paths | {"/search", "/search/batch"}
-        route = path if path in known else "/docs/{id}" if path.startswith("/docs/") else "other"
-        response = await _guarded(request, call_next, path)
-        requests_total.labels(route, str(response.status_code)).inc()
-        return response
-
-    async def _guarded(request: Request, call_next: Callable[[Request], Awaitable[Any]], path: str) -> Any:
-        if limits.api_key is not None and path not in open_paths and (path not in probes or limits.protect_probes):
-            given = request.headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), limits.api_key.encode()):
-                errors_total.labels("unauthorized").inc()
-                return JSONResponse(
-                    {"error": "missing or wrong bearer token"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
-            errors_total.labels("too_large").inc()
-            return error(413, f"request body over {limits.max_body_bytes} bytes")
-        return await call_next(request)
+    app.add_middleware(
+        _Guard,
+        limits=limits,
+        count=lambda route, status: requests_total.labels(route, str(status)).inc(),
+        refused=lambda kind: errors_total.labels(kind).inc(),
+    )
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> Any:
@@ -215,21 +197,23 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
             "took_ms": round(elapsed * 1000, 2),
         }
 
-    @app.post("/search")
-    async def search(request: SearchRequest) -> dict[str, Any]:
+    # Responses are built as JSONResponse directly: the hits are plain JSON already, and
+    # FastAPI's encoder walking every returned dict costs more than the search at small k.
+    @app.post("/search", response_model=None)
+    async def search(request: SearchRequest) -> JSONResponse:
         """Top-k hits for one query."""
         answer, elapsed = await run([request.query], request)
         hits = [hit_json(h, request.fields) for h in answer.hits[0]]
-        return {**provenance(answer, elapsed), "mode": request.mode, "hits": hits}
+        return JSONResponse({**provenance(answer, elapsed), "mode": request.mode, "hits": hits})
 
-    @app.post("/search/batch")
-    async def search_batch(request: BatchRequest) -> dict[str, Any]:
+    @app.post("/search/batch", response_model=None)
+    async def search_batch(request: BatchRequest) -> JSONResponse:
         """Top-k hits for each of several queries, in order, from one version."""
         if len(request.queries) > limits.max_batch:
             raise _TooLarge(f"{len(request.queries)} queries in one request; the limit is {limits.max_batch}")
         answer, elapsed = await run(request.queries, request)
         results = [{"hits": [hit_json(h, request.fields) for h in row]} for row in answer.hits]
-        return {**provenance(answer, elapsed), "mode": request.mode, "results": results}
+        return JSONResponse({**provenance(answer, elapsed), "mode": request.mode, "results": results})
 
     @app.get("/docs/{doc_id:path}")
     async def document(doc_id: str) -> Any:
@@ -284,18 +268,60 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
     return app
 
 
-class _BodyLimit:
-    """Refuse a request body over ``limit`` bytes as it streams in (a chunked upload has no
-    Content-Length to check up front): the body is buffered up to the limit, then replayed."""
+class _Guard:
+    """Pure ASGI middleware in front of every route: counts requests by route and status,
+    checks the bearer token, and refuses a body over the limit, by its Content-Length or as
+    it streams in (a chunked upload has none): the body is buffered up to the limit, then
+    replayed. (Starlette's ``@app.middleware("http")`` would cost more per request than a
+    small search.)"""
 
-    def __init__(self, app: Any, limit: int, refused: Callable[[], None]) -> None:
+    SEARCH = ("/search", "/search/batch")
+    PROBES = ("/livez", "/readyz", "/metrics")
+    OPEN = ("/openapi.json", "/api-docs")
+
+    def __init__(
+        self, app: Any, limits: ServeLimits, count: Callable[[str, int], None], refused: Callable[[str], None]
+    ) -> None:
         self.app = app
-        self.limit = limit
+        self.limits = limits
+        self.count = count
         self.refused = refused
+        self.token = limits.api_key.encode() if limits.api_key is not None else None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        known = path in self.SEARCH or path in self.PROBES or path in self.OPEN
+        route = path if known else "/docs/{id}" if path.startswith("/docs/") else "other"
+        status = 500
+
+        async def counted(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._guarded(scope, receive, counted, path)
+        finally:
+            self.count(route, status)
+
+    async def _guarded(self, scope: Any, receive: Any, send: Any, path: str) -> None:
+        headers = dict(scope["headers"])
+        protected = path not in self.OPEN and (path not in self.PROBES or self.limits.protect_probes)
+        if self.token is not None and protected:
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token, self.token):
+                self.refused("unauthorized")
+                await _reply(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
+                return
+        limit = self.limits.max_body_bytes
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            self.refused("too_large")
+            await _reply(send, 413, f"request body over {limit} bytes")
             return
         chunks: list[bytes] = []
         seen = 0
@@ -305,12 +331,9 @@ class _BodyLimit:
                 break  # the client went away
             chunks.append(message.get("body", b""))
             seen += len(chunks[-1])
-            if seen > self.limit:
-                self.refused()
-                body = json.dumps({"error": f"request body over {self.limit} bytes"}).encode()
-                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-                await send({"type": "http.response.start", "status": 413, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+            if seen > limit:
+                self.refused("too_large")
+                await _reply(send, 413, f"request body over {limit} bytes")
                 return
             if not message.get("more_body", False):
                 break
@@ -324,6 +347,14 @@ class _BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+async def _reply(send: Any, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A JSON error response sent straight through ASGI."""
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _all_fields() -> list[Field]:
