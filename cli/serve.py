@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -17,7 +18,10 @@ from .common import BackendOptions, IndexOpt, backend_options, err_console, hand
 if TYPE_CHECKING:
     from hybrid.serving.engine import EngineConfig
 
-_WORKER_ENV = "HYBRID_SERVE_WORKER"  # settings handed to each uvicorn worker process
+# The path of a file (mode 0600, deleted on exit) holding the settings for each uvicorn
+# worker process: they may hold a secret (an ES password), which an environment variable
+# would show to anyone who can read the process's environment.
+_WORKER_ENV = "HYBRID_SERVE_SETTINGS"
 
 
 @handle_errors
@@ -93,22 +97,29 @@ def serve(
             backend.info(index)  # raises the usual "not found; create it with ..." error
     finally:
         backend.close()
-    os.environ[_WORKER_ENV] = json.dumps(settings)
-    err_console.print(f"serving '{index}' on http://{host}:{port} with {workers} workers", markup=False)
-    uvicorn.run(
-        "hybrid.cli.serve:worker_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=log_config,
-        access_log=access_log,
-    )
+    fd, path = tempfile.mkstemp(prefix="hybrid-serve-", suffix=".json")  # created 0600
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(settings, out)
+        os.environ[_WORKER_ENV] = path
+        err_console.print(f"serving '{index}' on http://{host}:{port} with {workers} workers", markup=False)
+        uvicorn.run(
+            "hybrid.cli.serve:worker_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=log_config,
+            access_log=access_log,
+        )
+    finally:
+        os.environ.pop(_WORKER_ENV, None)
+        Path(path).unlink(missing_ok=True)
 
 
 def worker_app() -> Any:
     """Application factory for each uvicorn worker process (``--workers`` > 1)."""
-    settings = json.loads(os.environ[_WORKER_ENV])
+    settings = json.loads(Path(os.environ[_WORKER_ENV]).read_text())
     from hybrid.serving.app import create_app
 
     return create_app(_engine(settings), _limits(settings), manage_engine=True)

@@ -296,11 +296,46 @@ def test_cli_serve_with_two_worker_processes(tmp_path: Path, tiny_encoder: Any, 
             for q in ["ocean tides"] * 8
         }
         assert len(answers) == 1  # whichever worker answered, the same hits
+        # the workers' settings (which may hold a password) come from a private file, not
+        # from the environment itself
+        handed = {_environ(pid).get("HYBRID_SERVE_SETTINGS") for pid in _children(proc.pid)} - {None}
+        assert len(handed) == 1
+        settings_file = Path(handed.pop() or "")
+        assert settings_file.stat().st_mode & 0o077 == 0
+        assert json.loads(settings_file.read_text())["index"] == "demo"
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=60)[0]
     assert output.count("Started server process") == 2, output
     assert "Traceback" not in output
+    assert not settings_file.exists()  # removed on exit
+
+
+def _children(pid: int) -> list[int]:
+    """Every process descended from ``pid`` (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [child for child, ppid in parents.items() if ppid == parent]
+        found += kids
+        frontier += kids
+    return found
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {key: value for key, _, value in pairs}
 
 
 def test_given_up_requests_and_bad_queries_do_not_stop_the_engine(served_index: tuple[Any, str]) -> None:
