@@ -21,6 +21,12 @@ from tests import es_node
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # here, not in pyproject.toml: CI keys its cached virtualenv on that file
+    config.addinivalue_line("markers", "cluster: starts its own 3-node Elasticsearch cluster (tests/es_node.py)")
+    config.addinivalue_line("markers", "kills: SIGKILLs hybrid's own processes at seeded random moments")
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-d random BERT with all-MiniLM-L6-v2's tokenizer, saved locally."""
@@ -145,3 +151,35 @@ def copy_fixture(name: str, dest: Path) -> Path:
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+SYNTHETIC_WORDS = [f"w{i}" for i in range(400)] + ["ocean", "tide", "moon", "bread", "yeast", "solar", "panel", "bee"]
+
+
+def synthetic_corpus(path: Path, docs: int, seed: int = 0) -> Path:
+    """A jsonl corpus of ``docs`` seeded random documents (ids ``d00000``...)."""
+    import random
+
+    rng = random.Random(seed)
+    rows = [
+        {"_id": f"d{i:05d}", "title": f"doc {i}", "text": " ".join(rng.choices(SYNTHETIC_WORDS, k=rng.randint(8, 40)))}
+        for i in range(docs)
+    ]
+    return write_jsonl(path, rows)
+
+
+def same_index(backend: Any, index: str, reference: str, encoder: Any, expected: int) -> None:
+    """``index`` holds ``reference``'s documents, ``expected`` of them with no duplicate ids,
+    and the same vectors (exact similarities to a few probe queries over every document)."""
+    import numpy as np
+
+    ids = [d.id for batch in backend.iter_documents(index) for d in batch]
+    assert len(ids) == len(set(ids)) == expected
+    assert set(ids) == {d.id for batch in backend.iter_documents(reference) for d in batch}
+    assert backend.count(index) == expected
+    probes = encoder.encode_queries(["ocean tide", "bread w5 w9", "solar bee"])
+    group = [sorted(ids)] * len(probes)
+    got, want = backend.score(index, probes, group), backend.score(reference, probes, group)
+    for a, b in zip(got, want, strict=True):
+        assert a.keys() == b.keys() == set(ids)
+        assert np.allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(b)], atol=1e-6)
