@@ -104,7 +104,9 @@ _BACKEND_PARAMS: list[tuple[str, Any, Any]] = [
         Annotated[
             str | None,
             typer.Option(
-                "--es-url", envvar="HYBRID_ES_URL", help="Elasticsearch URL; without it the embedded store is used."
+                "--es-url",
+                envvar="HYBRID_ES_URL",
+                help="Elasticsearch URL (several nodes: comma-separated); without it the embedded store is used.",
             ),
         ],
         None,

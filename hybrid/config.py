@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -20,7 +21,7 @@ Stemmer = Literal["porter", "krovetz", "none"]
 class ElasticConfig:
     """How to reach an Elasticsearch cluster. Secrets never appear in ``repr``."""
 
-    url: str = field(repr=False)  # may carry user:password@
+    url: str = field(repr=False)  # may carry user:password@; several nodes comma-separated
     api_key: str | None = field(default=None, repr=False)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
@@ -32,13 +33,20 @@ class ElasticConfig:
     request_timeout: float = 120.0
 
     @property
+    def urls(self) -> list[str]:
+        """Every node URL: ``--es-url http://a:9200,http://b:9200`` gives the client all of them,
+        so a request to a node that is down is retried on another."""
+        return [part.strip() for part in re.split(r",\s*(?=https?://)", self.url.strip()) if part.strip()]
+
+    @property
     def display_url(self) -> str:
-        """The URL with any password in it replaced by ``***`` (for messages and logs)."""
-        return redact_url(self.url)
+        """The URLs with any password in them replaced by ``***`` (for messages and logs)."""
+        return ",".join(redact_url(u) for u in self.urls)
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"--es-url must start with http:// or https://, got '{redact_url(self.url)}'")
+        for url in self.urls or [self.url]:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"--es-url must start with http:// or https://, got '{redact_url(url)}'")
         if self.api_key and (self.username or self.password):
             raise ConfigError("give either an API key or a username/password, not both")
         if (self.username is None) != (self.password is None):

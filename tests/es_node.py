@@ -1,4 +1,4 @@
-"""Provision and run a real single-node Elasticsearch for tests and CI.
+"""Provision and run real Elasticsearch nodes (one, or a cluster of several) for tests and CI.
 
 The official integ-test-zip comes from Maven Central (via ``mvn dependency:copy``, or a
 plain download when Maven is absent), is unpacked into a cache outside the clone, and runs
@@ -6,14 +6,17 @@ as an unprivileged user on 127.0.0.1 at a free port. Usage::
 
     python tests/es_node.py start --version 9.2.8 --state /tmp/es9.json   # prints the URL
     python tests/es_node.py stop --state /tmp/es9.json
+    python tests/es_node.py start --nodes 3 --state /tmp/cluster.json  # URLs comma-separated
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -101,6 +104,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _port_block(count: int) -> list[int]:
+    """``count`` free ports below the kernel's ephemeral range: a port picked from that range
+    and released can be taken by an outgoing connection (one node dialling another) before
+    the node meant to listen on it starts."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(100):
+        start = rng.randrange(10_000, low - count)
+        try:
+            for port in range(start, start + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return list(range(start, start + count))
+    raise RuntimeError(f"no {count} consecutive free ports below {low}")
+
+
 def _ensure_user() -> tuple[int, int] | None:
     if os.geteuid() != 0:
         return None  # ES refuses root only; an ordinary user runs it directly
@@ -130,32 +153,48 @@ def start(
     home = unpack(version, cache)
     run = Path(tempfile.mkdtemp(prefix=f"hybrid-es-{version}-"))
     shutil.copytree(home / "config", run / "config")
-    (run / "data").mkdir()
-    (run / "logs").mkdir()
     secrets: dict[str, str] = {}
     if secure:
         secrets = _secure(home, run, version)
-    owner = _ensure_user()
-    if owner is not None:
-        os.chmod(run, 0o755)
-        for path in [run, *run.rglob("*")]:
-            os.chown(path, *owner)
     port = free_port()
-    pidfile = run / "es.pid"
     settings = {
         "discovery.type": "single-node",
         "network.host": "127.0.0.1",
         "http.port": str(port),
         "transport.port": str(free_port()),
         "xpack.security.enabled": "true" if secure else "false",
-        "cluster.routing.allocation.disk.threshold_enabled": "false",
-        "path.data": str(run / "data"),
-        "path.logs": str(run / "logs"),
         "cluster.name": f"hybrid-test-{port}",
-        "action.destructive_requires_name": "false",
+        **_COMMON,
         **(_tls_settings() if secure else {}),
         **(extra or {}),
     }
+    pid = _launch(home, version, run, settings, heap, timeout)
+    url = f"{'https' if secure else 'http'}://127.0.0.1:{port}"
+    state: dict[str, object] = {"url": url, "version": version, "run": str(run), "pidfile": str(run / "es.pid")}
+    state.update(secrets)
+    _wait_healthy(url, run, timeout, secrets)
+    state["pid"] = pid
+    return state
+
+
+# Settings every test node gets.
+_COMMON = {
+    "cluster.routing.allocation.disk.threshold_enabled": "false",
+    "action.destructive_requires_name": "false",
+}
+
+
+def _launch(home: Path, version: str, run: Path, settings: dict[str, str], heap: str, timeout: float) -> int:
+    """Start one node daemonized from ``run`` (its config, data and logs); returns its pid."""
+    owner = _ensure_user()
+    (run / "data").mkdir(exist_ok=True)
+    (run / "logs").mkdir(exist_ok=True)
+    if owner is not None:
+        os.chmod(run, 0o755)
+        for path in [run, *run.rglob("*")]:
+            os.chown(path, *owner)
+    pidfile = run / "es.pid"
+    settings = {**settings, "path.data": str(run / "data"), "path.logs": str(run / "logs")}
     cmd = [str(home / "bin" / "elasticsearch"), "-d", "-p", str(pidfile)]
     cmd += [f"-E{k}={v}" for k, v in settings.items()]
     env = {
@@ -172,20 +211,82 @@ def start(
         proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"Elasticsearch {version} failed to start:\n{out.read_text()[-4000:]}")
-    url = f"{'https' if secure else 'http'}://127.0.0.1:{port}"
-    state: dict[str, object] = {"url": url, "version": version, "run": str(run), "pidfile": str(pidfile), **secrets}
-    _wait_healthy(url, run, timeout, secrets)
-    state["pid"] = int(pidfile.read_text().strip())
-    return state
+    return int(pidfile.read_text().strip())
 
 
-def _wait_healthy(url: str, run: Path, timeout: float, secrets: dict[str, str] | None = None) -> None:
+def start_cluster(version: str, nodes: int = 3, heap: str = "512m", timeout: float = 300.0) -> dict[str, object]:
+    """Start ``nodes`` nodes on loopback forming one cluster (each master-eligible, holding
+    data); returns its state: ``url`` (every node's, comma-separated, as ``--es-url`` takes
+    them), ``urls``, ``version`` and per-node ``nodes`` (url, pid, run directory)."""
+    home = unpack(version, cache_dir())
+    ports = _port_block(2 * nodes)
+    http, transport = ports[:nodes], ports[nodes:]
+    names = [f"node-{i}" for i in range(nodes)]
+    members: list[dict[str, object]] = []
+    try:
+        for i in range(nodes):
+            run = Path(tempfile.mkdtemp(prefix=f"hybrid-es-{version}-{names[i]}-"))
+            shutil.copytree(home / "config", run / "config")
+            settings = {
+                "node.name": names[i],
+                "network.host": "127.0.0.1",
+                "http.port": str(http[i]),
+                "transport.port": str(transport[i]),
+                "discovery.seed_hosts": ",".join(f"127.0.0.1:{p}" for p in transport),
+                "cluster.initial_master_nodes": ",".join(names),
+                "xpack.security.enabled": "false",
+                "cluster.name": f"hybrid-cluster-{http[0]}",
+                **_COMMON,
+            }
+            url = f"http://127.0.0.1:{http[i]}"
+            member: dict[str, object] = {"url": url, "run": str(run), "pidfile": str(run / "es.pid")}
+            member.update(name=names[i], settings=settings, heap=heap)
+            members.append(member)
+            member["pid"] = _launch(home, version, run, settings, heap, timeout)
+        _wait_healthy(str(members[0]["url"]), Path(str(members[0]["run"])), timeout, nodes=nodes)
+    except BaseException:
+        for member in members:
+            if "pid" in member:
+                stop(member)
+        raise
+    urls = [str(m["url"]) for m in members]
+    return {"url": ",".join(urls), "urls": urls, "version": version, "nodes": members}
+
+
+def kill_node(state: dict[str, object], index: int) -> None:
+    """SIGKILL one node of a cluster started by :func:`start_cluster` (its data stays)."""
+    member = state["nodes"][index]  # type: ignore[index]
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(int(member["pid"]), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(int(member["pid"]), 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
+def restart_node(state: dict[str, object], index: int, timeout: float = 300.0) -> None:
+    """Start a killed node again on its data; returns once the cluster is green with all nodes."""
+    member = state["nodes"][index]  # type: ignore[index]
+    run = Path(member["run"])
+    (run / "es.pid").unlink(missing_ok=True)
+    version = str(state["version"])
+    member["pid"] = _launch(unpack(version, cache_dir()), version, run, member["settings"], member["heap"], timeout)
+    _wait_healthy(str(member["url"]), run, timeout, nodes=len(state["nodes"]))  # type: ignore[arg-type]
+
+
+def _wait_healthy(url: str, run: Path, timeout: float, secrets: dict[str, str] | None = None, nodes: int = 1) -> None:
     import base64
     import ssl
 
     deadline = time.monotonic() + timeout
     last = ""
-    request = urllib.request.Request(f"{url}/_cluster/health?wait_for_status=yellow&timeout=5s")
+    wanted = "yellow" if nodes == 1 else "green"
+    request = urllib.request.Request(
+        f"{url}/_cluster/health?wait_for_status={wanted}&wait_for_nodes={nodes}&timeout=5s"
+    )
     context = None
     if secrets:
         token = base64.b64encode(f"{secrets['user']}:{secrets['password']}".encode()).decode()
@@ -323,7 +424,11 @@ def add_user(state: dict[str, object], user: str, password: str, role: str, defi
 
 
 def stop(state: dict[str, object], timeout: float = 60.0) -> None:
-    """Stop the node by its pid and remove its run directory."""
+    """Stop the node (every node of a cluster) by its pid and remove its run directory."""
+    if "nodes" in state:
+        for member in state["nodes"]:  # type: ignore[attr-defined]
+            stop(member, timeout)
+        return
     pid = int(str(state.get("pid") or Path(str(state["pidfile"])).read_text().strip()))
     try:
         os.kill(pid, signal.SIGTERM)
@@ -341,6 +446,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=("start", "stop", "fetch"))
     parser.add_argument("--version", default=ES9)
+    parser.add_argument("--nodes", type=int, default=1, help="more than 1: a cluster on loopback")
     parser.add_argument("--state", type=Path, help="JSON file holding the running node's state")
     args = parser.parse_args()
     if args.action == "fetch":
@@ -349,7 +455,7 @@ def main() -> int:
     if args.state is None:
         parser.error("--state is required")
     if args.action == "start":
-        state = start(args.version)
+        state = start(args.version) if args.nodes == 1 else start_cluster(args.version, args.nodes)
         args.state.write_text(json.dumps(state))
         print(state["url"])
         return 0

@@ -68,7 +68,7 @@ def connect(config: ElasticConfig) -> Any:
         kwargs["client_key"] = str(config.client_key)
     if not config.verify_certs:
         kwargs["ssl_show_warn"] = False  # the CLI says it once, loudly
-    client = elasticsearch.Elasticsearch(config.url, **kwargs)
+    client = elasticsearch.Elasticsearch(config.urls, **kwargs)
     try:
         # Not info(): GET / lives in a module some distributions (the integ-test zip) lack.
         # Only a reachability and credentials check: a key scoped to indices gets 403 here
