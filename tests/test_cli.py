@@ -155,6 +155,17 @@ def test_redact_url() -> None:
     assert "s3cret" not in repr(config) and "k3y" not in repr(config)
 
 
+def test_several_node_urls() -> None:
+    from hybrid.config import ElasticConfig
+    from hybrid.errors import ConfigError
+
+    config = ElasticConfig(url="http://a:9200, http://u:pa,ss@b:9200,https://c:9201/")
+    assert config.urls == ["http://a:9200", "http://u:pa,ss@b:9200", "https://c:9201/"]  # a comma in a password
+    assert config.display_url == "http://a:9200,http://u:***@b:9200,https://c:9201/"
+    with pytest.raises(ConfigError, match="must start with http"):
+        ElasticConfig(url="a:9200,http://b:9200")
+
+
 def test_secrets_stay_out_of_messages(tmp_path: Path) -> None:
     import subprocess
     import sys
