@@ -79,6 +79,7 @@ class Searcher:
         self._checked = encoder is None
         self.batch = batch
         self.timings = SearchTimings()
+        self._warm = False  # a hybrid search has run (the JVM and the model are loaded)
 
     @property
     def encoder(self) -> QueryEncoder:
@@ -107,13 +108,20 @@ class Searcher:
         depth = config.k if config.mode == "dense" else max(config.k, config.fusion.depth)
         if config.mode == "dense":
             return self._knn(queries, depth, config.num_candidates, config.texts)
-        # both sides at once: the encoder (and kNN) in a thread while BM25 runs here, which on
-        # a cold start overlaps loading the model with starting the JVM. Each side returns ids
-        # and scores only; texts are fetched for the fused top k alone.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybrid-knn") as pool:
-            pending = pool.submit(self._knn, queries, depth, config.num_candidates, False)
+        # Each side returns ids and scores only; texts are fetched for the fused top k alone.
+        # The sides run at once (the encoder and kNN in a thread) where that overlaps waiting:
+        # on Elasticsearch, and on a cold start, where loading the model overlaps starting the
+        # JVM. Warm on the embedded store both sides are CPU work in this process, and running
+        # them at once only makes them contend (measured slower on 2 cores).
+        if self._warm and self.backend.kind == "embedded":
             lexical = self._bm25(queries, depth, False)
-            dense = pending.result()
+            dense = self._knn(queries, depth, config.num_candidates, False)
+        else:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybrid-knn") as pool:
+                pending = pool.submit(self._knn, queries, depth, config.num_candidates, False)
+                lexical = self._bm25(queries, depth, False)
+                dense = pending.result()
+            self._warm = True
         start = time.perf_counter()
         fused = [fuse(b, d, config.fusion, config.k) for b, d in zip(lexical, dense, strict=True)]
         self.timings.fuse += time.perf_counter() - start
