@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +88,19 @@ def es_url() -> Iterator[str]:
         yield url
         return
     version = os.environ.get("HYBRID_TEST_ES_VERSION", es_node.ES9)
-    try:
-        state = es_node.start(version)
-    except Exception as exc:
-        pytest.fail(f"could not start Elasticsearch {version} for the ES tests: {exc}")
-    try:
+    for state in es_running(f"Elasticsearch {version} for the ES tests", lambda: es_node.start(version)):
         yield str(state["url"])
+
+
+def es_running(what: str, start: Callable[[], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """For a fixture: nodes started by ``start`` (the tests needing them fail with the reason
+    when they do not start; they never skip), stopped afterwards."""
+    try:
+        state = start()
+    except Exception as exc:
+        pytest.fail(f"could not start {what}: {exc}")
+    try:
+        yield state
     finally:
         es_node.stop(state)
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests import es_node
-from tests.conftest import same_index, synthetic_corpus
+from tests.conftest import es_running, same_index, synthetic_corpus
 
 pytestmark = pytest.mark.cluster
 
@@ -31,14 +31,7 @@ DOCS = 3000
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[dict[str, Any]]:
     version = os.environ.get("HYBRID_TEST_ES_VERSION", es_node.ES9)
-    try:
-        state = es_node.start_cluster(version, nodes=3)
-    except Exception as exc:
-        pytest.fail(f"could not start a 3-node Elasticsearch {version} cluster: {exc}")
-    try:
-        yield state
-    finally:
-        es_node.stop(state)
+    yield from es_running(f"a 3-node Elasticsearch {version} cluster", lambda: es_node.start_cluster(version, nodes=3))
 
 
 @pytest.fixture(scope="module")

@@ -20,20 +20,14 @@ from typing import Any
 import pytest
 
 from tests import es_node
+from tests.conftest import es_running
 
 pytestmark = pytest.mark.es
 
 
 @pytest.fixture(scope="module")
 def secure() -> Iterator[dict[str, Any]]:
-    try:
-        state = es_node.start(es_node.ES9, heap="512m", secure=True)
-    except Exception as exc:
-        pytest.fail(f"could not start a secured Elasticsearch: {exc}")
-    try:
-        yield state
-    finally:
-        es_node.stop(state)
+    yield from es_running("a secured Elasticsearch", lambda: es_node.start(es_node.ES9, heap="512m", secure=True))
 
 
 _users = iter(range(10**6))
