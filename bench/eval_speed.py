@@ -1,6 +1,6 @@
 """Benchmark: how fast batch jobs encode queries, and dense eval throughput on SciFact.
 
-    python bench/eval_speed.py [--store DIR]    # DIR: an embedded store with a 'scifact' index to reuse
+    python bench/eval_speed.py [--store DIR [--index NAME]]   # reuse a store's SciFact index (default 'scifact')
 
 Same run, same 300 SciFact test queries: the ONNX Runtime query encoder (what search,
 serve, eval and mine use) and the torch encoder (the peer: the model as transformers runs
@@ -28,6 +28,7 @@ SCIFACT = SHARED / "scifact"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", type=Path, default=None)
+    parser.add_argument("--index", default="scifact", help="the SciFact index in --store")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "eval_speed.json")
     args = parser.parse_args()
@@ -51,10 +52,10 @@ def main() -> int:
 
     store = args.store or Path(tempfile.mkdtemp(prefix="hybrid-bench-speed-"))
     backend = EmbeddedBackend(store)
-    if not backend.exists("scifact"):
-        run_index(IndexJob(corpus=SCIFACT, index="scifact"), backend, encoders["torch"])
+    if not backend.exists(args.index):
+        run_index(IndexJob(corpus=SCIFACT, index=args.index), backend, encoders["torch"])
     job = EvalJob(
-        index="scifact",
+        index=args.index,
         queries=SCIFACT / "queries.jsonl",
         qrels=SCIFACT / "qrels" / "test.tsv",
         search=SearchConfig(mode="dense", k=1000),
@@ -76,8 +77,8 @@ def main() -> int:
     }
     from bench.index_search import cold_start
 
-    cold_start(store, "scifact", repeats=1)  # the first search exports the ONNX graph once; not timed
-    results["cold_search_s"] = cold_start(store, "scifact", repeats=5)
+    cold_start(store, args.index, repeats=1)  # the first search exports the ONNX graph once; not timed
+    results["cold_search_s"] = cold_start(store, args.index, repeats=5)
     write_json(args.out, results)
     print("| encoder | queries/s (300 SciFact test queries, batch 32) |\n|---|---|")
     for name, rate in rates.items():

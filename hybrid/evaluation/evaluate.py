@@ -6,7 +6,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -91,9 +91,10 @@ def run_eval(
         _check_qrels_docs(backend, job.index, qrels, warnings)
     info = backend.info(job.index)
     searcher = searcher or Searcher(backend, job.index, batch=True)
-    run, texts, search_seconds = _search_all(job, searcher, queries, progress)
-
     fmt = job.run_format or ("dpr" if answers else "trec")
+    # passage texts only for the DPR run (answer matching); a TREC run needs ids and scores
+    run, texts, search_seconds = _search_all(job, searcher, queries, progress, with_texts=fmt == "dpr")
+
     run_path = job.run_path or Path(tempfile.mkdtemp(prefix="hybrid-run-")) / f"run.{fmt}"
     run_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -138,13 +139,15 @@ def run_eval(
 
 
 def _search_all(
-    job: EvalJob, searcher: Searcher, queries: list[Query], progress: Callable[[int, int], None] | None
+    job: EvalJob,
+    searcher: Searcher,
+    queries: list[Query],
+    progress: Callable[[int, int], None] | None,
+    with_texts: bool = True,
 ) -> tuple[Run, dict[str, tuple[str, str]], float]:
-    config = job.search
+    config = replace(job.search, texts=with_texts)
     if job.exclude_self:  # one extra hit so dropping the query's own document keeps k
-        config = SearchConfig(
-            mode=config.mode, k=config.k + 1, fusion=config.fusion, num_candidates=config.num_candidates
-        )
+        config = replace(config, k=config.k + 1)
     run: Run = {}
     texts: dict[str, tuple[str, str]] = {}
     seconds = 0.0
