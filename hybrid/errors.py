@@ -61,3 +61,7 @@ class ClusterUnreachableError(BackendError):
 
 class CountMismatchError(BackendError):
     """The backend holds a different number of documents than were written."""
+
+
+class CheckpointError(HybridError):
+    """A training checkpoint that cannot be read."""

@@ -197,8 +197,11 @@ def test_train_killed_then_resumed(setup: Setup) -> None:
     for trial, after in enumerate(moments("train", setup)):
         out = setup.root / f"run-{trial}"
         interrupted = killed(train_args(setup, out), after)
-        resume = any(out.glob("checkpoint-*"))  # the rerun a user makes: --resume once a checkpoint exists
-        reruns = _finish([*train_args(setup, out), *(["--resume"] if resume else [])])
+        # the rerun a user makes: the same command, then --resume if it says so
+        rc, err, _ = run(train_args(setup, out))
+        resume = rc != 0 and "pass --resume" in err
+        assert rc == 0 or resume, err
+        reruns = 1 + (_finish([*train_args(setup, out), "--resume"]) if resume else 0)
         print(f"train/{setup.kind} trial {trial}: killed at {after}s={interrupted}, resumed={resume}, reruns {reruns}")
         assert _losses(out) == pytest.approx(want_losses, abs=1e-6)
         got = _weights(out)

@@ -216,3 +216,26 @@ def test_train_with_gradcache(
     assert result.steps == 2 and all(math.isfinite(x) for x in result.losses)
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["grad_cache_chunk"] == 3
+
+
+def test_a_checkpoint_save_killed_midway_is_not_resumed_from(tmp_path: Path) -> None:
+    """A kill during a save leaves ``checkpoint-N.tmp`` with a truncated state: resuming takes
+    the newest complete checkpoint, and a damaged state is one clear error, not EOFError."""
+    import torch
+
+    from hybrid.errors import CheckpointError
+    from hybrid.training.checkpoint import STATE_FILE, latest_checkpoint, load_state
+
+    good = tmp_path / "checkpoint-0000002"
+    good.mkdir()
+    torch.save({"step": 2}, good / STATE_FILE)
+    partial = tmp_path / "checkpoint-0000004.tmp"
+    partial.mkdir()
+    (partial / STATE_FILE).write_bytes((good / STATE_FILE).read_bytes()[:40])
+    assert latest_checkpoint(tmp_path) == good
+    assert load_state(good)["step"] == 2
+    damaged = tmp_path / "checkpoint-0000006"
+    damaged.mkdir()
+    (damaged / STATE_FILE).write_bytes((good / STATE_FILE).read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="delete checkpoint-0000006 to resume"):
+        load_state(damaged)

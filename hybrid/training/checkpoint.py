@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from hybrid.encoder import EncoderSettings
+from hybrid.errors import CheckpointError
 from hybrid.training.config import TrainConfig
 from hybrid.training.model import DualEncoder
 
@@ -25,9 +27,16 @@ def checkpoint_dir(out: Path, step: int) -> Path:
     return out / f"{PREFIX}{step:07d}"
 
 
+def completed(out: Path) -> list[Path]:
+    """The complete checkpoints of a run directory, oldest first: ``checkpoint-NNNNNNN``
+    directories holding a trainer state (never the ``.tmp`` sibling a save was killed in)."""
+    found = [p for p in out.glob(f"{PREFIX}*") if p.name[len(PREFIX) :].isdigit() and (p / STATE_FILE).is_file()]
+    return sorted(found)
+
+
 def latest_checkpoint(out: Path) -> Path | None:
     """The newest complete checkpoint in a run directory."""
-    done = sorted(p for p in out.glob(f"{PREFIX}*") if (p / STATE_FILE).is_file())
+    done = completed(out)
     return done[-1] if done else None
 
 
@@ -74,7 +83,13 @@ def update_state(path: Path, updates: dict[str, Any]) -> None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    try:
+        state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    except (EOFError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(
+            f"{path / STATE_FILE} cannot be read ({type(exc).__name__}: {exc}); delete {path.name} "
+            "to resume from the checkpoint before it"
+        ) from exc
     rng = state.get("rng", {})
     if rng:
         random.setstate(rng["python"])
@@ -85,7 +100,7 @@ def load_state(path: Path) -> dict[str, Any]:
 
 def prune(out: Path, keep: int, protect: set[Path]) -> None:
     """Delete all but the ``keep`` newest checkpoints (never one in ``protect``)."""
-    done = sorted(p for p in out.glob(f"{PREFIX}*") if (p / STATE_FILE).is_file())
+    done = completed(out)
     for old in done[: max(0, len(done) - keep)]:
         if old not in protect:
             shutil.rmtree(old, ignore_errors=True)
