@@ -269,24 +269,36 @@ def handle_errors(func: F) -> F:
             err_console.print("Interrupted; re-run the same command to resume.", markup=False)
             raise typer.Exit(130) from None
         except Exception as exc:
-            refused = _refused(exc)
-            if refused is None:
+            line = _elastic_error(exc)
+            if line is None:
                 raise
-            err_console.print(f"Error: {refused}", markup=False, highlight=False, soft_wrap=True)
+            err_console.print(f"Error: {line}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _refused(exc: Exception) -> str | None:
-    """One line for a request Elasticsearch refused (403: a missing privilege), else ``None``."""
-    if type(exc).__name__ != "AuthorizationException" or not type(exc).__module__.startswith("elasticsearch"):
+def _elastic_error(exc: Exception) -> str | None:
+    """One line for an error the Elasticsearch client raised (a refused privilege, an HTTP
+    error, no node reachable), else ``None``."""
+    if "elasticsearch" not in sys.modules:  # never loaded: not the client's error
         return None
+    import elastic_transport
+    import elasticsearch
+
     from hybrid.backends.es_bulk import reason
 
-    body = getattr(exc, "body", None)
-    why = reason(body.get("error")) if isinstance(body, dict) and body.get("error") else "HTTP 403 (no detail given)"
-    return f"Elasticsearch refused the request, the API key or user lacks a privilege: {why}"
+    if isinstance(exc, elasticsearch.ApiError):
+        body = exc.body
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(exc, elasticsearch.AuthorizationException):
+            why = reason(error) if error else "HTTP 403 (no detail given)"
+            return f"Elasticsearch refused the request, the API key or user lacks a privilege: {why}"
+        return f"Elasticsearch answered HTTP {exc.meta.status}: {reason(error) if error else exc.message}"
+    if isinstance(exc, elastic_transport.TransportError):
+        kind = type(exc).__name__
+        return f"Elasticsearch could not be reached ({kind}): {exc.message}; check --es-url and that the cluster is up"
+    return None
 
 
 def setup_logging(verbose: bool = False) -> None:

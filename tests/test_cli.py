@@ -196,3 +196,39 @@ def test_api_key_from_a_file(es_url: str, tmp_path: Path) -> None:
     key.write_text("c2VjcmV0LWtleS12YWx1ZQ==\n")  # a security-less node accepts any key
     result = runner.invoke(app, ["info", "-i", "no-such-index", "--es-url", es_url, "--es-api-key-file", str(key)])
     assert result.exit_code == 1 and "not found" in result.output and "c2VjcmV0" not in result.output
+
+
+def test_client_errors_mid_command_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """An error the Elasticsearch client raises after connecting (a 5xx, a lost node) is one
+    ``Error:`` line and exit 1, like hybrid's own errors; anything else still propagates."""
+    import elastic_transport
+    import elasticsearch
+    import typer
+    from hybrid.cli.common import handle_errors
+
+    meta = elastic_transport.ApiResponseMeta(
+        status=503,
+        http_version="1.1",
+        headers=elastic_transport.HttpHeaders(),
+        duration=0.0,
+        node=elastic_transport.NodeConfig("http", "127.0.0.1", 9200),
+    )
+    body = {"error": {"type": "search_phase_execution_exception", "reason": "all shards failed"}}
+    raised: list[Exception] = [
+        elasticsearch.ApiError("search_phase_execution_exception", meta, body),
+        elastic_transport.ConnectionError("Connection refused"),
+        ValueError("a bug"),
+    ]
+    lines = []
+    for exc in raised[:2]:
+        with pytest.raises(typer.Exit) as exit_:
+            handle_errors(lambda exc=exc: (_ for _ in ()).throw(exc))()
+        assert exit_.value.exit_code == 1
+        lines.append(capsys.readouterr().err.strip())
+    assert lines == [
+        "Error: Elasticsearch answered HTTP 503: all shards failed",
+        "Error: Elasticsearch could not be reached (ConnectionError): Connection refused; check --es-url and "
+        "that the cluster is up",
+    ]
+    with pytest.raises(ValueError, match="a bug"):
+        handle_errors(lambda: (_ for _ in ()).throw(raised[2]))()

@@ -42,6 +42,8 @@ MSEARCH_HITS = 20_000  # hits per multi-search response, at most
 SWAP_RETRIES = 2
 REJECTED_RETRIES = 8  # per-item 429s inside a multi-search, retried with back-off
 REJECTED_BACKOFF_S = 0.1
+PAGE_RETRIES = 7  # one page of a full read, while a lost node's shards fail over (~1 min in all)
+PAGE_BACKOFF_S = 0.5
 
 
 def connect(config: ElasticConfig) -> Any:
@@ -397,9 +399,7 @@ class ElasticBackend:
         return out
 
     def iter_documents(self, name: str, batch: int = 1000) -> Iterator[list[Document]]:
-        """Every document of the current version, in batches (a scroll over one version)."""
-        from elasticsearch import helpers
-
+        """Every document of the current version, in batches (stateless pages of one version)."""
         layout = self._layout(name)
         if layout.vector_field != "vector":  # adopted in place: the documents that have text
             from hybrid.backends.es_source import ElasticSource, SourceFields
@@ -414,23 +414,53 @@ class ElasticBackend:
             if out_:
                 yield out_
             return
-        physical = layout.physical
-        out: list[Document] = []
-        for hit in helpers.scan(
-            self.client,
-            index=physical,
-            query={"query": {"match_all": {}}},
-            _source=bodies.SOURCE_FIELDS,
-            size=batch,
-            preserve_order=False,
-        ):
-            src = hit["_source"]
-            out.append(Document(id=hit["_id"], text=src.get("text", ""), title=src.get("title", "")))
-            if len(out) >= batch:
-                yield out
-                out = []
-        if out:
-            yield out
+        after: list[Any] | None = None
+        while True:
+            # Stateless pages in `id` order: no scroll or point-in-time context lives on one
+            # node, so a node that leaves mid-read costs a retried page, not the whole read.
+            body: dict[str, Any] = {
+                "query": {"match_all": {}},
+                "sort": [{"id": "asc"}],
+                "size": batch,
+                "source": bodies.SOURCE_FIELDS,
+                "track_total_hits": False,
+            }
+            if after is not None:
+                body["search_after"] = after
+            hits = self._page(layout.physical, body)
+            if not hits:
+                return
+            yield [
+                Document(id=h["_id"], text=h["_source"].get("text", ""), title=h["_source"].get("title", ""))
+                for h in hits
+            ]
+            after = hits[-1]["sort"]
+
+    def _page(self, physical: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """One page of a full read, retried with back-off while the cluster recovers from a
+        lost node (connection errors, 5xx, or shards not yet answering: a partial page would
+        silently drop documents)."""
+        import elasticsearch
+
+        problem = ""
+        for attempt in range(PAGE_RETRIES + 1):
+            try:
+                resp = self.client.search(index=physical, **body)
+                shards = resp.get("_shards", {})
+                if not shards.get("failed"):
+                    return list(resp["hits"]["hits"])
+                problem = f"{shards['failed']} of {shards.get('total')} shards failed"
+            except elasticsearch.NotFoundError as exc:
+                raise BackendError(f"version '{physical}' went away while it was being read: {reason(exc)}") from exc
+            except (elasticsearch.ConnectionError, elasticsearch.ConnectionTimeout) as exc:
+                problem = f"no node answered ({exc})"
+            except elasticsearch.ApiError as exc:
+                if exc.meta.status < 500:
+                    raise
+                problem = reason(exc)
+            if attempt < PAGE_RETRIES:
+                time.sleep(min(PAGE_BACKOFF_S * 2**attempt, 15.0))
+        raise BackendError(f"reading '{physical}' failed after {PAGE_RETRIES + 1} tries: {problem}")
 
     def drop(self, name: str) -> None:
         self.forget(name)
