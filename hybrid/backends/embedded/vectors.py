@@ -1,4 +1,9 @@
-"""FAISS inner-product search over a version's vectors (flat, or HNSW as an option)."""
+"""FAISS inner-product search over a version's vectors (flat, or HNSW as an option).
+
+Flat search reads the version's memory-mapped vector file in place (``faiss.knn`` on the
+mapping): a CLI search or a server holds no copy of the vectors in its own memory, only the
+pages the kernel caches, which every process on the machine shares.
+"""
 
 from __future__ import annotations
 
@@ -32,21 +37,26 @@ class VectorIndex:
         import faiss
 
         self.kind = settings.embedded_type
-        self.index: Any
+        self.index: Any = None
+        self.vectors = vectors  # the memory map: flat search reads it where it lies
         hnsw = version_dir / HNSW_FILE
         if self.kind == "hnsw" and hnsw.is_file():
             self.index = faiss.read_index(str(hnsw))
         else:
             self.kind = "flat"
-            self.index = faiss.IndexFlatIP(vectors.shape[1])
-            _add(self.index, vectors)
 
     def search(self, queries: np.ndarray, k: int, num_candidates: int | None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)`` each ``(len(queries), k)``; missing slots have row -1."""
+        import faiss
+
+        q = np.ascontiguousarray(queries, dtype=np.float32)
         if self.kind == "hnsw":
             self.index.hnsw.efSearch = max(k, num_candidates or 0)
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        scores, rows = self.index.search(q, k)
+            scores, rows = self.index.search(q, k)
+            return scores, rows
+        if len(self.vectors) == 0:
+            return np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64)
+        scores, rows = faiss.knn(q, self.vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
         return scores, rows
 
 
