@@ -38,6 +38,7 @@ class IndexJob:
     lexical: LexicalSettings = field(default_factory=LexicalSettings)
     vectors: VectorSettings = field(default_factory=VectorSettings)
     limit: int | None = None
+    vectors_only: bool = False  # a refresh: the documents are the current version's, in its order
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -99,7 +100,7 @@ def run_index(
         vectors=job.vectors,
         recipe=encoder.recipe(),
     )
-    writer = backend.open_writer(spec, recreate=job.recreate)
+    writer = backend.open_writer(spec, recreate=job.recreate, vectors_only=job.vectors_only)
     stats = IndexStats(version=writer.version, resumed=writer.resumed)
     before = writer.count() if writer.resumed else 0
     notify = progress or (lambda _s: None)

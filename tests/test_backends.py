@@ -190,3 +190,78 @@ def test_a_writer_whose_lock_was_taken_over_cannot_touch_the_new_holders(es_back
     assert held["token"] == new.token
     new.release()
     assert not es_backend.client.exists(index=locks.LOCK_INDEX, id=name)
+
+
+def test_refresh_writes_new_vectors_and_keeps_the_text(
+    backend_and_name: tuple[Any, str],
+    tiny_encoder: Any,
+    other_model: Path,
+    beir_small: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refresh (same documents, another model) makes a new version whose vectors are the new
+    model's and whose BM25 ranking and documents are unchanged; the embedded store does it
+    without rebuilding Lucene or rewriting a document."""
+    from hybrid.encoder import Encoder, EncoderConfig
+    from hybrid.training.refresh import reembed
+
+    backend, name = backend_and_name
+    build(backend, name, tiny_encoder, beir_small)
+    before = backend.current(name)
+    query = ["ocean tides moon gravity"]
+    bm25_before = [(h.id, round(h.score, 4)) for h in backend.bm25(name, query, 12)[0]]
+    if backend.kind == "embedded":
+
+        def no_rebuild(*_a: Any, **_k: Any) -> int:
+            raise AssertionError("a refresh rebuilt the Lucene index")
+
+        monkeypatch.setattr("hybrid.backends.embedded.backend.build_lucene", no_rebuild)
+    other = Encoder(EncoderConfig(model=str(other_model)))
+    version, count, _ = reembed(backend, name, other, batch_size=5)
+    assert backend.current(name) == version != before and count == backend.count(name) == 12
+    assert backend.info(name).model == str(other_model)
+    assert [(h.id, round(h.score, 4)) for h in backend.bm25(name, query, 12)[0]] == bm25_before
+    docs = backend.get(name, [f"d{i}" for i in range(1, 13)])
+    ordered = [docs[f"d{i}"] for i in range(1, 13)]
+    assert ordered[5].text.startswith("The gravity")
+    vecs = other.encode_passages(ordered)
+    q = other.encode_queries(query)
+    exact = np.argsort(-(vecs @ q[0]))[:5]
+    dense = backend.knn(name, q, 5)[0]
+    assert [h.id for h in dense] == [ordered[i].id for i in exact]
+    assert [h.score for h in dense] == pytest.approx([float(vecs[i] @ q[0]) for i in exact], abs=1e-4)
+
+
+def test_interrupted_refresh_is_never_resumed_by_an_append(
+    embedded_backend: Any, tiny_encoder: Any, beir_small: Path, tmp_path: Path
+) -> None:
+    """An unfinished refresh shares the current version's documents: the next append resumes
+    the current version (and drops the refresh), and writing to shared documents first gives
+    the writer its own copy, so the version it shared them with is untouched."""
+    import os
+    import shutil
+
+    from hybrid.backends.embedded.store import VersionStore
+    from hybrid.config import IndexSpec
+
+    backend = embedded_backend
+    build(backend, "idx", tiny_encoder, beir_small, limit=6)
+    current = backend.current("idx")
+    spec = IndexSpec(name="idx", dims=32, model=str(tiny_encoder.model_dir), normalized=True)
+    refresh = backend.open_writer(spec, recreate=True, vectors_only=True)
+    docs = list(backend.get("idx", ["d1", "d2"]).values())
+    with pytest.raises(Exception, match="in their order"):  # rows must match the shared documents
+        refresh.write(docs[::-1], np.ones((2, 32), dtype=np.float32) / np.sqrt(32))
+    refresh.close()  # killed before commit
+    assert len(backend.versions("idx")) == 2
+    again = build(backend, "idx", tiny_encoder, beir_small)
+    assert again.resumed and again.version == current and again.count == 12
+    assert backend.versions("idx") == [current]
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    store_dir = backend.index_dir("idx") / current
+    os.link(store_dir / "docs.sqlite", shared / "docs.sqlite")
+    shutil.copy(store_dir / "vectors.f32", shared / "vectors.f32")
+    VersionStore(shared, 32, writable=True).close()
+    assert os.stat(shared / "docs.sqlite").st_ino != os.stat(store_dir / "docs.sqlite").st_ino

@@ -125,11 +125,14 @@ class Backend(Protocol):
         """Physical name of the version ``name`` points at (``None`` when there is none)."""
         ...
 
-    def open_writer(self, spec: IndexSpec, *, recreate: bool = False) -> IndexWriter:
+    def open_writer(self, spec: IndexSpec, *, recreate: bool = False, vectors_only: bool = False) -> IndexWriter:
         """Writer into the version being built, resuming an unfinished one.
 
         With ``recreate`` a new version is started; the current one stays searchable
-        until the new one commits.
+        until the new one commits. With ``vectors_only`` too (a refresh: the same documents
+        with a new model's vectors, written in the order ``iter_documents`` gives them), a
+        backend that can keeps the current version's documents and BM25 index and stores
+        only the new vectors; one that cannot writes the documents anew.
         """
         ...
 

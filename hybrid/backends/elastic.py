@@ -179,7 +179,11 @@ class ElasticBackend:
         return meta
 
     # -- writing ------------------------------------------------------------
-    def open_writer(self, spec: IndexSpec, *, recreate: bool = False) -> ElasticWriter | inplace.InPlaceWriter:
+    def open_writer(
+        self, spec: IndexSpec, *, recreate: bool = False, vectors_only: bool = False
+    ) -> ElasticWriter | inplace.InPlaceWriter:
+        """A new version is a new physical index: its documents are written anew even when
+        ``vectors_only`` (an index adopted in place updates only its vector field anyway)."""
         lock = ElasticLock(self.client, spec.name)  # before anything is deleted: one writer at a time
         try:
             writer = self._open_writer(spec, recreate)

@@ -1,7 +1,8 @@
 """Refresh, the ANCE-style step SimANS relies on: re-embed the corpus into a new version.
 
 The corpus is re-encoded into a *new* index version read from the current one (no original
-corpus file needed) with the encoder's settings, which the caller takes from the index's
+corpus file needed; the embedded store keeps the documents and BM25 index and writes only
+the vectors) with the encoder's settings, which the caller takes from the index's
 recipe, never from the training truncation. Committing swaps it in atomically (ES alias,
 embedded CURRENT file) and deletes the old version, so searches never see a half-built
 index. Re-mining and the run's bookkeeping live in :mod:`hybrid.training.setup`.
@@ -32,7 +33,15 @@ def reembed(backend: Backend, index: str, encoder: Encoder, batch_size: int = 25
     vectors = VectorSettings(**_settings(info.extra, "vectors"))
     started = time.perf_counter()
     docs = (doc for batch in backend.iter_documents(index) for doc in batch)
-    job = IndexJob(corpus=None, index=index, recreate=True, batch_size=batch_size, lexical=lexical, vectors=vectors)
+    job = IndexJob(
+        corpus=None,
+        index=index,
+        recreate=True,
+        batch_size=batch_size,
+        lexical=lexical,
+        vectors=vectors,
+        vectors_only=True,
+    )
     stats = run_index(job, backend, encoder, documents=docs)
     log.info("refresh: %s now serves %d documents embedded by %s", stats.version, stats.count, encoder.name)
     return stats.version, stats.count, time.perf_counter() - started

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import threading
@@ -147,19 +148,29 @@ class EmbeddedBackend:
             return _OpenVersion(self.index_dir(name) / moved, self.java_home)
 
     # -- writing ------------------------------------------------------------
-    def open_writer(self, spec: IndexSpec, *, recreate: bool = False) -> EmbeddedWriter:
+    def open_writer(
+        self, spec: IndexSpec, *, recreate: bool = False, vectors_only: bool = False
+    ) -> EmbeddedWriter | VectorsOnlyWriter:
         base = self.index_dir(spec.name)
         base.mkdir(parents=True, exist_ok=True)
         lock = FileLock(base / WRITE_LOCK, spec.name)  # before anything is deleted: one writer at a time
         try:
-            return self._open_writer(spec, recreate, lock)
+            return self._open_writer(spec, recreate, vectors_only, lock)
         except BaseException:
             lock.release()
             raise
 
-    def _open_writer(self, spec: IndexSpec, recreate: bool, lock: FileLock) -> EmbeddedWriter:
+    def _open_writer(
+        self, spec: IndexSpec, recreate: bool, vectors_only: bool, lock: FileLock
+    ) -> EmbeddedWriter | VectorsOnlyWriter:
         base = self.index_dir(spec.name)
         current = self.current(spec.name)
+        for unfinished in self.versions(spec.name):
+            # an interrupted refresh is never resumed by an append (it shares the current
+            # version's documents); a refresh starts anew anyway
+            meta_file = base / unfinished / "meta.json"
+            if unfinished != current and meta_file.is_file() and json.loads(meta_file.read_text()).get("vectors_only"):
+                shutil.rmtree(base / unfinished)
         versions = self.versions(spec.name)
         newest = versions[-1] if versions else None
         if newest is not None and not recreate:
@@ -190,6 +201,15 @@ class EmbeddedBackend:
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "committed": None,
         }
+        source = base / current if current is not None else None
+        same_text = source is not None and _read_meta(source)["lexical"] == json.loads(json.dumps(meta["lexical"]))
+        if vectors_only and source is not None and same_text:
+            meta["vectors_only"] = True  # first: an interrupted link is known as a refresh
+            write_atomic(path / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            # The documents and their BM25 index do not change with the model: share them.
+            _link_tree(source / "docs.sqlite", path / "docs.sqlite")
+            _link_tree(source / "lucene", path / "lucene")
+            return VectorsOnlyWriter(self, spec, path, lock=lock)
         store = VersionStore(path, spec.dims, writable=True)
         store.write_meta(meta)
         store.close()
@@ -348,6 +368,83 @@ class EmbeddedWriter:
         self.store.close()
         if self.lock is not None:
             self.lock.release()
+
+
+class VectorsOnlyWriter:
+    """A refresh: the new version shares the current one's documents and Lucene index (hard
+    links; neither changes with the model) and only its vectors are written, in row order.
+
+    Rows are checked against the shared documents on every batch, so vectors can never be
+    written against the wrong document.
+    """
+
+    def __init__(self, backend: EmbeddedBackend, spec: IndexSpec, path: Path, lock: FileLock | None = None) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.path = path
+        self.version = path.name
+        self.resumed = False
+        self.lock = lock
+        self.store = VersionStore(path, spec.dims)  # the shared documents, read-only
+        self.rows = 0
+        self._vectors = self.store.vectors_path.open("wb")
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        return {d for d, row in self.store.rows_for_ids(ids).items() if row < self.rows}
+
+    def write(self, docs: Sequence[Document], vectors: np.ndarray) -> int:
+        check_vectors(self.spec, docs, vectors)
+        rows = self.store.rows_for_ids([d.id for d in docs])
+        if [rows.get(d.id) for d in docs] != list(range(self.rows, self.rows + len(docs))):
+            raise BackendError(
+                f"a vectors-only write into {self.path} takes the current version's documents in their "
+                f"order; expected rows from {self.rows}, nothing was written"
+            )
+        self._vectors.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+        self.rows += len(docs)
+        return len(docs)
+
+    def count(self) -> int:
+        return self.rows
+
+    def commit(self, expected: int | None = None) -> int:
+        total = self.store.count()
+        if self.rows != total or (expected is not None and expected != self.rows):
+            raise CountMismatchError(
+                f"{self.path} holds vectors for {self.rows} of its {total} documents; the index was not "
+                "switched. Re-run the refresh"
+            )
+        self._vectors.flush()
+        os.fsync(self._vectors.fileno())
+        meta = self.store.read_meta()
+        settings = VectorSettings(**meta["vectors"])
+        if settings.embedded_type == "hnsw":
+            build_hnsw(self.store.vectors(), settings, self.path / HNSW_FILE)
+        meta.update(committed=datetime.now(UTC).isoformat(timespec="seconds"), count=total)
+        self.store.write_meta(meta)
+        self.backend.make_current(self.spec.name, self.version)
+        return total
+
+    def close(self) -> None:
+        self._vectors.close()
+        self.store.close()
+        if self.lock is not None:
+            self.lock.release()
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link a file or a directory's files (copy where the file system cannot link)."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    if source.is_dir():
+        shutil.copytree(source, target, copy_function=link)
+    else:
+        link(str(source), str(target))
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

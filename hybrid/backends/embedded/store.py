@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -46,7 +47,10 @@ class VersionStore:
         self.dims = dims
         self.meta_path = path / "meta.json"
         self.vectors_path = path / "vectors.f32"
-        uri = f"file:{path / 'docs.sqlite'}" + ("" if writable else "?mode=ro")
+        db_path = path / "docs.sqlite"
+        if writable and db_path.is_file() and db_path.stat().st_nlink > 1:
+            _unshare(db_path)  # a refreshed version shares its documents with the one before it
+        uri = f"file:{db_path}" + ("" if writable else "?mode=ro")
         self._lock = threading.Lock()
         try:
             self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
@@ -174,6 +178,13 @@ def write_atomic(path: Path, text: str) -> None:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _unshare(path: Path) -> None:
+    """Give ``path`` its own copy of a hard-linked file before it is written to."""
+    tmp = path.with_name(path.name + ".unshare")
+    shutil.copy2(path, tmp)
     os.replace(tmp, path)
 
 
