@@ -82,14 +82,13 @@ def sampler_diagnostics(pools: Path, config: SamplerConfig, seed: int = 13, roun
     data = PoolData(pools, config, seed)
     ranks: list[int] = []
     gaps: list[float] = []
-    position = {e.qid: {d: i + 1 for i, d in enumerate(e.ids)} for e in data.entries}
-    scores = {e.qid: dict(zip(e.ids, e.scores, strict=True)) for e in data.entries}
-    positives = {e.qid: dict(e.positives) for e in data.entries}
     for step in range(rounds * len(data)):
-        (example,) = data.batch(step, 1)
+        entry, example = data.draw(step, 0, 1)
+        position = {d: i for i, d in enumerate(entry.ids[:])}
+        positive = dict(entry.positives)[example.positive]
         for neg in example.negatives:
-            ranks.append(position[example.qid][neg])
-            gaps.append(float(scores[example.qid][neg] - positives[example.qid][example.positive]))
+            ranks.append(position[neg] + 1)
+            gaps.append(float(entry.scores[position[neg]] - positive))
     return Diagnostics(np.array(ranks), np.array(gaps), len(data), effective_summary(data, config))
 
 

@@ -239,3 +239,62 @@ def test_a_checkpoint_save_killed_midway_is_not_resumed_from(tmp_path: Path) -> 
     (damaged / STATE_FILE).write_bytes((good / STATE_FILE).read_bytes()[:40])
     with pytest.raises(CheckpointError, match="delete checkpoint-0000006 to resume"):
         load_state(damaged)
+
+
+def _write_pools(path: Path, rows: list[dict[str, Any]]) -> Path:
+    import gzip
+
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+def test_pool_data_reads_a_mapped_table_built_once(tmp_path: Path) -> None:
+    """Training reads pools from an Arrow table built beside the pool file: rows hold what the
+    jsonl held (an answer-labelled query takes its best answer-holding candidate as positive;
+    flagged candidates are never negatives), draws are a function of (seed, step), and the
+    table is rebuilt when the pool file changes, never otherwise."""
+    import os
+
+    from hybrid.training.data import PoolData, table_path
+
+    cands = [
+        ["d1", 0.9, "both", False],
+        ["d2", 0.8, "bm25", True],
+        ["d3", 0.7, "knn", False],
+        ["d4", 0.1, "knn", False],
+    ]
+    rows = [
+        {"qid": "q1", "query": "first", "positives": [["p1", 0.95]], "candidates": cands},
+        {"qid": "q2", "query": "no positive", "positives": [], "candidates": [["d1", 0.5, "bm25", False]]},
+        {"qid": "q3", "query": "answers", "positives": [], "candidates": cands},
+    ]
+    pools = _write_pools(tmp_path / "pools.jsonl.gz", rows)
+    sampler = SamplerConfig(name="random", n=2, depth=10)
+    data = PoolData(pools, sampler, seed=3)
+    assert (len(data), data.skipped) == (2, 1)
+    q1, q3 = data.entry(0), data.entry(1)
+    assert (q1.qid, q1.query, q1.positives, list(q1.ids[:])) == (
+        "q1",
+        "first",
+        (("p1", 0.95),),
+        ["d1", "d2", "d3", "d4"],
+    )
+    assert q1.scores.tolist() == [0.9, 0.8, 0.7, 0.1] and q1.eligible.tolist() == [True, False, True, True]
+    assert q1.not_negative == {"p1", "d2"}
+    assert (q3.positives, list(q3.ids[:])) == ((("d2", 0.8),), ["d1", "d3", "d4"])  # DPR's convention
+    assert q3.not_negative == {"d2"}
+    first = [data.batch(step, 2) for step in range(5)]
+    for batch in first:
+        for ex in batch:
+            assert ex.positive not in ex.negatives and "d2" not in ex.negatives and len(ex.negatives) == 2
+    built = os.stat(table_path(pools)).st_mtime_ns
+    again = PoolData(pools, sampler, seed=3)
+    assert [again.batch(step, 2) for step in range(5)] == first
+    assert os.stat(table_path(pools)).st_mtime_ns == built  # reused
+
+    _write_pools(pools, rows[:1])
+    assert len(PoolData(pools, sampler, seed=3)) == 1  # the pool file changed: the table follows
+    table_path(pools).write_bytes(b"not arrow")
+    assert len(PoolData(pools, sampler, seed=3)) == 1  # a damaged table is built again

@@ -6,12 +6,15 @@ Which query, which positive and which negatives a step sees is a pure function o
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, overload
 
 import numpy as np
 
-from hybrid.errors import ConfigError
+from hybrid.errors import ConfigError, CorpusError
 from hybrid.mining import Pool, read_pools
 from hybrid.negatives import SamplerConfig, sample_negatives
 
@@ -34,77 +37,197 @@ class _Entry:
     qid: str
     query: str
     positives: tuple[tuple[str, float], ...]
-    ids: tuple[str, ...]
+    ids: Sequence[str]
     scores: np.ndarray  # float64 candidate scores, best first
     eligible: np.ndarray  # bool: not a likely false negative
     not_negative: frozenset[str]
 
 
 class PoolData:
-    """Pools held compactly in memory; ``batch(step)`` draws examples."""
+    """Pools read lazily from a memory-mapped Arrow table; ``batch(step)`` draws examples.
+
+    The table is built once beside the pool file (streaming, a few thousand pools at a
+    time) and mapped, so a process holds only the rows of the batch it draws: memory does
+    not grow with the number of queries, and every rank of a run shares the kernel's pages.
+    """
 
     def __init__(self, path: Path, sampler: SamplerConfig, seed: int) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         self.path = path
         self.sampler = sampler
         self.seed = seed
-        self.entries: list[_Entry] = []
-        self.skipped = 0  # queries without a positive in the index
-        for pool in read_pools(path):
-            entry = _entry(pool)
-            if entry is None:
-                self.skipped += 1
-            else:
-                self.entries.append(entry)
-        if not self.entries:
+        table = pa.ipc.open_file(pa.memory_map(str(pool_table(path)), "r")).read_all()
+        self._batches = table.to_batches()
+        self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])
+        usable = pc.greater(pc.list_value_length(table.column("pos_ids")), 0)
+        self._rows = np.flatnonzero(usable.to_numpy(zero_copy_only=False))  # queries with a positive
+        self.skipped = table.num_rows - len(self._rows)  # queries without a positive in the index
+        if not len(self._rows):
             raise ConfigError(f"{path} has no query with a positive to train on")
         self._order: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self._rows)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         """The query order of ``epoch`` (a function of seed and epoch; cached for the current one)."""
         if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.entries)))
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self._rows)))
         return self._order[1]
+
+    def entry(self, n: int) -> _Entry:
+        """The ``n``-th usable query's pool, read from the mapped table."""
+        row = int(self._rows[n])
+        b = int(np.searchsorted(self._starts, row, side="right")) - 1
+        batch, i = self._batches[b], row - int(self._starts[b])
+
+        def values(name: str) -> Any:
+            return batch.column(name)[i].values
+
+        pos = zip(values("pos_ids").to_pylist(), values("pos_scores").to_numpy(), strict=True)
+        positives = tuple((d, float(s)) for d, s in pos)
+        flagged = values("flagged").to_pylist()
+        return _Entry(
+            qid=batch.column("qid")[i].as_py(),
+            query=batch.column("query")[i].as_py(),
+            positives=positives,
+            ids=_Strings(values("ids")),
+            scores=values("scores").to_numpy(),
+            eligible=values("eligible").to_numpy(zero_copy_only=False),
+            not_negative=frozenset([d for d, _ in positives] + flagged),
+        )
+
+    def draw(self, step: int, j: int, size: int) -> tuple[_Entry, Example]:
+        """Example ``j`` of global micro-step ``step`` with the pool it was drawn from."""
+        i = step * size + j
+        epoch, pos = divmod(i, len(self._rows))
+        entry = self.entry(int(self._permutation(epoch)[pos]))
+        rng = np.random.default_rng([self.seed, step, j, 1])
+        positive, pos_score = entry.positives[int(rng.integers(len(entry.positives)))]
+        drawn = sample_negatives(entry.scores, pos_score, self.sampler, rng, entry.eligible)
+        negatives = tuple(entry.ids[k] for k in drawn)
+        return entry, Example(entry.qid, entry.query, positive, negatives, entry.not_negative)
 
     def batch(self, step: int, size: int) -> list[Example]:
         """The ``size`` examples of global micro-step ``step`` (epochs reshuffle by seed)."""
-        out = []
-        for j in range(size):
-            i = step * size + j
-            epoch, pos = divmod(i, len(self.entries))
-            entry = self.entries[int(self._permutation(epoch)[pos])]
-            rng = np.random.default_rng([self.seed, step, j, 1])
-            positive, pos_score = entry.positives[int(rng.integers(len(entry.positives)))]
-            drawn = sample_negatives(entry.scores, pos_score, self.sampler, rng, entry.eligible)
-            negatives = tuple(entry.ids[k] for k in drawn)
-            out.append(Example(entry.qid, entry.query, positive, negatives, entry.not_negative))
-        return out
+        return [self.draw(step, j, size)[1] for j in range(size)]
 
-    def pool_entries(self) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    def pool_entries(self) -> Iterator[tuple[np.ndarray, float, np.ndarray]]:
         """``(scores, mean positive score, eligible)`` per query, for sampler diagnostics."""
-        return [(e.scores, float(np.mean([s for _, s in e.positives])), e.eligible) for e in self.entries]
+        for n in range(len(self._rows)):
+            e = self.entry(n)
+            yield e.scores, float(np.mean([s for _, s in e.positives])), e.eligible
 
 
-def _entry(pool: Pool) -> _Entry | None:
-    positives = tuple(pool.positives)
+class _Strings(Sequence[str]):
+    """Candidate ids of one pool, decoded one at a time (only the drawn negatives are)."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    @overload
+    def __getitem__(self, k: int) -> str: ...
+    @overload
+    def __getitem__(self, k: slice) -> Sequence[str]: ...
+    def __getitem__(self, k: int | slice) -> str | Sequence[str]:
+        if isinstance(k, slice):
+            return self.array.to_pylist()[k]
+        return self.array[int(k)].as_py()
+
+
+TABLE_SCHEMA_VERSION = "1"
+
+
+def table_path(pools: Path) -> Path:
+    """Where the Arrow table of a pool file lives: beside it."""
+    return pools.with_name(pools.name.removesuffix(".jsonl.gz") + ".arrow")
+
+
+def pool_table(pools: Path) -> Path:
+    """The Arrow table of ``pools``, built when missing or older than the pool file.
+
+    Rows hold what training draws from, settled once: DPR-style answer-labelled queries
+    without gold passages take their best-scoring answer-holding candidate as positive.
+    """
+    import pyarrow as pa
+
+    if not pools.is_file():
+        raise CorpusError("pool file not found; mine it with: hybrid mine", str(pools))
+    stat = pools.stat()
+    source = f"{stat.st_size}:{stat.st_mtime_ns}:{TABLE_SCHEMA_VERSION}"
+    target = table_path(pools)
+    if target.is_file():
+        try:
+            with pa.memory_map(str(target), "r") as mm:
+                meta = pa.ipc.open_file(mm).schema.metadata or {}
+            if meta.get(b"source") == source.encode():
+                return target
+        except (OSError, pa.ArrowInvalid):
+            pass  # a damaged table: build it again
+    schema = _schema().with_metadata({"source": source})
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # ranks may build it at once
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            rows: list[dict[str, Any]] = []
+            for pool in read_pools(pools):
+                rows.append(_row(pool))
+                if len(rows) >= TABLE_BATCH:
+                    writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+                    rows = []
+            if rows:
+                writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the pools' table {target}: {exc}; the pool file's folder must be writable"
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+TABLE_BATCH = 4096
+
+
+def _row(pool: Pool) -> dict[str, Any]:
+    positives = list(pool.positives)
     candidates = pool.candidates
     if not positives:
         # Answer-labelled data (NQ) without gold passages: DPR's convention takes the best
         # scoring passage that contains an answer as the positive.
-        flagged = [c for c in candidates if c[3]]
-        if not flagged:
-            return None
-        positives = ((flagged[0][0], flagged[0][1]),)
-        candidates = [c for c in candidates if c[0] != flagged[0][0]]
-    flagged_ids = {c[0] for c in pool.candidates if c[3]}
-    return _Entry(
-        qid=pool.qid,
-        query=pool.query,
-        positives=positives,
-        ids=tuple(c[0] for c in candidates),
-        scores=np.array([c[1] for c in candidates], dtype=np.float64),
-        eligible=np.array([not c[3] for c in candidates], dtype=bool),
-        not_negative=frozenset({d for d, _ in positives} | flagged_ids),
+        flagged_ = [c for c in candidates if c[3]]
+        if flagged_:
+            positives = [(flagged_[0][0], flagged_[0][1])]
+            candidates = [c for c in candidates if c[0] != flagged_[0][0]]
+    return {
+        "qid": pool.qid,
+        "query": pool.query,
+        "pos_ids": [d for d, _ in positives],
+        "pos_scores": [s for _, s in positives],
+        "ids": [c[0] for c in candidates],
+        "scores": [c[1] for c in candidates],
+        "eligible": [not c[3] for c in candidates],
+        "flagged": [c[0] for c in pool.candidates if c[3]],
+    }
+
+
+def _schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("qid", pa.string()),
+            ("query", pa.string()),
+            ("pos_ids", pa.list_(pa.string())),
+            ("pos_scores", pa.list_(pa.float64())),
+            ("ids", pa.list_(pa.string())),
+            ("scores", pa.list_(pa.float64())),
+            ("eligible", pa.list_(pa.bool_())),
+            ("flagged", pa.list_(pa.string())),
+        ]
     )
