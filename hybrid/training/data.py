@@ -114,10 +114,13 @@ class PoolData:
         """The ``size`` examples of global micro-step ``step`` (epochs reshuffle by seed)."""
         return [self.draw(step, j, size)[1] for j in range(size)]
 
-    def pool_entries(self) -> Iterator[tuple[np.ndarray, float, np.ndarray]]:
-        """``(scores, mean positive score, eligible)`` per query, for sampler diagnostics."""
-        for n in range(len(self._rows)):
-            e = self.entry(n)
+    def pool_entries(self, most: int | None = None) -> Iterator[tuple[np.ndarray, float, np.ndarray]]:
+        """``(scores, mean positive score, eligible)`` per query (at most ``most``, spread
+        evenly), for sampler diagnostics."""
+        count = len(self._rows)
+        picked = range(count) if most is None or most >= count else np.linspace(0, count - 1, most).astype(int)
+        for n in picked:
+            e = self.entry(int(n))
             yield e.scores, float(np.mean([s for _, s in e.positives])), e.eligible
 
 
@@ -191,7 +194,7 @@ def pool_table(pools: Path) -> Path:
     return target
 
 
-TABLE_BATCH = 4096
+TABLE_BATCH = 1024
 
 
 def _row(pool: Pool) -> dict[str, Any]:

@@ -1,0 +1,281 @@
+"""Benchmark: peak memory of training and refresh at 10 %, 50 % and 100 % of a large job.
+
+    python bench/scale.py [--queries 500000] [--candidates 200] [--docs 1000000] [--work DIR]
+
+Synthetic data at MS MARCO's shape: pools of ``--queries`` queries x ``--candidates``
+candidates (ids drawn from the corpus, scores descending) and a corpus of ``--docs`` short
+documents in the embedded store. Each measured phase runs in a fresh process that samples
+its own memory every 20 ms:
+
+- ``table``: the pools' Arrow table built from the mined ``.jsonl.gz`` (streamed);
+- ``train``: ``hybrid train``'s library path on those pools, a fixed number of steps, the
+  same index for every size (only the pool count varies);
+- ``refresh``: a training refresh (re-embed into a new version) of a corpus of that size.
+
+Peak *anonymous* memory (the process's own: what grows when data is held in memory) is
+the figure the goal is about; peak RSS adds the mapped files' pages the kernel holds in
+its shared, reclaimable cache. The encoder is a 2-layer, 32-d random BERT: memory, not
+model speed, is measured here. Writes bench/results/scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REPO, machine, write_json
+
+WORDS = [
+    "ocean",
+    "tide",
+    "moon",
+    "bread",
+    "yeast",
+    "flour",
+    "solar",
+    "panel",
+    "bee",
+    "hive",
+    "river",
+    "delta",
+    "glacier",
+    "ice",
+    "rock",
+    "salt",
+]
+FRACTIONS = (0.1, 0.5, 1.0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--queries", type=int, default=500_000)
+    parser.add_argument("--candidates", type=int, default=200)
+    parser.add_argument("--docs", type=int, default=1_000_000)
+    parser.add_argument("--steps", type=int, default=200, help="training steps per size (batch 32)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/hybrid-scale"))
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    model = _tiny_model(args.work / "model")
+    store = args.work / "store"
+    rows: list[dict[str, Any]] = []
+    for fraction in FRACTIONS:
+        name = f"c{int(fraction * 100):03d}"
+        _index(store, name, int(args.docs * fraction), model, args.work)
+    version = _current(store, "c100")
+    for fraction in FRACTIONS:
+        queries = int(args.queries * fraction)
+        pools = _pools(args.work / f"pools-{queries}.jsonl.gz", queries, args.candidates, args.docs, version)
+        for phase in ("table", "train"):
+            spec = {"pools": str(pools), "store": str(store), "model": str(model), "steps": args.steps}
+            rows.append({"phase": phase, "fraction": fraction, "size": queries, **_measure(phase, spec)})
+            _print(rows[-1])
+    for fraction in FRACTIONS:
+        name = f"c{int(fraction * 100):03d}"
+        spec = {"store": str(store), "index": name, "model": str(model)}
+        size = int(args.docs * fraction)
+        rows.append({"phase": "refresh", "fraction": fraction, "size": size, **_measure("refresh", spec)})
+        _print(rows[-1])
+
+    flat = {}
+    print(f"\n{'phase':8} {'10 %':>10} {'50 %':>10} {'100 %':>10} {'100/10':>7}   (peak anonymous MiB)")
+    for phase in ("table", "train", "refresh"):
+        peaks = [r["peak_anon_mib"] for r in rows if r["phase"] == phase]
+        flat[phase] = round(peaks[-1] / peaks[0], 3)
+        print(f"{phase:8} " + " ".join(f"{p:10.0f}" for p in peaks) + f" {flat[phase]:7.2f}")
+    write_json(
+        args.out,
+        {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "ratio_100_10": flat},
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _print(row: dict[str, Any]) -> None:
+    print(
+        f"{row['phase']:8} {row['fraction']:5.0%} {row['size']:>9,}  peak anon {row['peak_anon_mib']:8.0f} MiB  "
+        f"peak RSS {row['peak_rss_mib']:8.0f} MiB  {row['seconds']:8.1f} s",
+        flush=True,
+    )
+
+
+# -- setup (not measured) ----------------------------------------------------------------
+
+
+def _tiny_model(out: Path) -> Path:
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from hybrid.encoder import EncoderSettings, default_model_dir, save_settings
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(default_model_dir()), local_files_only=True).save_pretrained(out)
+    save_settings(out, EncoderSettings(pooling="mean", normalize=True, query_max_length=16, passage_max_length=32))
+    return out
+
+
+def _index(store: Path, name: str, docs: int, model: Path, work: Path) -> None:
+    from hybrid.backends.embedded import EmbeddedBackend
+
+    backend = EmbeddedBackend(store)
+    try:
+        if backend.exists(name) and backend.count(name) == docs:
+            return
+    finally:
+        backend.close()
+    corpus = work / f"corpus-{docs}.jsonl"
+    if not corpus.is_file():
+        import random
+
+        rng = random.Random(docs)
+        tmp = corpus.with_suffix(".tmp")
+        with tmp.open("w") as fh:
+            for i in range(docs):
+                fh.write(json.dumps({"_id": f"d{i}", "title": "", "text": " ".join(rng.choices(WORDS, k=8))}) + "\n")
+        tmp.replace(corpus)
+    print(f"indexing {docs:,} documents into '{name}' (setup, not measured)", flush=True)
+    cli = [sys.executable, "-m", "hybrid.cli", "index", str(corpus), "-i", name, "-m", str(model)]
+    subprocess.run([*cli, "--store", str(store), "--batch-size", "1024", "-q"], check=True)
+
+
+def _current(store: Path, name: str) -> str:
+    return (store / name / "CURRENT").read_text().strip()
+
+
+def _pools(path: Path, queries: int, candidates: int, docs: int, version: str) -> Path:
+    """Synthetic mined pools: one positive, ``candidates`` distinct candidates, scores descending."""
+    if path.is_file():
+        return path
+    import numpy as np
+
+    print(f"writing {queries:,} pools x {candidates} candidates (setup, not measured)", flush=True)
+    rng = np.random.default_rng(queries)
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", compresslevel=1) as fh:
+        for q in range(queries):
+            ids = rng.choice(docs, size=candidates + 1, replace=False)
+            scores = np.sort(rng.uniform(0.1, 0.9, size=candidates))[::-1]
+            cands = ",".join(f'["d{d}",{s:.5f},"bm25",false]' for d, s in zip(ids[1:], scores, strict=True))
+            query = " ".join(WORDS[int(w)] for w in rng.integers(len(WORDS), size=6))
+            fh.write(
+                f'{{"qid":"q{q}","query":"{query}","version":"{version}",'
+                f'"positives":[["d{ids[0]}",0.95]],"candidates":[{cands}]}}\n'
+            )
+    tmp.replace(path)
+    return path
+
+
+# -- measured phases, each in its own process ----------------------------------------------
+
+
+def _measure(phase: str, spec: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--phase", phase, json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"phase {phase} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _status() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "VmHWM"):
+                out[key] = int(value.split()[0])  # kB
+    return out
+
+
+def _run_phase(phase: str, spec: dict[str, Any]) -> None:
+    peak = {"anon": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak["anon"] = max(peak["anon"], _status()["RssAnon"])
+            time.sleep(0.02)
+
+    import logging
+
+    logging.disable(logging.WARNING)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    if phase == "table":
+        from hybrid.training.data import pool_table, table_path
+
+        table_path(Path(spec["pools"])).unlink(missing_ok=True)
+        pool_table(Path(spec["pools"]))
+    elif phase == "train":
+        import tempfile
+
+        from hybrid.backends.embedded import EmbeddedBackend
+        from hybrid.negatives import SamplerConfig
+        from hybrid.training.config import TrainConfig
+        from hybrid.training.trainer import train
+
+        backend = EmbeddedBackend(Path(spec["store"]))
+        with tempfile.TemporaryDirectory() as out:
+            config = TrainConfig(
+                index="c100",
+                queries=Path(spec["pools"]),  # not read: the pools hold the queries
+                pools=Path(spec["pools"]),
+                out=Path(out),
+                model=spec["model"],
+                sampler=SamplerConfig(n=3, depth=200),
+                steps=int(spec["steps"]),
+                batch_size=32,
+                save_every=0,
+                refresh_at_end=False,
+                passage_max_length=32,
+            )
+            train(config, backend)
+        backend.close()
+    elif phase == "refresh":
+        from hybrid.backends.embedded import EmbeddedBackend
+        from hybrid.encoder import Encoder, EncoderConfig
+        from hybrid.training.refresh import reembed
+
+        backend = EmbeddedBackend(Path(spec["store"]))
+        reembed(backend, spec["index"], Encoder(EncoderConfig(model=spec["model"], batch_size=1024)), batch_size=1024)
+        backend.close()
+    seconds = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    status = _status()
+    peak["anon"] = max(peak["anon"], status["RssAnon"])
+    print(
+        json.dumps(
+            {"seconds": round(seconds, 1), "peak_anon_mib": peak["anon"] / 1024, "peak_rss_mib": status["VmHWM"] / 1024}
+        )
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--phase":
+        _run_phase(sys.argv[2], json.loads(sys.argv[3]))
+        raise SystemExit(0)
+    raise SystemExit(main())
