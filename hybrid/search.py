@@ -110,10 +110,11 @@ class Searcher:
             return self._knn(queries, depth, config.num_candidates, config.texts)
         # Each side returns ids and scores only; texts are fetched for the fused top k alone.
         # The sides run at once (the encoder and kNN in a thread) where that overlaps waiting:
-        # on Elasticsearch, and on a cold start, where loading the model overlaps starting the
-        # JVM. Warm on the embedded store both sides are CPU work in this process, and running
-        # them at once only makes them contend (measured slower on 2 cores).
-        if self._warm and self.backend.kind == "embedded":
+        # on a server (Elasticsearch), and on a cold start, where loading the model overlaps
+        # starting the JVM. Warm on a backend that searches in this process both sides are
+        # CPU work here, and running them at once only makes them contend (measured slower
+        # on 2 cores).
+        if self._warm and self.backend.in_process:
             lexical = self._bm25(queries, depth, False)
             dense = self._knn(queries, depth, config.num_candidates, False)
         else:

@@ -116,6 +116,9 @@ class Backend(Protocol):
     """Search backend: Elasticsearch or the embedded Lucene + FAISS store."""
 
     kind: str
+    # True when searches run in this process (CPU work here, not a wait on a server): the
+    # two sides of a warm hybrid search then gain nothing from overlapping each other.
+    in_process: bool
 
     def exists(self, name: str) -> bool:
         """True when ``name`` has a current version."""

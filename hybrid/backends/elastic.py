@@ -100,6 +100,7 @@ class ElasticBackend:
     """:class:`~hybrid.backends.base.Backend` over an Elasticsearch cluster."""
 
     kind = "elasticsearch"
+    in_process = False
 
     def __init__(self, config: ElasticConfig, client: Any | None = None) -> None:
         self.config = config

@@ -67,6 +67,7 @@ class EmbeddedBackend:
     """:class:`~hybrid.backends.base.Backend` stored under one directory on local disk."""
 
     kind = "embedded"
+    in_process = True  # Lucene in this process's JVM, FAISS on its threads
 
     def __init__(self, root: Path, java_home: str | None = None) -> None:
         self.root = root
