@@ -172,6 +172,10 @@ def pool_table(pools: Path) -> Path:
                 return target
         except (OSError, pa.ArrowInvalid):
             pass  # a damaged table: build it again
+    for stale in target.parent.glob(f"{target.name}.*.tmp"):  # left by a killed build
+        pid = stale.name.removeprefix(f"{target.name}.").removesuffix(".tmp")
+        if pid.isdigit() and not _running(int(pid)):
+            stale.unlink(missing_ok=True)
     schema = _schema().with_metadata({"source": source})
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # ranks may build it at once
     try:
@@ -195,6 +199,16 @@ def pool_table(pools: Path) -> Path:
 
 
 TABLE_BATCH = 1024
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _row(pool: Pool) -> dict[str, Any]:
