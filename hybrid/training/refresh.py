@@ -23,10 +23,13 @@ from hybrid.indexing import IndexJob, run_index
 log = logging.getLogger(__name__)
 
 
-def reembed(backend: Backend, index: str, encoder: Encoder, batch_size: int = 256) -> tuple[str, int, float]:
+def reembed(
+    backend: Backend, index: str, encoder: Encoder, batch_size: int = 256, *, vectors_only: bool = True
+) -> tuple[str, int, float]:
     """Write the current version's documents with ``encoder``'s vectors as a new version.
 
-    Returns ``(version, documents, seconds)``.
+    ``vectors_only=False`` writes the documents anew even where the backend could keep them
+    (the baseline of ``bench/refresh.py``). Returns ``(version, documents, seconds)``.
     """
     info = backend.info(index)
     lexical = LexicalSettings(**_settings(info.extra, "lexical"))
@@ -40,7 +43,7 @@ def reembed(backend: Backend, index: str, encoder: Encoder, batch_size: int = 25
         batch_size=batch_size,
         lexical=lexical,
         vectors=vectors,
-        vectors_only=True,
+        vectors_only=vectors_only,
     )
     stats = run_index(job, backend, encoder, documents=docs)
     log.info("refresh: %s now serves %d documents embedded by %s", stats.version, stats.count, encoder.name)
