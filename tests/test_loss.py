@@ -116,3 +116,34 @@ def test_gradcache_gradients_equal_the_uncached_ones(tiny_model: Path) -> None:
         runs.append(_grads(model))
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_length_grouped_embedding_equals_one_padded_batch(tiny_model: Path) -> None:
+    """Training embeds passages in groups of similar length (less padding); the vectors and
+    the gradients equal one forward over the whole padded batch, in the caller's order."""
+    from hybrid.encoder import load_settings
+    from hybrid.training.model import DualEncoder
+
+    torch.manual_seed(0)
+    model = DualEncoder(tiny_model, load_settings(tiny_model))
+    model.eval()
+    model.length_group = 3
+    device = torch.device("cpu")
+    texts = [" ".join(["word"] * n) + f" {n}" for n in (30, 2, 17, 5, 40, 1, 9, 12)]
+
+    def one_batch(texts: list[str]) -> torch.Tensor:
+        batch = model.tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        from hybrid.encoder import pool
+
+        return pool(model.passage(**batch).last_hidden_state, batch["attention_mask"], model.settings)
+
+    weights = torch.arange(len(texts), dtype=torch.float32).unsqueeze(1)
+    grouped = model.embed(texts, False, device)
+    (grouped * weights).sum().backward()
+    want_grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+    plain = one_batch(texts)
+    (plain * weights).sum().backward()
+    torch.testing.assert_close(grouped, plain, atol=1e-5, rtol=1e-4)
+    for g, w in zip(_grads(model), want_grads, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)

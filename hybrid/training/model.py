@@ -10,6 +10,10 @@ import torch
 from hybrid.encoder import EncoderSettings, pool, save_settings
 
 QUERY_TOWER = "query_encoder"  # subdirectory of a checkpoint holding a separate query tower
+# Texts per forward pass when embedding by length groups: small groups pad least; on CUDA
+# larger ones keep the device busy.
+LENGTH_GROUP_CPU = 32
+LENGTH_GROUP_CUDA = 128
 
 
 class DualEncoder(torch.nn.Module):
@@ -31,20 +35,40 @@ class DualEncoder(torch.nn.Module):
             source = query_dir if query_dir.is_dir() else model_dir
             self.query = AutoModel.from_pretrained(str(source), local_files_only=True)
         self.shared = shared
+        self.length_group = LENGTH_GROUP_CPU
 
     def towers(self) -> list[Any]:
         return [self.passage] if self.shared else [self.passage, self.query]
 
     def embed(self, texts: list[str], query: bool, device: torch.device) -> torch.Tensor:
-        """``(len(texts), dims)`` embeddings with gradients."""
+        """``(len(texts), dims)`` embeddings with gradients, in the order of ``texts``.
+
+        The texts run through the model in groups of ``length_group`` of similar length,
+        each padded only to its own longest (the vectors are those of one padded batch;
+        fewer padding tokens are computed).
+        """
         max_length = self.settings.query_max_length if query else self.settings.passage_max_length
         prefix = self.settings.query_prefix if query else self.settings.passage_prefix
         batch = self.tokenizer(
             [prefix + t for t in texts], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        ).to(device)
+        )
         model = self.query if query else self.passage
-        hidden = model(**batch).last_hidden_state  # (batch, tokens, dims)
-        return pool(hidden.float(), batch["attention_mask"], self.settings)
+        group = self.length_group if device.type == "cpu" else LENGTH_GROUP_CUDA
+        lengths = batch["attention_mask"].sum(dim=1)
+        if len(texts) <= group or self.tokenizer.padding_side != "right":
+            batch = batch.to(device)
+            hidden = model(**batch).last_hidden_state  # (batch, tokens, dims)
+            return pool(hidden.float(), batch["attention_mask"], self.settings)
+        order = torch.argsort(lengths, stable=True)
+        parts = []
+        for rows in order.split(group):
+            width = int(lengths[rows].max())  # right padding: the columns past it are all padding
+            part = {key: value[rows, :width].to(device) for key, value in batch.items()}
+            hidden = model(**part).last_hidden_state
+            parts.append(pool(hidden.float(), part["attention_mask"], self.settings))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        return torch.cat(parts)[inverse.to(device)]
 
     def save(self, path: Path, settings: EncoderSettings | None = None) -> None:
         """Hugging Face layout + tokenizer + pooling settings; a query tower in a subdir.
