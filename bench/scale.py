@@ -115,24 +115,9 @@ def _print(row: dict[str, Any]) -> None:
 def _tiny_model(out: Path) -> Path:
     if (out / "config.json").is_file():
         return out
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from tests.models import tiny_bert
 
-    from hybrid.encoder import EncoderSettings, default_model_dir, save_settings
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(str(default_model_dir()), local_files_only=True).save_pretrained(out)
-    save_settings(out, EncoderSettings(pooling="mean", normalize=True, query_max_length=16, passage_max_length=32))
-    return out
+    return tiny_bert(out, query_max_length=16, passage_max_length=32)
 
 
 def _index(store: Path, name: str, docs: int, model: Path, work: Path) -> None:

@@ -52,7 +52,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--negatives", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--arms", default="st,hybrid,hybrid-nockpt")
+    parser.add_argument("--arms", default="st,hybrid", help="st, hybrid (defaults), hybrid-ckpt (--grad-checkpointing)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/hybrid-train-peer"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_peer.json")
     args = parser.parse_args()
@@ -80,7 +80,7 @@ def main() -> int:
             if arm == "st":
                 step_s, loss = _train_st(model_dir, examples)
             else:
-                step_s, loss = _train_hybrid(backend, args, pools, arm == "hybrid-nockpt")
+                step_s, loss = _train_hybrid(backend, args, pools, arm == "hybrid-ckpt")
             rates[arm].append(args.batch / statistics.mean(step_s[1:]))
             losses[arm] = loss
             print(f"{arm:15} run {repeat + 1}: {rates[arm][-1]:6.2f} examples/s  (step s: {_fmt(step_s)})", flush=True)
@@ -221,7 +221,7 @@ def _train_st(model_dir: str, examples: list[list[Any]]) -> tuple[list[float], l
 
 
 def _train_hybrid(
-    backend: Any, args: argparse.Namespace, pools: Path, no_checkpointing: bool
+    backend: Any, args: argparse.Namespace, pools: Path, checkpointing: bool
 ) -> tuple[list[float], list[float]]:
     from hybrid.negatives import SamplerConfig
     from hybrid.training.config import TrainConfig
@@ -249,7 +249,7 @@ def _train_hybrid(
             save_every=0,
             log_every=1,
             refresh_at_end=False,
-            grad_checkpointing=False if no_checkpointing else None,
+            grad_checkpointing=checkpointing,
         )
         result = train(config, backend, progress=progress)
     return [b - a for a, b in itertools.pairwise(stamps)], list(result.losses)

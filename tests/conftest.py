@@ -30,25 +30,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-d random BERT with all-MiniLM-L6-v2's tokenizer, saved locally."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from tests.models import tiny_bert
 
-    from hybrid.encoder import EncoderSettings, default_model_dir, save_settings
-
-    out = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(str(default_model_dir()), local_files_only=True).save_pretrained(out)
-    save_settings(out, EncoderSettings(pooling="mean", normalize=True, query_max_length=32, passage_max_length=64))
-    return out
+    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

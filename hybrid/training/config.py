@@ -42,7 +42,7 @@ class TrainConfig:
     shared: bool = True  # one tower for queries and passages
     query_max_length: int = 64
     passage_max_length: int = 128
-    grad_checkpointing: bool | None = None  # None: on for CPU (memory), off on CUDA (speed)
+    grad_checkpointing: bool | None = None  # recompute activations in backward: memory for time (off unless True)
     precision: Precision = "auto"  # bf16 (or fp16) autocast on CUDA, fp32 on CPU
     seed: int = 13
     save_every: int = 500

@@ -168,8 +168,7 @@ def prepare_model(config: TrainConfig, run: RunState, device: torch.device) -> D
         passage_max_length=config.passage_max_length,
     )
     model = DualEncoder(run.source, settings, shared=config.shared).to(device)
-    checkpointing = config.grad_checkpointing if config.grad_checkpointing is not None else device.type == "cpu"
-    if checkpointing:
+    if config.grad_checkpointing:
         for tower in model.towers():
             tower.config.use_cache = False  # no KV cache in an encoder; also silences transformers' warning
             enable = getattr(tower, "activation_checkpointing_enable", None) or tower.gradient_checkpointing_enable

@@ -318,7 +318,13 @@ class EmbeddedWriter:
     """Appends to one version directory; ``commit`` builds Lucene (and HNSW) then swaps."""
 
     def __init__(
-        self, backend: EmbeddedBackend, spec: IndexSpec, path: Path, resumed: bool, lock: FileLock | None = None
+        self,
+        backend: EmbeddedBackend,
+        spec: IndexSpec,
+        path: Path,
+        resumed: bool,
+        lock: FileLock | None = None,
+        store: VersionStore | None = None,
     ) -> None:
         self.backend = backend
         self.spec = spec
@@ -326,7 +332,7 @@ class EmbeddedWriter:
         self.version = path.name
         self.resumed = resumed
         self.lock = lock
-        self.store = VersionStore(path, spec.dims, writable=True)
+        self.store = store or VersionStore(path, spec.dims, writable=True)
         self.on_build: Callable[[int], None] | None = None
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
@@ -356,13 +362,8 @@ class EmbeddedWriter:
         )
         if built != count:
             raise CountMismatchError(f"Lucene indexed {built} of {count} documents in {self.path}")
-        settings = VectorSettings(**meta["vectors"])
-        if settings.embedded_type == "hnsw":
-            build_hnsw(self.store.vectors(), settings, self.path / HNSW_FILE)
         self.store.db.execute("PRAGMA journal_mode=DELETE")  # read-only openers need no WAL files
-        meta.update(committed=datetime.now(UTC).isoformat(timespec="seconds"), count=count)
-        self.store.write_meta(meta)
-        self.backend.make_current(self.spec.name, self.version)
+        _seal(self.backend, self.store, self.spec.name, meta, count)
         return count
 
     def close(self) -> None:
@@ -371,7 +372,7 @@ class EmbeddedWriter:
             self.lock.release()
 
 
-class VectorsOnlyWriter:
+class VectorsOnlyWriter(EmbeddedWriter):
     """A refresh: the new version shares the current one's documents and Lucene index (hard
     links; neither changes with the model) and only its vectors are written, in row order.
 
@@ -380,13 +381,8 @@ class VectorsOnlyWriter:
     """
 
     def __init__(self, backend: EmbeddedBackend, spec: IndexSpec, path: Path, lock: FileLock | None = None) -> None:
-        self.backend = backend
-        self.spec = spec
-        self.path = path
-        self.version = path.name
-        self.resumed = False
-        self.lock = lock
-        self.store = VersionStore(path, spec.dims)  # the shared documents, read-only
+        shared = VersionStore(path, spec.dims)  # the shared documents, read-only
+        super().__init__(backend, spec, path, resumed=False, lock=lock, store=shared)
         self.rows = 0
         self._vectors = self.store.vectors_path.open("wb")
 
@@ -417,20 +413,22 @@ class VectorsOnlyWriter:
             )
         self._vectors.flush()
         os.fsync(self._vectors.fileno())
-        meta = self.store.read_meta()
-        settings = VectorSettings(**meta["vectors"])
-        if settings.embedded_type == "hnsw":
-            build_hnsw(self.store.vectors(), settings, self.path / HNSW_FILE)
-        meta.update(committed=datetime.now(UTC).isoformat(timespec="seconds"), count=total)
-        self.store.write_meta(meta)
-        self.backend.make_current(self.spec.name, self.version)
+        _seal(self.backend, self.store, self.spec.name, self.store.read_meta(), total)
         return total
 
     def close(self) -> None:
         self._vectors.close()
-        self.store.close()
-        if self.lock is not None:
-            self.lock.release()
+        super().close()
+
+
+def _seal(backend: EmbeddedBackend, store: VersionStore, name: str, meta: dict[str, Any], count: int) -> None:
+    """Finish a written version: its HNSW graph when asked for, the commit record, the swap."""
+    settings = VectorSettings(**meta["vectors"])
+    if settings.embedded_type == "hnsw":
+        build_hnsw(store.vectors(), settings, store.path / HNSW_FILE)
+    meta.update(committed=datetime.now(UTC).isoformat(timespec="seconds"), count=count)
+    store.write_meta(meta)
+    backend.make_current(name, store.path.name)
 
 
 def _link_tree(source: Path, target: Path) -> None:
