@@ -265,3 +265,25 @@ def test_interrupted_refresh_is_never_resumed_by_an_append(
     shutil.copy(store_dir / "vectors.f32", shared / "vectors.f32")
     VersionStore(shared, 32, writable=True).close()
     assert os.stat(shared / "docs.sqlite").st_ino != os.stat(store_dir / "docs.sqlite").st_ino
+
+
+def test_refresh_after_an_interrupted_append_rewrites_the_text(
+    embedded_backend: Any, tiny_encoder: Any, beir_small: Path
+) -> None:
+    """An append cut short leaves rows in SQLite that the Lucene index lacks: a refresh then
+    does not share that Lucene index but rebuilds it, so BM25 finds the appended documents."""
+    from hybrid.training.refresh import reembed
+
+    backend = embedded_backend
+    build(backend, "idx", tiny_encoder, beir_small, limit=6)
+    from hybrid.config import IndexSpec
+
+    spec = backend.info("idx")
+    writer = backend.open_writer(IndexSpec(name="idx", dims=spec.dims, model=spec.model, normalized=True))
+    extra = [Document(id="late", title="", text="zeppelin aurora quasar")]
+    writer.write(extra, tiny_encoder.encode_passages(extra))
+    writer.close()  # interrupted: never committed
+    assert "late" not in [h.id for h in backend.bm25("idx", ["zeppelin quasar"], 3)[0]]  # not in Lucene yet
+    _, count, _ = reembed(backend, "idx", tiny_encoder, batch_size=4)
+    assert count == 7
+    assert "late" in [h.id for h in backend.bm25("idx", ["zeppelin quasar"], 3)[0]]

@@ -294,7 +294,10 @@ def test_pool_data_reads_a_mapped_table_built_once(tmp_path: Path) -> None:
     assert [again.batch(step, 2) for step in range(5)] == first
     assert os.stat(table_path(pools)).st_mtime_ns == built  # reused
 
-    stale = table_path(pools).with_name(table_path(pools).name + ".999999999.tmp")  # a killed build's
+    import socket
+
+    host = socket.gethostname()
+    stale = table_path(pools).with_name(f"{table_path(pools).name}.{host}.999999999.tmp")  # a killed build's
     stale.write_bytes(b"partial")
     _write_pools(pools, rows[:1])
     assert len(PoolData(pools, sampler, seed=3)) == 1  # the pool file changed: the table follows

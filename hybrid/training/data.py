@@ -7,6 +7,7 @@ Which query, which positive and which negatives a step sees is a pure function o
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,12 +173,13 @@ def pool_table(pools: Path) -> Path:
                 return target
         except (OSError, pa.ArrowInvalid):
             pass  # a damaged table: build it again
-    for stale in target.parent.glob(f"{target.name}.*.tmp"):  # left by a killed build
-        pid = stale.name.removeprefix(f"{target.name}.").removesuffix(".tmp")
+    host = socket.gethostname()
+    for stale in target.parent.glob(f"{target.name}.{host}.*.tmp"):  # left by a killed build on this host
+        pid = stale.name.removeprefix(f"{target.name}.{host}.").removesuffix(".tmp")
         if pid.isdigit() and not _running(int(pid)):
             stale.unlink(missing_ok=True)
     schema = _schema().with_metadata({"source": source})
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # ranks may build it at once
+    tmp = target.with_name(f"{target.name}.{host}.{os.getpid()}.tmp")
     try:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             rows: list[dict[str, Any]] = []

@@ -28,7 +28,7 @@ from hybrid.training.checkpoint import (
     update_state,
 )
 from hybrid.training.config import TrainConfig
-from hybrid.training.data import Example, PoolData
+from hybrid.training.data import Example, PoolData, pool_table
 from hybrid.training.distributed import Distributed
 from hybrid.training.gradcache import cached_backward
 from hybrid.training.model import DualEncoder, contrastive_loss, false_negative_mask
@@ -104,6 +104,7 @@ def train(
         prepare_pools(config, backend, run, state, device)
         if previous is not None and state.get("refresh_pending"):
             update_state(previous, {**run.state(), "refresh_pending": False})  # redone: never again
+        pool_table(run.pools)  # built once, here: the other ranks map rank 0's table
     run = dist.share(run if dist.main else None)  # the other ranks take rank 0's run as it is
     if not dist.main:
         state = load_state(previous) if previous is not None else {}
@@ -215,6 +216,8 @@ def train(
                 if progress is not None:
                     progress(TrainProgress(step, steps, loss_value, lr, rate, "refresh"))
                 run.refresh(config, backend, path, step, last=step >= steps, device=device)
+                if step < steps:
+                    pool_table(run.pools)
                 update_state(path, {**run.state(), "refresh_pending": False})
             prune(out, config.keep_checkpoints, {run.best} if run.best else set())
         run = dist.share(run if dist.main else None)  # the others wait for the checkpoint and refresh

@@ -122,7 +122,7 @@ class EmbeddedBackend:
             opened = self._open.get(physical)
             if opened is None:
                 path = self.index_dir(parts[0]) / physical
-                if not (path / "lucene").is_dir():  # missing, or never committed
+                if not _committed(path):  # missing, or never committed
                     return None
                 try:
                     opened = _OpenVersion(path, self.java_home)
@@ -171,7 +171,7 @@ class EmbeddedBackend:
             # version's documents); a refresh starts anew anyway
             meta_file = base / unfinished / "meta.json"
             if unfinished != current and meta_file.is_file() and json.loads(meta_file.read_text()).get("vectors_only"):
-                shutil.rmtree(base / unfinished)
+                shutil.rmtree(base / unfinished, ignore_errors=True)
         versions = self.versions(spec.name)
         newest = versions[-1] if versions else None
         if newest is not None and not recreate:
@@ -203,8 +203,7 @@ class EmbeddedBackend:
             "committed": None,
         }
         source = base / current if current is not None else None
-        same_text = source is not None and _read_meta(source)["lexical"] == json.loads(json.dumps(meta["lexical"]))
-        if vectors_only and source is not None and same_text:
+        if vectors_only and source is not None and _shareable(source, meta):
             meta["vectors_only"] = True  # first: an interrupted link is known as a refresh
             write_atomic(path / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
             # The documents and their BM25 index do not change with the model: share them.
@@ -419,6 +418,34 @@ class VectorsOnlyWriter(EmbeddedWriter):
     def close(self) -> None:
         self._vectors.close()
         super().close()
+
+
+def _committed(path: Path) -> bool:
+    meta_file = path / "meta.json"
+    try:
+        return bool(json.loads(meta_file.read_text()).get("committed")) and (path / "lucene").is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _shareable(source: Path, meta: dict[str, Any]) -> bool:
+    """Whether a new version may share ``source``'s documents and Lucene index: the same
+    BM25 settings, and ``source`` exactly as committed (an interrupted append since leaves
+    rows in SQLite that its Lucene index lacks; then the refresh rewrites everything)."""
+    try:
+        old = _read_meta(source)
+        if not old.get("committed") or old["lexical"] != json.loads(json.dumps(meta["lexical"])):
+            return False
+        wal = source / "docs.sqlite-wal"
+        if wal.is_file() and wal.stat().st_size > 0:
+            return False
+        store = VersionStore(source, int(old["dims"]))
+        try:
+            return store.count() == old.get("count") and (source / "lucene").is_dir()
+        finally:
+            store.close()
+    except (BackendError, OSError, KeyError, ValueError, sqlite3.Error):
+        return False
 
 
 def _seal(backend: EmbeddedBackend, store: VersionStore, name: str, meta: dict[str, Any], count: int) -> None:

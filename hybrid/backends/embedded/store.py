@@ -185,7 +185,18 @@ def _unshare(path: Path) -> None:
     """Give ``path`` its own copy of a hard-linked file before it is written to."""
     tmp = path.with_name(path.name + ".unshare")
     shutil.copy2(path, tmp)
+    with tmp.open("rb+") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _chunks(items: list[Any]) -> Iterator[list[Any]]:
