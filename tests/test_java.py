@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,3 +44,73 @@ def test_anserini_jar_is_found_without_importing_pyserini() -> None:
     jar = anserini_jar()
     assert jar.name.startswith("anserini-") and jar.suffix == ".jar"
     assert "pyserini" not in sys.modules or "pyserini.search" not in sys.modules
+
+
+SEARCH_CHILD = """
+import json, sys
+from pathlib import Path
+from typing import Any
+from hybrid.backends.embedded.lucene import LuceneSearcher
+from hybrid.config import LexicalSettings
+from hybrid.java import cds_archive_used, start_jvm
+if sys.argv[2] == "search":
+    searcher = LuceneSearcher(Path(sys.argv[1]), LexicalSettings(), None)
+    hits = searcher.search(["heart cholesterol"], 3)[0]
+else:
+    start_jvm(None)
+    hits = []
+print(json.dumps({"hits": hits, "archive": cds_archive_used()}))
+"""
+
+
+def _child(index: Path, what: str, cache: Path, **env: str) -> dict[str, Any]:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", SEARCH_CHILD, str(index), what],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "XDG_CACHE_HOME": str(cache), "HYBRID_JVM_CDS": "1", **env},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # the JVM's class-sharing notices never reach the user
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_class_sharing_archive_is_built_after_a_search_and_used_by_the_next(tmp_path: Path) -> None:
+    import time
+
+    from hybrid.backends.embedded.lucene import build_lucene
+    from hybrid.config import LexicalSettings
+    from hybrid.types import Document
+
+    docs = [
+        Document("a", "cholesterol and heart disease"),
+        Document("b", "a heart of gold"),
+        Document("c", "river boats"),
+    ]
+    index = tmp_path / "lucene"
+    build_lucene(index, [docs], LexicalSettings(), None)
+    cache = tmp_path / "cache"
+    jvm = cache / "hybrid" / "jvm"
+
+    # Off: nothing recorded.
+    assert _child(index, "search", cache, HYBRID_JVM_CDS="0")["archive"] is False
+    assert not jvm.exists() or not any(jvm.iterdir())
+    # A process that never searched leaves nothing behind: its classes are not a search's.
+    assert _child(index, "start", cache)["archive"] is False
+    assert not any(jvm.iterdir())
+
+    first = _child(index, "search", cache)
+    assert first["archive"] is False and [h[0] for h in first["hits"]] == ["a", "b"]
+    deadline = time.monotonic() + 90
+    while not list(jvm.glob("*.jsa")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(list(jvm.glob("*.jsa"))) == 1, sorted(p.name for p in jvm.iterdir())
+    assert not list(jvm.glob("*.classlist")) and not list(jvm.glob("*.failed"))
+    second = _child(index, "search", cache)
+    assert second == {"hits": first["hits"], "archive": True}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.config import LexicalSettings
-from hybrid.java import start_jvm
+from hybrid.java import searched, start_jvm
 from hybrid.types import Document
 
 INDEX_THREADS = 2
@@ -75,6 +75,7 @@ class LuceneSearcher:
 
     def search(self, queries: Sequence[str], k: int, threads: int = 2) -> list[list[tuple[str, float]]]:
         """Top-``k`` ``(docid, score)`` for each query, in order."""
+        searched()
         if len(queries) == 1:
             return [[(h.docid, float(h.score)) for h in self.searcher.search(queries[0], k)]]
         texts, qids = self._list(), self._list()
