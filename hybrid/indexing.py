@@ -108,7 +108,7 @@ def run_index(
     pending: Future[float] | None = None
     in_flight: set[str] = set()
     try:
-        for batch in _batches(reader, job.batch_size, job.limit):
+        for batch in batched(reader, job.batch_size, job.limit):
             stats.read += len(batch)
             fresh = _new_documents(batch, writer, in_flight, stats)
             stats.bytes_read, stats.total_bytes = reader.progress
@@ -151,7 +151,8 @@ class _Documents:
         return iter(self.documents)
 
 
-def _batches(docs: Iterable[Document], size: int, limit: int | None) -> Iterator[list[Document]]:
+def batched(docs: Iterable[Document], size: int, limit: int | None = None) -> Iterator[list[Document]]:
+    """``docs`` in lists of ``size`` (the last shorter), stopping after ``limit`` documents."""
     batch: list[Document] = []
     for n, doc in enumerate(docs, start=1):
         batch.append(doc)

@@ -232,6 +232,44 @@ def test_refresh_writes_new_vectors_and_keeps_the_text(
     assert [h.score for h in dense] == pytest.approx([float(vecs[i] @ q[0]) for i in exact], abs=1e-4)
 
 
+def test_refresh_from_shares_embedded_elsewhere(
+    backend_and_name: tuple[Any, str], tiny_encoder: Any, other_model: Path, beir_small: Path, tmp_path: Path
+) -> None:
+    """Three processes' shares of the corpus (as a multi-process refresh writes them) make the
+    same index as one process encoding it all; shares out of step with the index are refused
+    before anything is swapped in."""
+    from hybrid.encoder import Encoder, EncoderConfig
+    from hybrid.errors import HybridError
+    from hybrid.training.distributed import Distributed
+    from hybrid.training.refresh import encode_share, reembed
+
+    backend, name = backend_and_name
+    build(backend, name, tiny_encoder, beir_small)
+    other = Encoder(EncoderConfig(model=str(other_model)))
+    shares = [tmp_path / f"rank-{r}" for r in range(3)]
+    counts = [encode_share(backend, name, other, Distributed(r, 3).part(12), shares[r], 3) for r in range(3)]
+    assert counts == [4, 4, 4]
+    ids = sorted(d.id for batch in backend.iter_documents(name) for d in batch)
+
+    (shares[1] / "ids.jsonl").write_text((shares[2] / "ids.jsonl").read_text())  # a share of other documents
+    before = backend.current(name)
+    with pytest.raises(HybridError, match="out of step"):
+        reembed(backend, name, other, batch_size=5, shares=shares)
+    assert backend.current(name) == before
+    with pytest.raises(HybridError, match="incomplete"):
+        reembed(backend, name, other, batch_size=5, shares=shares[:2])
+    encode_share(backend, name, other, Distributed(1, 3).part(12), shares[1], 3)
+
+    version, count, _ = reembed(backend, name, other, batch_size=5, shares=shares)
+    assert backend.current(name) == version != before and count == 12
+    probes = other.encode_queries(["ocean tides moon gravity", "bread"])
+    got = backend.score(name, probes, [ids] * 2)
+    docs = backend.get(name, ids)
+    want = other.encode_passages([docs[i] for i in ids]) @ probes.T
+    for j, row in enumerate(got):
+        assert [row[i] for i in ids] == pytest.approx(list(want[:, j]), abs=1e-4)
+
+
 def test_interrupted_refresh_is_never_resumed_by_an_append(
     embedded_backend: Any, tiny_encoder: Any, beir_small: Path, tmp_path: Path
 ) -> None:

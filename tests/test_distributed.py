@@ -27,11 +27,13 @@ def no_dropout_model(tiny_model: Path, tmp_path: Path) -> Path:
     return model
 
 
-def _train(store: Path, beir_small: Path, pools: Path, out: Path, extra: list[str]) -> dict[str, Any]:
+def _train(
+    store: Path, beir_small: Path, pools: Path, out: Path, extra: list[str], refresh: bool = False
+) -> dict[str, Any]:
     args = ["train", "-i", "idx", "--store", str(store), "--queries", str(beir_small / "queries.jsonl")]
     args += ["--qrels", str(beir_small / "qrels/test.tsv"), "--pools", str(pools), "--out", str(out)]
     args += ["--steps", "3", "--batch-size", "5", "--negatives", "2", "--pool-depth", "10", "--lr", "1e-3"]
-    args += ["--no-refresh-at-end", "--save-every", "0", "-q", *extra]
+    args += ["--refresh-at-end" if refresh else "--no-refresh-at-end", "--save-every", "0", "-q", *extra]
     done = subprocess.run([sys.executable, "-m", "hybrid.cli", *args], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -45,12 +47,12 @@ def _weights(checkpoint: Path) -> dict[str, np.ndarray]:
     return load_file(str(checkpoint / "model.safetensors"))
 
 
-def test_two_processes_match_one(no_dropout_model: Path, beir_small: Path, tmp_path: Path) -> None:
+def _indexed_and_mined(model: Path, beir_small: Path, tmp_path: Path) -> tuple[Path, Path]:
     from hybrid.backends.embedded import EmbeddedBackend
 
     store = tmp_path / "store"
     backend = EmbeddedBackend(store)
-    encoder = Encoder(EncoderConfig(model=str(no_dropout_model), batch_size=8))
+    encoder = Encoder(EncoderConfig(model=str(model), batch_size=8))
     run_index(IndexJob(corpus=beir_small, index="idx"), backend, encoder)
     pools = tmp_path / "pools.jsonl.gz"
     run_mine(
@@ -66,7 +68,11 @@ def test_two_processes_match_one(no_dropout_model: Path, beir_small: Path, tmp_p
         encoder,
     )
     backend.close()
+    return store, pools
 
+
+def test_two_processes_match_one(no_dropout_model: Path, beir_small: Path, tmp_path: Path) -> None:
+    store, pools = _indexed_and_mined(no_dropout_model, beir_small, tmp_path)
     one = _train(store, beir_small, pools, tmp_path / "one", [])
     two = _train(store, beir_small, pools, tmp_path / "two", ["--nproc", "2"])
     assert one["plan"]["processes"] == 1 and two["plan"]["processes"] == 2
@@ -80,3 +86,33 @@ def test_two_processes_match_one(no_dropout_model: Path, beir_small: Path, tmp_p
     assert moved > 1e-4  # the steps changed the weights, so equal weights mean equal steps
     for key in a:
         np.testing.assert_allclose(b[key], a[key], atol=2e-6, err_msg=key)
+
+
+def test_two_processes_share_the_refresh_encoding(no_dropout_model: Path, beir_small: Path, tmp_path: Path) -> None:
+    """Each process embeds half the corpus; rank 0 writes both halves: the same index as one process."""
+    from hybrid.backends.embedded import EmbeddedBackend
+
+    store, pools = _indexed_and_mined(no_dropout_model, beir_small, tmp_path)
+    twin = shutil.copytree(store, tmp_path / "store2")
+    _train(store, beir_small, pools, tmp_path / "one", [], refresh=True)
+    _train(twin, beir_small, pools, tmp_path / "two", ["--nproc", "2"], refresh=True)
+    refreshes = []
+    for out in (tmp_path / "one", tmp_path / "two"):
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        refreshes.append(next(r["refresh"] for r in log if "refresh" in r))
+        assert not list((out / "refresh").glob("*"))  # the shares are deleted once written
+    assert [r["encoded_by"] for r in refreshes] == [1, 2]
+    assert refreshes[0]["documents"] == refreshes[1]["documents"] == 12
+    a, b = EmbeddedBackend(store), EmbeddedBackend(twin)
+    ids = sorted(d.id for batch in a.iter_documents("idx") for d in batch)
+    assert ids == sorted(d.id for batch in b.iter_documents("idx") for d in batch)
+    probes = np.random.default_rng(0).standard_normal((3, 32)).astype(np.float32)
+    got, want = b.score("idx", probes, [ids] * 3), a.score("idx", probes, [ids] * 3)
+    for x, y in zip(got, want, strict=True):
+        np.testing.assert_allclose([x[i] for i in ids], [y[i] for i in ids], atol=1e-5)
+    # each index was embedded by its own run's kept model (the same steps, see above)
+    for backend, run in ((a, "one"), (b, "two")):
+        recipe = backend.info("idx").recipe or {}
+        assert recipe["model_path"] == str(tmp_path / run / "models" / "checkpoint-0000003")
+    a.close()
+    b.close()

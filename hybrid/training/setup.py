@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -92,13 +93,31 @@ class RunState:
         log(config.out, {"dev": {"step": step, "ndcg@10": score}})
         return score
 
+    def refresh_encoder(self, config: TrainConfig, checkpoint: Path, device: torch.device) -> Encoder:
+        """The encoder of ``checkpoint`` as a refresh runs it, from its copy under OUT/models
+        (see :func:`keep_model`)."""
+        model_dir = config.out / MODELS / checkpoint.name
+        return Encoder(EncoderConfig(model=str(model_dir), settings=self.recipe.settings(), device=str(device)))
+
     def refresh(
-        self, config: TrainConfig, backend: Backend, checkpoint: Path, step: int, last: bool, device: torch.device
+        self,
+        config: TrainConfig,
+        backend: Backend,
+        checkpoint: Path,
+        step: int,
+        last: bool,
+        device: torch.device,
+        shares: Sequence[Path] = (),
     ) -> None:
-        """Re-embed the index with ``checkpoint`` (kept under OUT/models), re-mine unless ``last``."""
+        """Re-embed the index with ``checkpoint`` (kept under OUT/models), re-mine unless ``last``.
+
+        ``shares``: the corpus already embedded by the job's processes (see
+        :func:`hybrid.training.refresh.encode_share`); deleted once written."""
         model_dir = keep_model(checkpoint, config.out / MODELS / checkpoint.name)
-        encoder = Encoder(EncoderConfig(model=str(model_dir), settings=self.recipe.settings(), device=str(device)))
-        version, count, index_seconds = reembed(backend, config.index, encoder)
+        encoder = self.refresh_encoder(config, checkpoint, device)
+        version, count, index_seconds = reembed(backend, config.index, encoder, shares=shares)
+        for folder in {f.parent for f in shares}:
+            shutil.rmtree(folder, ignore_errors=True)
         self.recipe = encoder.recipe()
         mine_seconds = 0.0
         if not last:  # the final refresh only re-embeds: no pools are needed after it
@@ -112,6 +131,7 @@ class RunState:
             "model": str(model_dir),
             "documents": count,
             "index_s": round(index_seconds, 1),
+            "encoded_by": max(1, len(shares)),
             "mine_s": round(mine_seconds, 1),
             "dev_ndcg@10": score,
         }

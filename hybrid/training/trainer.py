@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from hybrid.training.data import Example, PoolData, pool_table
 from hybrid.training.distributed import Distributed
 from hybrid.training.gradcache import cached_backward
 from hybrid.training.model import DualEncoder, contrastive_loss, false_negative_mask
-from hybrid.training.setup import RunState, check_config, prepare_model, prepare_pools, start_run
+from hybrid.training.refresh import encode_share
+from hybrid.training.setup import MODELS, RunState, check_config, keep_model, prepare_model, prepare_pools, start_run
 from hybrid.training.setup import log as write_log
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,7 @@ def train(
             raise ConfigError(f"nothing to resume in {out}: no checkpoint found")
         out.mkdir(parents=True, exist_ok=True)
         check_config(out, config, resume, allow_config_change)
+        shutil.rmtree(out / "refresh", ignore_errors=True)  # shares of a refresh a crash cut short
         run = start_run(config, backend, previous, device)
         state = load_state(previous) if previous is not None else {}
         prepare_pools(config, backend, run, state, device)
@@ -212,10 +215,12 @@ def train(
         if dist.main:
             # Saved before the refresh with the refresh marked pending: a crash during it redoes it on resume.
             path = save(pending=refresh_now)
+            if refresh_now and progress is not None:
+                progress(TrainProgress(step, steps, loss_value, lr, rate, "refresh"))
+        shares = _encode_shares(config, backend, run, path, step, dist, device) if refresh_now else []
+        if dist.main:
             if refresh_now:
-                if progress is not None:
-                    progress(TrainProgress(step, steps, loss_value, lr, rate, "refresh"))
-                run.refresh(config, backend, path, step, last=step >= steps, device=device)
+                run.refresh(config, backend, path, step, last=step >= steps, device=device, shares=shares)
                 if step < steps:
                     pool_table(run.pools)
                 update_state(path, {**run.state(), "refresh_pending": False})
@@ -230,6 +235,35 @@ def train(
     result.seconds = time.perf_counter() - started
     result.examples_per_s = examples / max(train_seconds, 1e-9)
     return result
+
+
+def _encode_shares(
+    config: TrainConfig,
+    backend: Backend,
+    run: RunState,
+    checkpoint: Path,
+    step: int,
+    dist: Distributed,
+    device: torch.device,
+) -> list[Path]:
+    """With several processes, each embeds its share of the corpus for rank 0's refresh.
+
+    Rank 0 first keeps the checkpoint's model where every rank reads it; each rank writes
+    its rows to OUT/refresh/step-N/rank-R; rank 0 then writes them all as the new version
+    (checked row by row against the index) and swaps. One process: rank 0 encodes alone.
+    """
+    if not dist.enabled:
+        return []
+    if dist.main:
+        keep_model(checkpoint, config.out / MODELS / checkpoint.name)
+    dist.barrier()
+    encoder = run.refresh_encoder(config, checkpoint, device)
+    work = config.out / "refresh" / f"step-{step:07d}"
+    folders = [work / f"rank-{r}" for r in range(dist.world)]
+    encode_share(backend, config.index, encoder, dist.part(backend.count(config.index)), folders[dist.rank])
+    del encoder
+    dist.barrier()
+    return folders
 
 
 def _embed_share(
