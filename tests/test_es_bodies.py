@@ -66,6 +66,13 @@ def test_query_bodies() -> None:
     assert knn == {"field": "vector", "query_vector": [0.5, 0.25], "k": 10, "num_candidates": 50}
     assert knn_body([1.0], 200, 50)["knn"]["num_candidates"] == 200
     assert msearch_lines("i", [{"a": 1}, {"b": 2}]) == [{"index": "i"}, {"a": 1}, {"index": "i"}, {"b": 2}]
+    # ids and scores only: the id from the keyword's doc values, not the stored _id
+    ids_only = {"_source": False, "stored_fields": "_none_", "docvalue_fields": ["id"]}
+    assert {k: bm25_body("q", 5, source=(), id_field="id")[k] for k in ids_only} == ids_only
+    assert {k: knn_body([1.0], 5, 5, source=(), id_field="id")[k] for k in ids_only} == ids_only
+    # an index adopted in place has no such field; with texts asked for, _source as before
+    assert "docvalue_fields" not in knn_body([1.0], 5, 5, source=(), id_field=None)
+    assert bm25_body("q", 5, id_field="id")["_source"] == ["id", "title", "text"]
 
 
 @pytest.mark.parametrize("sim", [0.8, 0.0, -0.6])

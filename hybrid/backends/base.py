@@ -162,6 +162,13 @@ class Backend(Protocol):
         """
         ...
 
+    def bm25_and_knn(
+        self, name: str, queries: Sequence[str], vectors: np.ndarray, k: int, num_candidates: int | None = None
+    ) -> tuple[list[list[Hit]], list[list[Hit]]]:
+        """:meth:`bm25` and :meth:`knn` (``texts=False``) of the same queries, the sides of a
+        hybrid search, at once where the backend can (one request to a server)."""
+        ...
+
     def score(self, name: str, vectors: np.ndarray, ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
         """Exact similarity of query ``i`` to each document in ``ids[i]`` from stored vectors.
 

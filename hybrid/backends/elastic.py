@@ -283,6 +283,7 @@ class ElasticBackend:
                     title_field=title,
                     bm25_fields=fields,
                     source=fields,
+                    id_field=None,
                 )
             self._meta_cache[name] = cached
         return cached
@@ -294,14 +295,33 @@ class ElasticBackend:
                 self._meta_cache.pop(key, None)
 
     def bm25(self, name: str, queries: Sequence[str], k: int, *, texts: bool = True) -> list[list[Hit]]:
-        layout = self._layout(name)
-        source = layout.source if texts else ()
-        body = [bodies.bm25_body(q, k, layout.bm25_fields, source) for q in queries]
-        return self._msearch(name, body, None)
+        return self._msearch(name, self._bm25_bodies(name, queries, k, texts), None)
 
     def knn(
         self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None, *, texts: bool = True
     ) -> list[list[Hit]]:
+        body = self._knn_bodies(name, vectors, k, num_candidates, texts)
+        return self._msearch(name, body, self._layout(name).similarity)
+
+    def bm25_and_knn(
+        self, name: str, queries: Sequence[str], vectors: np.ndarray, k: int, num_candidates: int | None = None
+    ) -> tuple[list[list[Hit]], list[list[Hit]]]:
+        """Both sides of hybrid searches in one multi-search, which the node runs in parallel
+        (ids and scores only)."""
+        lexical = self._bm25_bodies(name, queries, k, False)
+        dense = self._knn_bodies(name, vectors, k, num_candidates, False)
+        similarities = [None] * len(lexical) + [self._layout(name).similarity] * len(dense)
+        hits = self._msearch(name, lexical + dense, similarities)
+        return hits[: len(lexical)], hits[len(lexical) :]
+
+    def _bm25_bodies(self, name: str, queries: Sequence[str], k: int, texts: bool) -> list[dict[str, Any]]:
+        layout = self._layout(name)
+        source = layout.source if texts else ()
+        return [bodies.bm25_body(q, k, layout.bm25_fields, source, layout.id_field) for q in queries]
+
+    def _knn_bodies(
+        self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None, texts: bool
+    ) -> list[dict[str, Any]]:
         layout = self._layout(name)
         meta = layout.meta
         dims = int(meta.get("dims") or vectors.shape[1])
@@ -312,11 +332,16 @@ class ElasticBackend:
             )
         nc = max(k, num_candidates or DEFAULT_NUM_CANDIDATES)
         source = layout.source if texts else ()
-        body = [bodies.knn_body(v, k, nc, layout.vector_field, source) for v in vectors]
-        return self._msearch(name, body, layout.similarity)
+        return [bodies.knn_body(v, k, nc, layout.vector_field, source, layout.id_field) for v in vectors]
 
-    def _msearch(self, name: str, body: list[dict[str, Any]], similarity: str | None) -> list[list[Hit]]:
-        """Multi-search the alias in chunks; a chunk that fails during a version swap is retried."""
+    def _msearch(
+        self, name: str, body: list[dict[str, Any]], similarity: str | list[str | None] | None
+    ) -> list[list[Hit]]:
+        """Multi-search the alias in chunks; a chunk that fails during a version swap is retried.
+
+        ``similarity``: the kNN similarity whose score transform ES applied (None for BM25),
+        for every item or one per item."""
+        similarities = similarity if isinstance(similarity, list) else [similarity] * len(body)
         results: list[list[Hit]] = []
         size = max((int(b.get("size", 10)) for b in body), default=10)
         step = max(1, min(MSEARCH_CHUNK, MSEARCH_HITS // size))  # bound response size for deep runs
@@ -324,7 +349,7 @@ class ElasticBackend:
             chunk = body[start : start + step]
             for attempt in range(SWAP_RETRIES + 1):
                 try:
-                    results.extend(self._msearch_chunk(name, chunk, similarity))
+                    results.extend(self._msearch_chunk(name, chunk, similarities[start : start + step]))
                     break
                 except BackendError:
                     # The alias may have moved and the old version been deleted mid-request.
@@ -334,7 +359,7 @@ class ElasticBackend:
                     self._layout(name)
         return results
 
-    def _msearch_chunk(self, name: str, chunk: list[dict[str, Any]], similarity: str | None) -> list[list[Hit]]:
+    def _msearch_chunk(self, name: str, chunk: list[dict[str, Any]], similarities: list[str | None]) -> list[list[Hit]]:
         """One multi-search; items the cluster rejected as overloaded (429) are sent again after
         an exponential back-off and with less concurrency, instead of failing the request."""
         import elasticsearch
@@ -364,7 +389,7 @@ class ElasticBackend:
                 hits = item["hits"]["hits"]
                 if hits and current is not None and hits[0].get("_index") != current:
                     self._meta_cache.pop(name, None)  # served by a newer version: reload its metadata
-                out[i] = [_hit(h, similarity, layout) for h in hits]
+                out[i] = [_hit(h, similarities[i], layout) for h in hits]
             if not rejected:
                 break
             self.rejected_retries += len(rejected)
@@ -580,6 +605,7 @@ class _Layout:
     title_field: str | None = "title"
     bm25_fields: tuple[str, ...] = ("contents",)
     source: tuple[str, ...] = tuple(bodies.SOURCE_FIELDS)
+    id_field: str | None = "id"  # a keyword copy of ``_id`` (hybrid's own indices; not adopted ones)
 
     @property
     def similarity(self) -> str:
@@ -594,7 +620,8 @@ def _hit(raw: dict[str, Any], similarity: str | None, layout: _Layout | None = N
     text_field = layout.text_field if layout else "text"
     title_field = layout.title_field if layout else "title"
     title = field_value(src, title_field) if title_field else None
-    return Hit(id=raw["_id"], score=score, title=title, text=field_value(src, text_field))
+    doc_id = raw["_id"] if "_id" in raw else raw["fields"][layout.id_field if layout else "id"][0]
+    return Hit(id=doc_id, score=score, title=title, text=field_value(src, text_field))
 
 
 def _rejected(item: dict[str, Any]) -> bool:

@@ -59,22 +59,31 @@ def restored_refresh_interval(template_version: int = LATEST) -> str:
 
 
 def bm25_body(
-    query: str, k: int, fields: Sequence[str] = ("contents",), source: Sequence[str] = SOURCE_FIELDS
+    query: str,
+    k: int,
+    fields: Sequence[str] = ("contents",),
+    source: Sequence[str] = SOURCE_FIELDS,
+    id_field: str | None = None,
 ) -> dict[str, Any]:
     """BM25 over title + text: hybrid's ``contents`` copy field (BEIR's "flat" setting), or
-    the fields of an index adopted in place (summed, ``most_fields``)."""
+    the fields of an index adopted in place (summed, ``most_fields``). See :func:`returned`."""
     match: dict[str, Any]
     if len(fields) == 1:
         match = {"match": {fields[0]: {"query": query}}}
     else:
         match = {"multi_match": {"query": query, "fields": list(fields), "type": "most_fields"}}
-    return {"query": match, "size": k, "_source": list(source) or False}
+    return {"query": match, "size": k, **returned(source, id_field)}
 
 
 def knn_body(
-    vector: Sequence[float], k: int, num_candidates: int, field: str = "vector", source: Sequence[str] = SOURCE_FIELDS
+    vector: Sequence[float],
+    k: int,
+    num_candidates: int,
+    field: str = "vector",
+    source: Sequence[str] = SOURCE_FIELDS,
+    id_field: str | None = None,
 ) -> dict[str, Any]:
-    """Approximate kNN on ``field``."""
+    """Approximate kNN on ``field``. See :func:`returned`."""
     return {
         "knn": {
             "field": field,
@@ -83,8 +92,17 @@ def knn_body(
             "num_candidates": max(k, num_candidates),
         },
         "size": k,
-        "_source": list(source) or False,
+        **returned(source, id_field),
     }
+
+
+def returned(source: Sequence[str], id_field: str | None) -> dict[str, Any]:
+    """What each hit carries: the ``source`` fields; with none and an ``id_field`` (a keyword
+    that holds the document's ``_id``), only that field's doc value. Reading ``_id`` from
+    stored fields was most of a 100-hit search's time (SciFact: 2.4 ms of 2.9 ``took``)."""
+    if source or not id_field:
+        return {"_source": list(source) or False}
+    return {"_source": False, "stored_fields": "_none_", "docvalue_fields": [id_field]}
 
 
 def msearch_lines(index: str, bodies: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -280,6 +280,11 @@ class EmbeddedBackend:
             for qs, qr in zip(scores, rows, strict=True)
         ]
 
+    def bm25_and_knn(
+        self, name: str, queries: Sequence[str], vectors: np.ndarray, k: int, num_candidates: int | None = None
+    ) -> tuple[list[list[Hit]], list[list[Hit]]]:
+        return self.bm25(name, queries, k, texts=False), self.knn(name, vectors, k, num_candidates, texts=False)
+
     def score(self, name: str, vectors: np.ndarray, ids: Sequence[Sequence[str]]) -> list[dict[str, float]]:
         opened = self._version(name)
         matrix = opened.store.vectors()
