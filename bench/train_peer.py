@@ -52,7 +52,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--negatives", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--arms", default="st,hybrid", help="st, hybrid (defaults), hybrid-ckpt (--grad-checkpointing)")
+    parser.add_argument(
+        "--arms",
+        default="st,hybrid",
+        help="st, hybrid (defaults), hybrid-ckpt (--grad-checkpointing), cli-1 and cli-2 (`hybrid train` "
+        "as a command, one process or --nproc 2: examples/s over all steps, from its log)",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/hybrid-train-peer"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_peer.json")
     args = parser.parse_args()
@@ -77,6 +82,12 @@ def main() -> int:
     losses: dict[str, list[float]] = {arm: [] for arm in arms}
     for repeat in range(args.repeats):
         for arm in arms if repeat % 2 == 0 else arms[::-1]:
+            if arm.startswith("cli-"):
+                rate, loss = _train_cli(args, pools, int(arm[4:]))
+                rates[arm].append(rate)
+                losses[arm] = loss
+                print(f"{arm:15} run {repeat + 1}: {rate:6.2f} examples/s  (all steps)", flush=True)
+                continue
             if arm == "st":
                 step_s, loss = _train_st(model_dir, examples)
             else:
@@ -253,6 +264,27 @@ def _train_hybrid(
         )
         result = train(config, backend, progress=progress)
     return [b - a for a, b in itertools.pairwise(stamps)], list(result.losses)
+
+
+def _train_cli(args: argparse.Namespace, pools: Path, processes: int) -> tuple[float, list[float]]:
+    """``hybrid train`` as a user runs it, with ``--nproc`` when ``processes`` > 1 (torchrun
+    then gives each process one thread); examples/s over all its steps, from its log."""
+    import json
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "hybrid.cli", "train", "-i", args.index, "--store", str(args.store)]
+        command += ["--queries", str(args.queries), "--qrels", str(args.qrels), "--pools", str(pools)]
+        command += ["--out", out, "--steps", str(args.steps), "--batch-size", str(args.batch)]
+        command += ["--negatives", str(args.negatives), "--lr", str(LR), "--temperature", str(TEMPERATURE)]
+        command += ["--query-max-length", str(QUERY_LEN), "--passage-max-length", str(PASSAGE_LEN)]
+        command += ["--save-every", "0", "--no-refresh-at-end", "-q"]
+        if processes > 1:
+            command += ["--nproc", str(processes)]
+        subprocess.run(command, check=True)
+        log = [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "examples_per_s" in r]
+    return float(steps[-1]["examples_per_s"]), [float(r["loss"]) for r in steps]
 
 
 if __name__ == "__main__":

@@ -201,7 +201,12 @@ class Encoder:
         self.settings = config.settings or resolve_settings(self.model_dir, config)
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cpu":
-            torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+            # every core this process may use, unless told otherwise (torchrun gives each of
+            # several processes one thread through OMP_NUM_THREADS)
+            threads = os.environ.get("OMP_NUM_THREADS", "")
+            torch.set_num_threads(
+                int(threads) if threads.isdigit() and int(threads) > 0 else len(os.sched_getaffinity(0))
+            )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
             self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
