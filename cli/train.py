@@ -263,4 +263,8 @@ def _relaunch(nproc: int) -> int:
         elif not arg.startswith("--nproc="):
             args.append(arg)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return subprocess.call([*command, "-m", "hybrid.cli", *args])
+    # Each process gets its share of the cores (torchrun would give each one thread, and say
+    # so in a banner); a value the user set is kept.
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // nproc)))
+    return subprocess.call([*command, "-m", "hybrid.cli", *args], env=env)

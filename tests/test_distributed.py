@@ -36,6 +36,7 @@ def _train(
     args += ["--refresh-at-end" if refresh else "--no-refresh-at-end", "--save-every", "0", "-q", *extra]
     done = subprocess.run([sys.executable, "-m", "hybrid.cli", *args], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "OMP_NUM_THREADS" not in done.stdout + done.stderr  # no torchrun banner: hybrid sets the threads
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss" in r]
     return {"loss": steps[-1]["loss"], "plan": next(r["plan"] for r in log if "plan" in r), "final": out}
