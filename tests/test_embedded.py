@@ -60,6 +60,9 @@ def test_hnsw_option_finds_the_exact_neighbours_on_small_data(
     assert (tmp_path / "store" / "idx" / backend.current("idx") / "faiss.hnsw").is_file()
     q = tiny_encoder.encode_queries(["volcano magma"])
     hnsw = [h.id for h in backend.knn("idx", q, 5, num_candidates=50)[0]]
+    # the graph is searched from the mapped file, not from a private copy
+    graph = str(tmp_path / "store" / "idx" / backend.current("idx") / "faiss.hnsw")
+    assert graph in Path("/proc/self/maps").read_text()
     flat_backend = EmbeddedBackend(tmp_path / "flat")
     run_index(IndexJob(corpus=beir_small, index="idx"), flat_backend, tiny_encoder)
     assert hnsw == [h.id for h in flat_backend.knn("idx", q, 5)[0]]

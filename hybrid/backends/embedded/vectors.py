@@ -1,8 +1,9 @@
 """FAISS inner-product search over a version's vectors (flat, or HNSW as an option).
 
 Flat search reads the version's memory-mapped vector file in place (``faiss.knn`` on the
-mapping): a CLI search or a server holds no copy of the vectors in its own memory, only the
-pages the kernel caches, which every process on the machine shares.
+mapping), and an HNSW graph is memory-mapped too (FAISS's ``IO_FLAG_MMAP_IFC``): a CLI
+search or a server holds no copy of the vectors in its own memory, only the pages the
+kernel caches, which every process on the machine shares.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ class VectorIndex:
         self.vectors = vectors  # the memory map: flat search reads it where it lies
         hnsw = version_dir / HNSW_FILE
         if self.kind == "hnsw" and hnsw.is_file():
-            self.index = faiss.read_index(str(hnsw))
+            # Mapped, not read: the graph's vectors (and its links) stay in the file's pages,
+            # shared by every process, instead of a private copy per process. A version's
+            # files never change once committed, so the mapping stays valid.
+            self.index = faiss.read_index(str(hnsw), getattr(faiss, "IO_FLAG_MMAP_IFC", 0))
         else:
             self.kind = "flat"
 
