@@ -11,6 +11,10 @@ its own memory every 20 ms:
 - ``train``: ``hybrid train``'s library path on those pools, a fixed number of steps, the
   same index for every size (only the pool count varies);
 - ``refresh``: a training refresh (re-embed into a new version) of a corpus of that size.
+- ``mine`` (with ``--mine``; long): ``hybrid mine``'s library path, BM25 top-100 and kNN
+  top-100 for ``--mine-queries`` x 10/50/100 % queries against one index of ``--docs``
+  documents drawn from a Zipf vocabulary of 30,000 words (the other phases' 16-word corpus
+  would make every BM25 query match 40 % of the documents).
 
 Peak *anonymous* memory (the process's own: what grows when data is held in memory) is
 the figure the goal is about; peak RSS adds the mapped files' pages the kernel holds in
@@ -63,11 +67,15 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200, help="training steps per size (batch 32)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/hybrid-scale"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
+    parser.add_argument("--mine", action="store_true", help="measure only the mining phase (see above)")
+    parser.add_argument("--mine-queries", type=int, default=500_000)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
     model = _tiny_model(args.work / "model")
     store = args.work / "store"
+    if args.mine:
+        return _mine_only(args, model, store)
     rows: list[dict[str, Any]] = []
     for fraction in FRACTIONS:
         name = f"c{int(fraction * 100):03d}"
@@ -101,6 +109,42 @@ def main() -> int:
     return 0
 
 
+def _mine_only(args: argparse.Namespace, model: Path, store: Path) -> int:
+    import random
+
+    name = "zipf"
+    corpus = args.work / f"zipf-corpus-{args.docs}.jsonl"
+    words = [f"w{i}" for i in range(30_000)]
+    weights = [1 / (i + 1) for i in range(len(words))]
+    rng = random.Random(7)
+    if not corpus.is_file():
+        with corpus.with_suffix(".tmp").open("w") as fh:
+            for i in range(args.docs):
+                text = " ".join(rng.choices(words, weights, k=12))
+                fh.write(json.dumps({"_id": f"z{i}", "title": "", "text": text}) + "\n")
+        corpus.with_suffix(".tmp").replace(corpus)
+    _index(store, name, args.docs, model, args.work, corpus)
+    rows = []
+    for fraction in FRACTIONS:
+        n = int(args.mine_queries * fraction)
+        queries, qrels = args.work / f"zipf-queries-{n}.tsv", args.work / f"zipf-qrels-{n}.tsv"
+        if not queries.is_file():
+            with queries.open("w") as qf, qrels.open("w") as rf:
+                for q in range(n):
+                    qf.write(f"q{q}\t{' '.join(rng.choices(words, weights, k=5))}\n")
+                    rf.write(f"q{q}\t0\tz{rng.randrange(args.docs)}\t1\n")
+        out = args.work / f"zipf-pools-{n}.jsonl.gz"
+        spec = {"store": str(store), "index": name, "queries": str(queries), "qrels": str(qrels), "out": str(out)}
+        rows.append({"phase": "mine", "fraction": fraction, "size": n, **_measure("mine", spec)})
+        _print(rows[-1])
+    peaks = [r["peak_anon_mib"] for r in rows]
+    print(f"mine peak anonymous MiB at 10/50/100 %: {' / '.join(f'{p:.0f}' for p in peaks)}")
+    out = args.out.with_name(args.out.stem + "_mine.json")
+    write_json(out, {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
+    print(f"wrote {out}")
+    return 0
+
+
 def _print(row: dict[str, Any]) -> None:
     print(
         f"{row['phase']:8} {row['fraction']:5.0%} {row['size']:>9,}  peak anon {row['peak_anon_mib']:8.0f} MiB  "
@@ -120,7 +164,7 @@ def _tiny_model(out: Path) -> Path:
     return tiny_bert(out, query_max_length=16, passage_max_length=32)
 
 
-def _index(store: Path, name: str, docs: int, model: Path, work: Path) -> None:
+def _index(store: Path, name: str, docs: int, model: Path, work: Path, corpus: Path | None = None) -> None:
     from hybrid.backends.embedded import EmbeddedBackend
 
     backend = EmbeddedBackend(store)
@@ -129,7 +173,7 @@ def _index(store: Path, name: str, docs: int, model: Path, work: Path) -> None:
             return
     finally:
         backend.close()
-    corpus = work / f"corpus-{docs}.jsonl"
+    corpus = corpus or work / f"corpus-{docs}.jsonl"
     if not corpus.is_file():
         import random
 
@@ -238,6 +282,18 @@ def _run_phase(phase: str, spec: dict[str, Any]) -> None:
                 passage_max_length=32,
             )
             train(config, backend)
+        backend.close()
+    elif phase == "mine":
+        from hybrid.backends.embedded import EmbeddedBackend
+        from hybrid.mining import MineJob, run_mine
+        from hybrid.query_encoder import encoder_for_index
+
+        out = Path(spec["out"])
+        backend = EmbeddedBackend(Path(spec["store"]))
+        job = MineJob(
+            index=spec["index"], queries=Path(spec["queries"]), qrels=Path(spec["qrels"]), out=out, recreate=True
+        )
+        run_mine(job, backend, encoder_for_index(backend, spec["index"], batch=True))
         backend.close()
     elif phase == "refresh":
         from hybrid.backends.embedded import EmbeddedBackend
