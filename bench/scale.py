@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import subprocess
 import sys
@@ -115,12 +116,12 @@ def _mine_only(args: argparse.Namespace, model: Path, store: Path) -> int:
     name = "zipf"
     corpus = args.work / f"zipf-corpus-{args.docs}.jsonl"
     words = [f"w{i}" for i in range(30_000)]
-    weights = [1 / (i + 1) for i in range(len(words))]
+    cum = list(itertools.accumulate(1 / (i + 1) for i in range(len(words))))  # Zipf, s = 1
     rng = random.Random(7)
     if not corpus.is_file():
         with corpus.with_suffix(".tmp").open("w") as fh:
             for i in range(args.docs):
-                text = " ".join(rng.choices(words, weights, k=12))
+                text = " ".join(rng.choices(words, cum_weights=cum, k=12))
                 fh.write(json.dumps({"_id": f"z{i}", "title": "", "text": text}) + "\n")
         corpus.with_suffix(".tmp").replace(corpus)
     _index(store, name, args.docs, model, args.work, corpus)
@@ -131,7 +132,7 @@ def _mine_only(args: argparse.Namespace, model: Path, store: Path) -> int:
         if not queries.is_file():
             with queries.open("w") as qf, qrels.open("w") as rf:
                 for q in range(n):
-                    qf.write(f"q{q}\t{' '.join(rng.choices(words, weights, k=5))}\n")
+                    qf.write(f"q{q}\t{' '.join(rng.choices(words, cum_weights=cum, k=5))}\n")
                     rf.write(f"q{q}\t0\tz{rng.randrange(args.docs)}\t1\n")
         out = args.work / f"zipf-pools-{n}.jsonl.gz"
         spec = {"store": str(store), "index": name, "queries": str(queries), "qrels": str(qrels), "out": str(out)}
