@@ -107,10 +107,10 @@ def cold_start(store: Path, name: str, repeats: int = 3, env: dict[str, str] | N
 
 def settle_class_sharing(timeout_s: float = 120) -> None:
     """Wait until no JVM class-sharing archive is being built (a first search starts one)."""
-    from hybrid.java import cds_dir
+    from hybrid.java import cds_busy
 
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and list(cds_dir().glob("*.lock")):
+    while time.monotonic() < deadline and cds_busy():
         time.sleep(0.5)
 
 

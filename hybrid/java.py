@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import subprocess
-import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -149,8 +148,7 @@ def start_jvm(java_hint: str | None = None) -> Any:
 # search. A JVM started through JNI cannot write an archive itself, so the first process
 # records the classes it loads and, once it has exited, a detached ``java -Xshare:dump``
 # builds the archive (about 2 s, in the background). Set HYBRID_JVM_CDS=0 to turn it off.
-CDS_STALE_S = 600
-_cds: dict[str, Path] = {}
+_cds: dict[str, Any] = {}
 
 
 def cds_dir() -> Path:
@@ -159,25 +157,53 @@ def cds_dir() -> Path:
     return Path(base) / "hybrid" / "jvm"
 
 
-def cds_archive_used() -> bool:
-    """Whether this process's JVM started from a class-sharing archive."""
-    return "archive" in _cds
+def cds_archive_offered() -> Path | None:
+    """The class-sharing archive this process's JVM was started with, if any."""
+    archive = _cds.get("archive")
+    return archive if isinstance(archive, Path) else None
+
+
+def cds_busy() -> bool:
+    """Whether some process is recording classes or building an archive now."""
+    import fcntl
+
+    for lock in cds_dir().glob("*.lock"):
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+    return False
 
 
 def searched() -> None:
     """Mark that this process ran a Lucene search: its class list is worth archiving."""
-    _cds["searched"] = Path()
+    _cds["searched"] = True
 
 
 def _class_sharing(home: Path, version: int, jar: Path, options: list[str]) -> list[str]:
-    """JVM options that use this setup's archive, or record the classes to build one."""
+    """JVM options that use this setup's archive, or record the classes to build one.
+
+    One process at a time records (an flock held by it, then by the dump that follows it);
+    the archive's key covers the runtime's exact build, the jar and the options, so an
+    updated JDK or pyserini makes a new one.
+    """
+    import fcntl
+
     if os.environ.get("HYBRID_JVM_CDS", "1") == "0":
         return []
-    stat = jar.stat()
-    key = hashlib.sha256(
-        "\0".join([str(home), str(version), str(jar), str(stat.st_size), str(stat.st_mtime_ns), *options]).encode()
-    ).hexdigest()[:16]
-    root = cds_dir()
+    try:
+        root = cds_dir()
+        runtime = [(home / name).stat() for name in ("release", "lib/server/libjvm.so") if (home / name).exists()]
+        stamps = [f"{st.st_size}:{st.st_mtime_ns}" for st in (*runtime, jar.stat())]
+    except (OSError, RuntimeError):  # no home directory, or files gone: run without an archive
+        return []
+    key = hashlib.sha256("\0".join([str(home), str(version), str(jar), *stamps, *options]).encode()).hexdigest()[:16]
     archive, lock, failed = root / f"{key}.jsa", root / f"{key}.lock", root / f"{key}.failed"
     if failed.exists():
         return []  # this runtime could not build one; do not try on every start
@@ -188,40 +214,53 @@ def _class_sharing(home: Path, version: int, jar: Path, options: list[str]) -> l
         return [f"-XX:SharedArchiveFile={archive}", "-Xshare:auto", "-Xlog:disable"]
     try:
         root.mkdir(parents=True, exist_ok=True)
-        if lock.exists() and time.time() - lock.stat().st_mtime > CDS_STALE_S:
-            lock.unlink(missing_ok=True)
-        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
     except OSError:
-        return []  # another process is recording or dumping, or the cache is not writable
+        return []  # the cache is not writable
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return []  # another process is recording or building this archive
+    if archive.is_file():  # built while we waited for the lock
+        os.close(fd)
+        return []
+    for stale in root.glob(f"{key}.*.classlist"):  # left by a process killed while recording
+        stale.unlink(missing_ok=True)
     classes = root / f"{key}.{os.getpid()}.classlist"
-    java = home / "bin" / "java"
-    dump = [str(java), *options, "-Xshare:dump", f"-XX:SharedClassListFile={classes}"]
-    dump += [f"-XX:SharedArchiveFile={archive}.tmp", "-cp", str(jar)]
-    atexit.register(_dump_archive, dump, classes, archive, lock, failed)
+    tmp = root / f"{key}.{os.getpid()}.jsa.tmp"
+    dump = [str(home / "bin" / "java"), *options, "-Xshare:dump", f"-XX:SharedClassListFile={classes}"]
+    dump += [f"-XX:SharedArchiveFile={tmp}", "-cp", str(jar)]
+    _cds["lock_fd"] = fd
+    atexit.register(_dump_archive, dump, classes, tmp, archive, failed, fd)
     return [f"-XX:DumpLoadedClassList={classes}"]
 
 
-def _dump_archive(dump: list[str], classes: Path, archive: Path, lock: Path, failed: Path) -> None:
-    """At exit: build the archive from this process's class list once it has exited."""
-    if "searched" not in _cds:
+def _dump_archive(dump: list[str], classes: Path, tmp: Path, archive: Path, failed: Path, fd: int) -> None:
+    """At exit: build the archive from this process's class list once it has exited.
+
+    The shell that waits and dumps inherits the lock, so no other process records meanwhile;
+    it is released when the shell ends."""
+    if not _cds.get("searched"):
         classes.unlink(missing_ok=True)
-        lock.unlink(missing_ok=True)
         return
+    q = shlex.quote
     # The JVM flushes the class list when this process ends: wait for it, then dump.
     script = (
         f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.1; done; "
-        f"if nice -n 10 {shlex.join(dump)} >/dev/null 2>&1; then mv -f {shlex.quote(f'{archive}.tmp')} "
-        f"{shlex.quote(str(archive))}; else touch {shlex.quote(str(failed))}; fi; "
-        f"rm -f {shlex.quote(str(classes))} {shlex.quote(f'{archive}.tmp')} {shlex.quote(str(lock))}"
+        f"if nice -n 10 {shlex.join(dump)} >/dev/null 2>&1; then rm -f {q(str(classes))}; "
+        f"mv -f {q(str(tmp))} {q(str(archive))}; else touch {q(str(failed))}; fi; "
+        f"rm -f {q(str(classes))} {q(str(tmp))}"
     )
     try:
-        subprocess.Popen(
+        child = subprocess.Popen(
             ["/bin/sh", "-c", script],
             start_new_session=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            pass_fds=(fd,),
         )
+        child.returncode = 0  # detached on purpose: never waited for (no ResourceWarning)
     except OSError:
         classes.unlink(missing_ok=True)
-        lock.unlink(missing_ok=True)

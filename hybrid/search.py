@@ -128,7 +128,7 @@ class Searcher:
             terms = bm25_terms(queries)
             lexical, dense = self.backend.bm25_and_knn(self.index, terms, vectors, depth, config.num_candidates)
             self.timings.encode += mid - start
-            self.timings.knn += time.perf_counter() - mid
+            self.timings.knn += time.perf_counter() - mid  # both sides: one request
         elif self._warm:
             lexical = self._bm25(queries, depth, False)
             dense = self._knn(queries, depth, config.num_candidates, False)

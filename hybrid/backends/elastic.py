@@ -250,6 +250,8 @@ class ElasticBackend:
                 "cluster_version": self.cluster_version(),
                 "lexical": meta.get("lexical", {}),
                 "vectors": meta.get("vectors", {}),
+                # a user's index with hybrid's vectors added: its documents can change between reads
+                "in_place": layout.vector_field != "vector",
             },
             recipe=meta.get("recipe"),
         )
@@ -620,7 +622,9 @@ def _hit(raw: dict[str, Any], similarity: str | None, layout: _Layout | None = N
     text_field = layout.text_field if layout else "text"
     title_field = layout.title_field if layout else "title"
     title = field_value(src, title_field) if title_field else None
-    doc_id = raw["_id"] if "_id" in raw else raw["fields"][layout.id_field if layout else "id"][0]
+    doc_id = raw.get("_id") or (raw.get("fields", {}).get(layout.id_field if layout else "id") or [None])[0]
+    if doc_id is None:
+        raise BackendError(f"a hit from {raw.get('_index')} carries no document id; its 'id' field is empty")
     return Hit(id=doc_id, score=score, title=title, text=field_value(src, text_field))
 
 

@@ -254,13 +254,20 @@ def _encode_shares(
     """
     if not dist.enabled:
         return []
+    count = None
     if dist.main:
         keep_model(checkpoint, config.out / MODELS / checkpoint.name)
-    dist.barrier()
+        info = backend.info(config.index)
+        # An index adopted in place may gain or lose documents between the ranks' reads:
+        # rank 0 embeds it alone, as a single process does.
+        count = None if info.extra.get("in_place") else backend.count(config.index)
+    count = dist.share(count)  # also the barrier: rank 0 has kept the model
+    if count is None:
+        return []
     encoder = run.refresh_encoder(config, checkpoint, device)
     work = config.out / "refresh" / f"step-{step:07d}"
     folders = [work / f"rank-{r}" for r in range(dist.world)]
-    encode_share(backend, config.index, encoder, dist.part(backend.count(config.index)), folders[dist.rank])
+    encode_share(backend, config.index, encoder, dist.part(count), folders[dist.rank])
     del encoder
     dist.barrier()
     return folders

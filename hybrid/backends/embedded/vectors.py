@@ -44,7 +44,8 @@ class VectorIndex:
         if self.kind == "hnsw" and hnsw.is_file():
             # Mapped, not read: the graph's vectors (and its links) stay in the file's pages,
             # shared by every process, instead of a private copy per process. A version's
-            # files never change once committed, so the mapping stays valid.
+            # files never change once committed (the graph is written beside it and renamed
+            # into place), so the mapping stays valid, even after the version is deleted.
             self.index = faiss.read_index(str(hnsw), getattr(faiss, "IO_FLAG_MMAP_IFC", 0))
         else:
             self.kind = "flat"
