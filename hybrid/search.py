@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from hybrid.backends.base import Backend
 from hybrid.errors import ConfigError
 from hybrid.fusion import FusionConfig, fuse
@@ -121,14 +123,11 @@ class Searcher:
         # in a thread while the JVM starts for BM25; warm, both sides are CPU work here and
         # run one after the other (at once they only contend).
         if not self.backend.in_process:
-            encoder = self.encoder
+            vectors = self._embed(queries)
             start = time.perf_counter()
-            vectors = encoder.encode_queries(queries)
-            mid = time.perf_counter()
             terms = bm25_terms(queries)
             lexical, dense = self.backend.bm25_and_knn(self.index, terms, vectors, depth, config.num_candidates)
-            self.timings.encode += mid - start
-            self.timings.knn += time.perf_counter() - mid  # both sides: one request
+            self.timings.knn += time.perf_counter() - start  # both sides: one request
         elif self._warm:
             lexical = self._bm25(queries, depth, False)
             dense = self._knn(queries, depth, config.num_candidates, False)
@@ -158,11 +157,15 @@ class Searcher:
         return hits
 
     def _knn(self, queries: Sequence[str], k: int, num_candidates: int | None, texts: bool = True) -> list[list[Hit]]:
-        encoder = self.encoder
+        vectors = self._embed(queries)
+        start = time.perf_counter()
+        hits = self.backend.knn(self.index, vectors, k, num_candidates, texts=texts)
+        self.timings.knn += time.perf_counter() - start
+        return hits
+
+    def _embed(self, queries: Sequence[str]) -> np.ndarray:
+        encoder = self.encoder  # loaded (and checked) outside the timed part
         start = time.perf_counter()
         vectors = encoder.encode_queries(queries)
-        mid = time.perf_counter()
-        hits = self.backend.knn(self.index, vectors, k, num_candidates, texts=texts)
-        self.timings.encode += mid - start
-        self.timings.knn += time.perf_counter() - mid
-        return hits
+        self.timings.encode += time.perf_counter() - start
+        return vectors
