@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from hybrid.backends.base import Backend, IndexWriter
 from hybrid.config import IndexSpec, LexicalSettings, VectorSettings
@@ -20,6 +21,8 @@ from hybrid.corpus import CorpusReader, JsonlFields, open_corpus
 from hybrid.encoder import Encoder
 from hybrid.errors import ConfigError
 from hybrid.types import Document
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +154,11 @@ class _Documents:
         return iter(self.documents)
 
 
-def batched(docs: Iterable[Document], size: int, limit: int | None = None) -> Iterator[list[Document]]:
-    """``docs`` in lists of ``size`` (the last shorter), stopping after ``limit`` documents."""
-    batch: list[Document] = []
-    for n, doc in enumerate(docs, start=1):
-        batch.append(doc)
+def batched(items: Iterable[T], size: int, limit: int | None = None) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last shorter), stopping after ``limit`` items."""
+    batch: list[T] = []
+    for n, item in enumerate(items, start=1):
+        batch.append(item)
         if len(batch) >= size:
             yield batch
             batch = []

@@ -16,9 +16,11 @@ never candidates. Mining streams in batches into part files and resumes from the
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import logging
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -26,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from hybrid.backends.base import Backend
-from hybrid.corpus import read_answers, read_qrels, read_queries
+from hybrid.corpus import iter_answers, iter_qrels, iter_queries
 from hybrid.errors import ConfigError, CorpusError
+from hybrid.indexing import batched
 from hybrid.query_encoder import QueryEncoder, check_encoder
 from hybrid.types import Hit, Query
 
@@ -88,7 +91,11 @@ def parts_dir(out: Path) -> Path:
 def run_mine(
     job: MineJob, backend: Backend, encoder: QueryEncoder, progress: Callable[[int, int], None] | None = None
 ) -> MineStats:
-    """Mine pools for every labelled query; resumes from finished part files."""
+    """Mine pools for every labelled query; resumes from finished part files.
+
+    Memory is bounded by the batch: queries are streamed from their file, and the qrels
+    (or answers) are looked up per batch in an SQLite table built beside the part files.
+    """
     started = time.perf_counter()
     check_encoder(backend, job.index, encoder, "mining it")
     if job.recreate:
@@ -96,37 +103,42 @@ def run_mine(
         shutil.rmtree(parts_dir(job.out), ignore_errors=True)
     if job.out.exists():
         raise ConfigError(f"{job.out} exists; pass --recreate to mine again")
-    positives, answers = _labels(job)
-    queries = [q for q in read_queries(job.queries) if q.id in positives or q.id in answers]
-    if not queries:
-        raise ConfigError("no query has qrels or answers: check that the query ids match")
     info = backend.info(job.index)
     version = info.version
     parts = parts_dir(job.out)
-    identity = {"version": version, "model_hash": encoder.model_hash}
+    identity = {"version": version, "model_hash": encoder.model_hash, "inputs": _input_stamps(job)}
     marker = parts / "identity.json"
     if marker.is_file() and json.loads(marker.read_text()) != identity:
-        log.warning("%s was begun against another index version or model; mining it again", parts)
+        log.warning("%s was begun against another index version, model or input file; mining it again", parts)
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(identity))
-    done = _finished_qids(parts)
-    todo = [q for q in queries if q.id not in done]
-    stats = MineStats(queries=len(queries), resumed=len(queries) - len(todo))
-    matcher = None
-    if answers:
-        from hybrid.evaluation.runs import answer_matcher
+    with _Labels(job, parts / "labels.sqlite") as labels:
+        total = sum(1 for _ in labels.queries())
+        if not total:
+            raise ConfigError("no query has qrels or answers: check that the query ids match")
+        done, last = _finished(parts)
+        todo = labels.queries()
+        skipped = None
+        for skipped in itertools.islice(todo, done):
+            pass
+        if done and (skipped is None or skipped.id != last or done > total):
+            raise ConfigError(f"{parts} does not match the query file; pass --recreate to mine again")
+        stats = MineStats(queries=total, resumed=done)
+        matcher = None
+        if labels.has_answers:
+            from hybrid.evaluation.runs import answer_matcher
 
-        matcher = answer_matcher()
-    part_no = len(list(parts.glob("part-*.jsonl.gz")))
-    for start in range(0, len(todo), job.batch_size):
-        batch = todo[start : start + job.batch_size]
-        records = _mine_batch(job, backend, encoder, batch, positives, answers, matcher, version, stats)
-        part_no += 1
-        _write_part(parts / f"part-{part_no:06d}.jsonl.gz", records)
-        stats.mined += len(batch)
-        if progress is not None:
-            progress(stats.resumed + stats.mined, stats.queries)
+            matcher = answer_matcher()
+        part_no = len(list(parts.glob("part-*.jsonl.gz")))
+        for batch in batched(todo, job.batch_size):
+            positives, answers = labels.lookup([q.id for q in batch])
+            records = _mine_batch(job, backend, encoder, batch, positives, answers, matcher, version, stats)
+            part_no += 1
+            _write_part(parts / f"part-{part_no:06d}.jsonl.gz", records)
+            stats.mined += len(batch)
+            if progress is not None:
+                progress(stats.resumed + stats.mined, stats.queries)
     meta = {
         **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()},
         "version": version,
@@ -246,23 +258,73 @@ def read_pools(path: Path) -> Iterator[Pool]:
         raise CorpusError("the pool file is empty; mine it again with --recreate", str(path))
 
 
-def _labels(job: MineJob) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
-    positives: dict[str, set[str]] = {}
-    if job.qrels is not None:
-        for qid, docs in read_qrels(job.qrels).items():
-            rel = {d for d, g in docs.items() if g >= job.min_relevance}
-            if rel:
-                positives[qid] = rel
-    answers = read_answers(job.answers) if job.answers is not None else {}
-    return positives, answers
+class _Labels:
+    """The job's labels in an SQLite table, and its labelled queries streamed in file order.
+
+    At MS MARCO's size (500 k queries, 530 k qrels) the queries and qrels held as Python
+    objects take ~400 MiB; here a batch's labels are one indexed lookup.
+    """
+
+    def __init__(self, job: MineJob, path: Path) -> None:
+        self.job = job
+        path.unlink(missing_ok=True)  # rebuilt on every run: a few seconds, never stale
+        self.db = sqlite3.connect(path)
+        self.db.execute("CREATE TABLE positive (qid TEXT, doc TEXT)")
+        self.db.execute("CREATE TABLE answer (qid TEXT PRIMARY KEY, answers TEXT)")
+        if job.qrels is not None:
+            rows = ((q, d) for q, d, g in iter_qrels(job.qrels) if g >= job.min_relevance)
+            for chunk in batched(rows, 10_000):
+                self.db.executemany("INSERT INTO positive VALUES (?, ?)", chunk)
+        if job.answers is not None:
+            for chunk in batched(((q, json.dumps(a)) for q, a in iter_answers(job.answers)), 10_000):
+                self.db.executemany("INSERT OR REPLACE INTO answer VALUES (?, ?)", chunk)
+        self.db.execute("CREATE INDEX positive_qid ON positive (qid)")
+        self.db.commit()
+        self.has_answers = job.answers is not None
+
+    def __enter__(self) -> _Labels:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.db.close()
+
+    def queries(self) -> Iterator[Query]:
+        """The query file's queries that have a positive or answers, in file order."""
+        for chunk in batched(iter_queries(self.job.queries), 1000):
+            labelled = self._labelled([q.id for q in chunk])
+            yield from (q for q in chunk if q.id in labelled)
+
+    def lookup(self, qids: list[str]) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
+        """These queries' positives and answers."""
+        marks = ",".join("?" * len(qids))
+        positives: dict[str, set[str]] = {}
+        for qid, doc in self.db.execute(f"SELECT qid, doc FROM positive WHERE qid IN ({marks})", qids):
+            positives.setdefault(qid, set()).add(doc)
+        rows = self.db.execute(f"SELECT qid, answers FROM answer WHERE qid IN ({marks})", qids)
+        return positives, {qid: json.loads(a) for qid, a in rows}
+
+    def _labelled(self, qids: list[str]) -> set[str]:
+        marks = ",".join("?" * len(qids))
+        found = {q for (q,) in self.db.execute(f"SELECT DISTINCT qid FROM positive WHERE qid IN ({marks})", qids)}
+        found.update(q for (q,) in self.db.execute(f"SELECT qid FROM answer WHERE qid IN ({marks})", qids))
+        return found
 
 
-def _finished_qids(parts: Path) -> set[str]:
-    done: set[str] = set()
+def _input_stamps(job: MineJob) -> list[list[Any]]:
+    """Path, size and mtime of each input file: a changed file starts the mining again."""
+    files = [job.queries, job.qrels, job.answers]
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f is not None and f.exists()]
+
+
+def _finished(parts: Path) -> tuple[int, str | None]:
+    """How many queries the finished part files hold, and the last one's id."""
+    count, last = 0, None
     for part in sorted(parts.glob("part-*.jsonl.gz")):
         with gzip.open(part, "rt", encoding="utf-8") as fh:
-            done.update(json.loads(line)["qid"] for line in fh)
-    return done
+            for line in fh:
+                count += 1
+                last = line
+    return count, (json.loads(last)["qid"] if last is not None else None)
 
 
 def _write_part(path: Path, records: list[dict[str, Any]]) -> None:

@@ -66,6 +66,42 @@ def test_pools_union_exact_scores_and_resume(
         run_mine(job, backend, tiny_encoder)
 
 
+def test_mining_streams_its_labels_and_restarts_when_the_query_file_changed(
+    embedded_backend: Any, tiny_encoder: Any, beir_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hybrid.corpus
+    import hybrid.corpus.topics
+
+    def whole(path: Path) -> None:
+        raise AssertionError(f"mining read {path} whole")
+
+    for module in (hybrid.corpus, hybrid.corpus.topics):  # mining streams: memory bounded by the batch
+        for reader in ("read_queries", "read_qrels", "read_answers"):
+            monkeypatch.setattr(module, reader, whole)
+    run_index(IndexJob(corpus=beir_small, index="s"), embedded_backend, tiny_encoder)
+    queries, qrels = tmp_path / "queries.tsv", tmp_path / "qrels.tsv"
+    lines = ["q1\tsolar panels", "qx\tno label", "q2\tocean tides", "q3\thoney bees"]
+    queries.write_text("\n".join(lines) + "\n")
+    # q2's d7 is below --min-relevance; qz is not in the query file; q3 has two positives.
+    qrels.write_text("q1 0 d1 1\nq2 0 d7 0\nq2 0 d6 1\nqz 0 d2 1\nq3 0 d5 2\nq3 0 d4 1\n")
+    out = tmp_path / "pools.jsonl.gz"
+    job = MineJob(index="s", queries=queries, qrels=qrels, out=out, bm25_depth=3, knn_depth=3, batch_size=1)
+
+    def stop_after_one(done: int, total: int) -> None:
+        assert total == 3
+        if done == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_mine(job, embedded_backend, tiny_encoder, stop_after_one)
+    queries.write_text("\n".join([*lines, "q4\tkey lookup"]) + "\n")  # changed: the finished part is stale
+    stats = run_mine(job, embedded_backend, tiny_encoder)
+    assert (stats.queries, stats.resumed, stats.mined) == (3, 0, 3)
+    pools = list(read_pools(out))
+    assert [p.qid for p in pools] == ["q1", "q2", "q3"]  # file order, labelled only
+    assert [sorted(d for d, _ in p.positives) for p in pools] == [["d1"], ["d6"], ["d4", "d5"]]
+
+
 def test_answer_strings_flag_likely_false_negatives(embedded_backend: Any, tiny_encoder: Any, tmp_path: Path) -> None:
     run_index(IndexJob(corpus=FIXTURES / "dpr-psgs.tsv", index="psgs"), embedded_backend, tiny_encoder)
     out = tmp_path / "nq.jsonl.gz"

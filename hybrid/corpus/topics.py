@@ -1,8 +1,9 @@
-"""Queries, qrels and DPR-style answers: small files, read whole."""
+"""Queries, qrels and DPR-style answers: streamed (``iter_*``) or read whole (``read_*``)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from hybrid.corpus._io import LineSource
@@ -13,49 +14,66 @@ Qrels = dict[str, dict[str, int]]
 
 
 def read_queries(path: Path) -> list[Query]:
-    """Read queries from BEIR ``queries.jsonl``, a ``qid<TAB>text`` tsv or a DPR qa file.
+    """All of :func:`iter_queries`, in file order."""
+    return list(iter_queries(path))
+
+
+def iter_queries(path: Path) -> Iterator[Query]:
+    """Stream queries from BEIR ``queries.jsonl``, a ``qid<TAB>text`` tsv or a DPR qa file.
 
     A DPR qa file (``question<TAB>["answer", ...]``) has no ids: the 0-based line number
     is the id, as in pyserini's DPR topics.
     """
-    queries: list[Query] = []
-    source = LineSource(path)
+    count = 0
     is_json = path.name.lower().removesuffix(".gz").endswith((".jsonl", ".json"))
-    for lineno, line in source.lines():
+    for lineno, line in LineSource(path).lines():
         if not line.strip():
             continue
+        count += 1
         if is_json:
-            queries.append(_json_query(line, path, lineno))
+            yield _json_query(line, path, lineno)
             continue
         parts = line.split("\t")
         if len(parts) != 2:
             raise CorpusError(f"expected 'qid<TAB>query', found {len(parts)} column(s)", str(path), lineno)
         if _looks_like_answers(parts[1]):
-            queries.append(Query(id=str(len(queries)), text=parts[0]))
+            yield Query(id=str(count - 1), text=parts[0])
         else:
-            queries.append(Query(id=parts[0].strip(), text=parts[1]))
-    return queries
+            yield Query(id=parts[0].strip(), text=parts[1])
 
 
 def read_answers(path: Path) -> dict[str, list[str]]:
     """Read a DPR qa file (``question<TAB>["a", ...]``): query id (line index) -> answers."""
-    answers: dict[str, list[str]] = {}
+    return dict(iter_answers(path))
+
+
+def iter_answers(path: Path) -> Iterator[tuple[str, list[str]]]:
+    """Stream a DPR qa file's (query id, answers); the id is the 0-based question index."""
+    count = 0
     for lineno, line in LineSource(path).lines():
         if not line.strip():
             continue
         parts = line.split("\t")
         if len(parts) != 2 or not _looks_like_answers(parts[1]):
             raise CorpusError("expected 'question<TAB>[\"answer\", ...]'", str(path), lineno)
-        answers[str(len(answers))] = [str(a) for a in json.loads(parts[1])]
-    return answers
+        yield str(count), [str(a) for a in json.loads(parts[1])]
+        count += 1
 
 
 def read_qrels(path: Path) -> Qrels:
-    """Read qrels: TREC (``qid Q0 docid rel``), MS MARCO (``qid 0 pid 1``) or BEIR tsv.
+    """Read qrels whole: query id -> document id -> grade (see :func:`iter_qrels`)."""
+    qrels: Qrels = {}
+    for qid, docid, grade in iter_qrels(path):
+        qrels.setdefault(qid, {})[docid] = grade
+    return qrels
+
+
+def iter_qrels(path: Path) -> Iterator[tuple[str, str, int]]:
+    """Stream qrels' (query id, document id, grade): TREC (``qid Q0 docid rel``), MS MARCO
+    (``qid 0 pid 1``) or BEIR tsv.
 
     BEIR's header line ``query-id corpus-id score`` is recognised and skipped.
     """
-    qrels: Qrels = {}
     for lineno, line in LineSource(path).lines():
         parts = line.split()
         if not parts:
@@ -76,8 +94,7 @@ def read_qrels(path: Path) -> Qrels:
             grade = int(float(rel))
         except ValueError as exc:
             raise CorpusError(f"relevance '{rel}' is not a number", str(path), lineno) from exc
-        qrels.setdefault(qid, {})[docid] = grade
-    return qrels
+        yield qid, docid, grade
 
 
 def _json_query(line: str, path: Path, lineno: int) -> Query:
