@@ -125,7 +125,8 @@ def _mine_only(args: argparse.Namespace, model: Path, store: Path) -> int:
                 fh.write(json.dumps({"_id": f"z{i}", "title": "", "text": text}) + "\n")
         corpus.with_suffix(".tmp").replace(corpus)
     _index(store, name, args.docs, model, args.work, corpus)
-    rows = []
+    out = args.out.with_name(args.out.stem + "_mine.json")
+    rows: list[dict[str, Any]] = []
     for fraction in FRACTIONS:
         n = int(args.mine_queries * fraction)
         queries, qrels = args.work / f"zipf-queries-{n}.tsv", args.work / f"zipf-qrels-{n}.tsv"
@@ -134,14 +135,14 @@ def _mine_only(args: argparse.Namespace, model: Path, store: Path) -> int:
                 for q in range(n):
                     qf.write(f"q{q}\t{' '.join(rng.choices(words, cum_weights=cum, k=5))}\n")
                     rf.write(f"q{q}\t0\tz{rng.randrange(args.docs)}\t1\n")
-        out = args.work / f"zipf-pools-{n}.jsonl.gz"
-        spec = {"store": str(store), "index": name, "queries": str(queries), "qrels": str(qrels), "out": str(out)}
+        pools = args.work / f"zipf-pools-{n}.jsonl.gz"
+        spec = {"store": str(store), "index": name, "queries": str(queries), "qrels": str(qrels), "out": str(pools)}
         rows.append({"phase": "mine", "fraction": fraction, "size": n, **_measure("mine", spec)})
         _print(rows[-1])
+        # Written after every row: the full run takes hours, a stopped one keeps its rows.
+        write_json(out, {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
     peaks = [r["peak_anon_mib"] for r in rows]
     print(f"mine peak anonymous MiB at 10/50/100 %: {' / '.join(f'{p:.0f}' for p in peaks)}")
-    out = args.out.with_name(args.out.stem + "_mine.json")
-    write_json(out, {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
     print(f"wrote {out}")
     return 0
 
@@ -149,7 +150,8 @@ def _mine_only(args: argparse.Namespace, model: Path, store: Path) -> int:
 def _print(row: dict[str, Any]) -> None:
     print(
         f"{row['phase']:8} {row['fraction']:5.0%} {row['size']:>9,}  peak anon {row['peak_anon_mib']:8.0f} MiB  "
-        f"peak RSS {row['peak_rss_mib']:8.0f} MiB  {row['seconds']:8.1f} s",
+        f"peak RSS {row['peak_rss_mib']:8.0f} MiB  {row['seconds']:8.1f} s"
+        + (f"  JVM heap {row['jvm_heap_committed_mib']} MiB" if "jvm_heap_committed_mib" in row else ""),
         flush=True,
     )
 
@@ -253,6 +255,7 @@ def _run_phase(phase: str, spec: dict[str, Any]) -> None:
     logging.disable(logging.WARNING)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    extra: dict[str, Any] = {}
     started = time.perf_counter()
     if phase == "table":
         from hybrid.training.data import pool_table, table_path
@@ -296,6 +299,10 @@ def _run_phase(phase: str, spec: dict[str, Any]) -> None:
         )
         run_mine(job, backend, encoder_for_index(backend, spec["index"], batch=True))
         backend.close()
+        from jnius import autoclass
+
+        # The JVM's heap is sized by its garbage collector (up to a quarter of RAM), not by the data.
+        extra["jvm_heap_committed_mib"] = autoclass("java.lang.Runtime").getRuntime().totalMemory() >> 20
     elif phase == "refresh":
         from hybrid.backends.embedded import EmbeddedBackend
         from hybrid.encoder import Encoder, EncoderConfig
@@ -311,7 +318,12 @@ def _run_phase(phase: str, spec: dict[str, Any]) -> None:
     peak["anon"] = max(peak["anon"], status["RssAnon"])
     print(
         json.dumps(
-            {"seconds": round(seconds, 1), "peak_anon_mib": peak["anon"] / 1024, "peak_rss_mib": status["VmHWM"] / 1024}
+            {
+                "seconds": round(seconds, 1),
+                "peak_anon_mib": peak["anon"] / 1024,
+                "peak_rss_mib": status["VmHWM"] / 1024,
+                **extra,
+            }
         )
     )
 
