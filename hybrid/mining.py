@@ -22,6 +22,7 @@ import logging
 import shutil
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,10 +120,8 @@ def run_mine(
             raise ConfigError("no query has qrels or answers: check that the query ids match")
         done, last = _finished(parts)
         todo = labels.queries()
-        skipped = None
-        for skipped in itertools.islice(todo, done):
-            pass
-        if done and (skipped is None or skipped.id != last or done > total):
+        skipped = deque(itertools.islice(todo, done), maxlen=1)  # the finished ones; keeps the last
+        if done and (not skipped or skipped[0].id != last or done > total):
             raise ConfigError(f"{parts} does not match the query file; pass --recreate to mine again")
         stats = MineStats(queries=total, resumed=done)
         matcher = None
