@@ -117,3 +117,25 @@ def test_two_processes_share_the_refresh_encoding(no_dropout_model: Path, beir_s
         assert recipe["model_path"] == str(tmp_path / run / "models" / "checkpoint-0000003")
     a.close()
     b.close()
+
+
+def test_rank_zero_alone_takes_every_core(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the other ranks wait for its refresh, rank 0 (given 1/N of the cores) uses them all."""
+    import os
+
+    import torch
+
+    from hybrid.training.distributed import Distributed
+
+    cores, before = len(os.sched_getaffinity(0)), torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as `hybrid train --nproc` gives each process its share
+    torch.set_num_threads(1)
+    try:
+        with Distributed(rank=0, world=2).alone(torch.device("cpu")):
+            Encoder(EncoderConfig(model=str(tiny_model)))  # a refresh's encoder, built meanwhile
+            assert (torch.get_num_threads(), os.environ["OMP_NUM_THREADS"]) == (cores, str(cores))
+        assert (torch.get_num_threads(), os.environ["OMP_NUM_THREADS"]) == (1, "1")
+        with Distributed(rank=1, world=2).alone(torch.device("cpu")):
+            assert torch.get_num_threads() == 1  # only rank 0 works alone
+    finally:
+        torch.set_num_threads(before)

@@ -12,6 +12,10 @@ evaluates, logs and writes checkpoints; the others wait for it and take its run 
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -62,6 +66,35 @@ class Distributed:
                 torch.distributed.init_process_group(
                     "gloo", rank=self.rank, world_size=self.world, timeout=GROUP_TIMEOUT
                 )
+
+    @contextmanager
+    def alone(self, device: torch.device) -> Iterator[None]:
+        """Rank 0's own work while the other ranks wait (refresh, mining, evaluation).
+
+        Each of N CPU processes is given 1/N of the cores (``OMP_NUM_THREADS``); while the
+        others wait, rank 0 uses them all, then goes back to its share.
+        """
+        if not (self.enabled and self.main and device.type == "cpu"):
+            yield
+            return
+        cores = len(os.sched_getaffinity(0))
+        env, threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+        faiss = sys.modules.get("faiss")  # FAISS's OpenMP pool, where mining's kNN runs
+        faiss_threads = faiss.omp_get_max_threads() if faiss else None
+        os.environ["OMP_NUM_THREADS"] = str(cores)  # encoders built meanwhile read it
+        torch.set_num_threads(cores)
+        if faiss:
+            faiss.omp_set_num_threads(cores)
+        try:
+            yield
+        finally:
+            if env is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = env
+            torch.set_num_threads(threads)
+            if faiss and faiss_threads:
+                faiss.omp_set_num_threads(faiss_threads)
 
     def barrier(self) -> None:
         if self.enabled:

@@ -102,12 +102,13 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         check_config(out, config, resume, allow_config_change)
         shutil.rmtree(out / "refresh", ignore_errors=True)  # shares of a refresh a crash cut short
-        run = start_run(config, backend, previous, device)
-        state = load_state(previous) if previous is not None else {}
-        prepare_pools(config, backend, run, state, device)
-        if previous is not None and state.get("refresh_pending"):
-            update_state(previous, {**run.state(), "refresh_pending": False})  # redone: never again
-        pool_table(run.pools)  # built once, here: the other ranks map rank 0's table
+        with dist.alone(device):
+            run = start_run(config, backend, previous, device)
+            state = load_state(previous) if previous is not None else {}
+            prepare_pools(config, backend, run, state, device)
+            if previous is not None and state.get("refresh_pending"):
+                update_state(previous, {**run.state(), "refresh_pending": False})  # redone: never again
+            pool_table(run.pools)  # built once, here: the other ranks map rank 0's table
     run = dist.share(run if dist.main else None)  # the other ranks take rank 0's run as it is
     if not dist.main:
         state = load_state(previous) if previous is not None else {}
@@ -132,7 +133,8 @@ def train(
         progress(TrainProgress(step, steps, float("nan"), 0.0, 0.0, "plan", result.plan))
     if not state and dist.main:
         write_log(out, {"plan": result.plan})
-        run.evaluate_dev(config, backend, 0, None)
+        with dist.alone(device):
+            run.evaluate_dev(config, backend, 0, None)
     run = dist.share(run if dist.main else None)
     examples, train_seconds = 0, 0.0
     model.train()
@@ -220,9 +222,10 @@ def train(
         shares = _encode_shares(config, backend, run, path, step, dist, device) if refresh_now else []
         if dist.main:
             if refresh_now:
-                run.refresh(config, backend, path, step, last=step >= steps, device=device, shares=shares)
-                if step < steps:
-                    pool_table(run.pools)
+                with dist.alone(device):
+                    run.refresh(config, backend, path, step, last=step >= steps, device=device, shares=shares)
+                    if step < steps:
+                        pool_table(run.pools)
                 update_state(path, {**run.state(), "refresh_pending": False})
             prune(out, config.keep_checkpoints, {run.best} if run.best else set())
         run = dist.share(run if dist.main else None)  # the others wait for the checkpoint and refresh
