@@ -57,6 +57,8 @@ class MineJob:
     def __post_init__(self) -> None:
         if self.qrels is None and self.answers is None:
             raise ConfigError("mine needs --qrels (labelled positives) or --answers (DPR qa file)")
+        if self.batch_size < 1:
+            raise ConfigError("mine needs a --batch-size of at least 1")
         if self.bm25_depth < 0 or self.knn_depth < 0 or self.bm25_depth + self.knn_depth == 0:
             raise ConfigError("mine needs a positive --bm25-depth or --knn-depth")
         if not self.out.name.endswith(".jsonl.gz"):
@@ -110,14 +112,21 @@ def run_mine(
     identity = {"version": version, "model_hash": encoder.model_hash, "inputs": _input_stamps(job)}
     marker = parts / "identity.json"
     if marker.is_file() and json.loads(marker.read_text()) != identity:
-        log.warning("%s was begun against another index version, model or input file; mining it again", parts)
+        log.warning(
+            "%s was begun against another index version, model or input file (or by an older hybrid); mining it again",
+            parts,
+        )
         shutil.rmtree(parts)
+    fresh = not parts.exists()
     parts.mkdir(parents=True, exist_ok=True)
+    try:
+        labels, total = _open_labels(job, parts)
+    except BaseException:
+        if fresh:  # a bad input file leaves nothing behind
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
     marker.write_text(json.dumps(identity))
-    with _Labels(job, parts / "labels.sqlite") as labels:
-        total = sum(1 for _ in labels.queries())
-        if not total:
-            raise ConfigError("no query has qrels or answers: check that the query ids match")
+    with labels:
         done, last = _finished(parts)
         todo = labels.queries()
         skipped = deque(itertools.islice(todo, done), maxlen=1)  # the finished ones; keeps the last
@@ -264,22 +273,34 @@ class _Labels:
     objects take ~400 MiB; here a batch's labels are one indexed lookup.
     """
 
+    CHUNK = 500  # ids per IN (...) clause, well inside SQLite's variable limit
+
     def __init__(self, job: MineJob, path: Path) -> None:
         self.job = job
         path.unlink(missing_ok=True)  # rebuilt on every run: a few seconds, never stale
         self.db = sqlite3.connect(path)
-        self.db.execute("CREATE TABLE positive (qid TEXT, doc TEXT)")
+        try:
+            self._build()
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _build(self) -> None:
+        job = self.job
+        # a (query, document) pair listed twice keeps its last grade, as the qrels reader does
+        self.db.execute("CREATE TABLE qrel (qid TEXT, doc TEXT, grade INTEGER, PRIMARY KEY (qid, doc))")
         self.db.execute("CREATE TABLE answer (qid TEXT PRIMARY KEY, answers TEXT)")
         if job.qrels is not None:
-            rows = ((q, d) for q, d, g in iter_qrels(job.qrels) if g >= job.min_relevance)
-            for chunk in batched(rows, 10_000):
-                self.db.executemany("INSERT INTO positive VALUES (?, ?)", chunk)
+            for grades in batched(iter_qrels(job.qrels), 10_000):
+                self.db.executemany("INSERT OR REPLACE INTO qrel VALUES (?, ?, ?)", grades)
         if job.answers is not None:
-            for chunk in batched(((q, json.dumps(a)) for q, a in iter_answers(job.answers)), 10_000):
-                self.db.executemany("INSERT OR REPLACE INTO answer VALUES (?, ?)", chunk)
+            for answers in batched(((q, json.dumps(a)) for q, a in iter_answers(job.answers)), 10_000):
+                self.db.executemany("INSERT OR REPLACE INTO answer VALUES (?, ?)", answers)
+        self.db.execute("CREATE TABLE positive AS SELECT qid, doc FROM qrel WHERE grade >= ?", (job.min_relevance,))
+        self.db.execute("DROP TABLE qrel")
         self.db.execute("CREATE INDEX positive_qid ON positive (qid)")
         self.db.commit()
-        self.has_answers = job.answers is not None
+        self.has_answers = self.db.execute("SELECT 1 FROM answer LIMIT 1").fetchone() is not None
 
     def __enter__(self) -> _Labels:
         return self
@@ -289,30 +310,46 @@ class _Labels:
 
     def queries(self) -> Iterator[Query]:
         """The query file's queries that have a positive or answers, in file order."""
-        for chunk in batched(iter_queries(self.job.queries), 1000):
-            labelled = self._labelled([q.id for q in chunk])
+        for chunk in batched(iter_queries(self.job.queries), self.CHUNK):
+            ids = [q.id for q in chunk]
+            labelled = {q for (q,) in self._select("SELECT DISTINCT qid FROM positive", ids)}
+            labelled.update(q for (q,) in self._select("SELECT qid FROM answer", ids))
             yield from (q for q in chunk if q.id in labelled)
 
     def lookup(self, qids: list[str]) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
         """These queries' positives and answers."""
-        marks = ",".join("?" * len(qids))
         positives: dict[str, set[str]] = {}
-        for qid, doc in self.db.execute(f"SELECT qid, doc FROM positive WHERE qid IN ({marks})", qids):
+        for qid, doc in self._select("SELECT qid, doc FROM positive", qids):
             positives.setdefault(qid, set()).add(doc)
-        rows = self.db.execute(f"SELECT qid, answers FROM answer WHERE qid IN ({marks})", qids)
-        return positives, {qid: json.loads(a) for qid, a in rows}
+        return positives, {qid: json.loads(a) for qid, a in self._select("SELECT qid, answers FROM answer", qids)}
 
-    def _labelled(self, qids: list[str]) -> set[str]:
-        marks = ",".join("?" * len(qids))
-        found = {q for (q,) in self.db.execute(f"SELECT DISTINCT qid FROM positive WHERE qid IN ({marks})", qids)}
-        found.update(q for (q,) in self.db.execute(f"SELECT qid FROM answer WHERE qid IN ({marks})", qids))
-        return found
+    def _select(self, select: str, qids: list[str]) -> Iterator[tuple[Any, ...]]:
+        for chunk in batched(qids, self.CHUNK):
+            yield from self.db.execute(f"{select} WHERE qid IN ({','.join('?' * len(chunk))})", chunk)
+
+
+def _open_labels(job: MineJob, parts: Path) -> tuple[_Labels, int]:
+    """The job's labels and how many queries have one (input errors raised here, before mining)."""
+    labels = _Labels(job, parts / "labels.sqlite")
+    try:
+        total = sum(1 for _ in labels.queries())
+    except BaseException:
+        labels.db.close()
+        raise
+    if not total:
+        labels.db.close()
+        raise ConfigError("no query has qrels or answers: check that the query ids match")
+    return labels, total
 
 
 def _input_stamps(job: MineJob) -> list[list[Any]]:
     """Path, size and mtime of each input file: a changed file starts the mining again."""
-    files = [job.queries, job.qrels, job.answers]
-    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f is not None and f.exists()]
+    stamps = []
+    for f in (job.queries, job.qrels, job.answers):
+        if f is not None and f.exists():
+            stat = f.stat()
+            stamps.append([str(f.resolve()), stat.st_size, stat.st_mtime_ns])
+    return stamps
 
 
 def _finished(parts: Path) -> tuple[int, str | None]:

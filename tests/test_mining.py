@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +76,18 @@ def test_mining_streams_its_labels_and_restarts_when_the_query_file_changed(
     def whole(path: Path) -> None:
         raise AssertionError(f"mining read {path} whole")
 
-    for module in (hybrid.corpus, hybrid.corpus.topics):  # mining streams: memory bounded by the batch
+    import hybrid.mining
+
+    for module in (hybrid.corpus, hybrid.corpus.topics, hybrid.mining):  # mining streams: memory bounded by the batch
         for reader in ("read_queries", "read_qrels", "read_answers"):
-            monkeypatch.setattr(module, reader, whole)
+            monkeypatch.setattr(module, reader, whole, raising=False)
     run_index(IndexJob(corpus=beir_small, index="s"), embedded_backend, tiny_encoder)
     queries, qrels = tmp_path / "queries.tsv", tmp_path / "qrels.tsv"
     lines = ["q1\tsolar panels", "qx\tno label", "q2\tocean tides", "q3\thoney bees"]
     queries.write_text("\n".join(lines) + "\n")
-    # q2's d7 is below --min-relevance; qz is not in the query file; q3 has two positives.
-    qrels.write_text("q1 0 d1 1\nq2 0 d7 0\nq2 0 d6 1\nqz 0 d2 1\nq3 0 d5 2\nq3 0 d4 1\n")
+    # q2's d7 is below --min-relevance; qz is not in the query file; q3 has two positives;
+    # q1's d2 is listed twice and its last grade (0) counts, as when qrels are read whole.
+    qrels.write_text("q1 0 d1 1\nq1 0 d2 1\nq2 0 d7 0\nq2 0 d6 1\nqz 0 d2 1\nq3 0 d5 2\nq3 0 d4 1\nq1 0 d2 0\n")
     out = tmp_path / "pools.jsonl.gz"
     job = MineJob(index="s", queries=queries, qrels=qrels, out=out, bm25_depth=3, knn_depth=3, batch_size=1)
 
@@ -94,6 +98,11 @@ def test_mining_streams_its_labels_and_restarts_when_the_query_file_changed(
 
     with pytest.raises(Stop):
         run_mine(job, embedded_backend, tiny_encoder, stop_after_one)
+    (part,) = (tmp_path / "pools.jsonl.gz.parts").glob("part-*.jsonl.gz")
+    finished = gzip.decompress(part.read_bytes())
+    part.write_bytes(gzip.compress(finished.replace(b'"q1"', b'"q3"')))  # parts that do not follow the file
+    with pytest.raises(ConfigError, match="does not match the query file; pass --recreate"):
+        run_mine(job, embedded_backend, tiny_encoder)
     queries.write_text("\n".join([*lines, "q4\tkey lookup"]) + "\n")  # changed: the finished part is stale
     stats = run_mine(job, embedded_backend, tiny_encoder)
     assert (stats.queries, stats.resumed, stats.mined) == (3, 0, 3)
@@ -125,6 +134,20 @@ def test_mine_job_validation(tmp_path: Path) -> None:
         MineJob(index="x", queries=tmp_path / "q", out=tmp_path / "p.jsonl.gz")
     with pytest.raises(ConfigError, match=r"must end in \.jsonl\.gz"):
         MineJob(index="x", queries=tmp_path / "q", qrels=tmp_path / "r", out=tmp_path / "p.json")
+    with pytest.raises(ConfigError, match="--batch-size of at least 1"):
+        MineJob(index="x", queries=tmp_path / "q", qrels=tmp_path / "r", out=tmp_path / "p.jsonl.gz", batch_size=0)
+
+
+def test_unmatched_labels_are_an_error_that_leaves_no_parts(
+    embedded_backend: Any, tiny_encoder: Any, beir_small: Path, tmp_path: Path
+) -> None:
+    run_index(IndexJob(corpus=beir_small, index="s"), embedded_backend, tiny_encoder)
+    (tmp_path / "qrels.tsv").write_text("nobody 0 d1 1\n")
+    out = tmp_path / "pools.jsonl.gz"
+    job = MineJob(index="s", queries=beir_small / "queries.jsonl", qrels=tmp_path / "qrels.tsv", out=out)
+    with pytest.raises(ConfigError, match="no query has qrels or answers"):
+        run_mine(job, embedded_backend, tiny_encoder)
+    assert not (tmp_path / "pools.jsonl.gz.parts").exists()
 
 
 def test_samples_from_mined_pool_follow_scores(
