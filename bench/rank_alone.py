@@ -83,7 +83,7 @@ def _arm(spec: dict[str, Any]) -> None:
     import torch
 
     from hybrid.backends.embedded import EmbeddedBackend
-    from hybrid.encoder import Encoder, EncoderConfig
+    from hybrid.encoder import Encoder, EncoderConfig, cpu_threads
     from hybrid.mining import MineJob, run_mine
     from hybrid.training.distributed import Distributed
     from hybrid.training.refresh import dev_ndcg
@@ -92,10 +92,12 @@ def _arm(spec: dict[str, Any]) -> None:
     backend = EmbeddedBackend(Path(spec["store"]))
     index = spec["index"]
     recipe = backend.info(index).recipe or {}
-    cpu = torch.device("cpu")
-    alone = Distributed(rank=0, world=2).alone(cpu) if spec["arm"] == "all" else nullcontext()
+    torch.set_num_threads(cpu_threads())  # as the trainer starts: this rank's share
+    alone = Distributed(rank=0, world=2).alone() if spec["arm"] == "all" else nullcontext()
     with alone, tempfile.TemporaryDirectory() as tmp:
-        encoder = Encoder(EncoderConfig(model=str(recipe.get("model_path") or recipe["model"]), device="cpu"))
+        model = str(recipe.get("model_path") or recipe["model"])
+        # built as RunState.refresh_encoder builds it: with the threads the process has now
+        encoder = Encoder(EncoderConfig(model=model, device="cpu", threads=torch.get_num_threads()))
         job = MineJob(
             index=index,
             queries=SCIFACT / "queries.jsonl",

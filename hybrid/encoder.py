@@ -66,6 +66,14 @@ class EncoderConfig:
     # All settings at once, e.g. an index version's recipe: wins over the fields above.
     settings: EncoderSettings | None = None
     model_hash: str | None = None  # already verified by the caller (an index's recipe)
+    threads: int | None = None  # CPU threads; None: OMP_NUM_THREADS, else every core this process may use
+
+
+def cpu_threads() -> int:
+    """The CPU threads this process is given: ``OMP_NUM_THREADS`` (torchrun and ``hybrid train
+    --nproc`` give each of several processes its share), else every core it may use."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    return int(threads) if threads.isdigit() and int(threads) > 0 else len(os.sched_getaffinity(0))
 
 
 def default_model_dir() -> Path:
@@ -201,12 +209,7 @@ class Encoder:
         self.settings = config.settings or resolve_settings(self.model_dir, config)
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cpu":
-            # every core this process may use, unless told otherwise (torchrun gives each of
-            # several processes one thread through OMP_NUM_THREADS)
-            threads = os.environ.get("OMP_NUM_THREADS", "")
-            torch.set_num_threads(
-                int(threads) if threads.isdigit() and int(threads) > 0 else len(os.sched_getaffinity(0))
-            )
+            torch.set_num_threads(config.threads or cpu_threads())
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
             self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)

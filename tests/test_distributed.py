@@ -123,6 +123,7 @@ def test_rank_zero_alone_takes_every_core(tiny_model: Path, monkeypatch: pytest.
     """While the other ranks wait for its refresh, rank 0 (given 1/N of the cores) uses them all."""
     import os
 
+    import faiss
     import torch
 
     from hybrid.training.distributed import Distributed
@@ -130,12 +131,17 @@ def test_rank_zero_alone_takes_every_core(tiny_model: Path, monkeypatch: pytest.
     cores, before = len(os.sched_getaffinity(0)), torch.get_num_threads()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as `hybrid train --nproc` gives each process its share
     torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     try:
-        with Distributed(rank=0, world=2).alone(torch.device("cpu")):
-            Encoder(EncoderConfig(model=str(tiny_model)))  # a refresh's encoder, built meanwhile
-            assert (torch.get_num_threads(), os.environ["OMP_NUM_THREADS"]) == (cores, str(cores))
-        assert (torch.get_num_threads(), os.environ["OMP_NUM_THREADS"]) == (1, "1")
-        with Distributed(rank=1, world=2).alone(torch.device("cpu")):
+        with Distributed(rank=0, world=2).alone():
+            assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (cores, cores)
+            # a refresh's encoder, built meanwhile as RunState.refresh_encoder builds it, keeps them
+            Encoder(EncoderConfig(model=str(tiny_model), device="cpu", threads=torch.get_num_threads()))
+            assert torch.get_num_threads() == cores
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (1, 1)
+        assert os.environ["OMP_NUM_THREADS"] == "1"  # the process environment is never written
+        with Distributed(rank=1, world=2).alone():
             assert torch.get_num_threads() == 1  # only rank 0 works alone
     finally:
         torch.set_num_threads(before)
+        faiss.omp_set_num_threads(before)

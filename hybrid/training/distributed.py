@@ -13,7 +13,6 @@ evaluates, logs and writes checkpoints; the others wait for it and take its run 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,33 +67,25 @@ class Distributed:
                 )
 
     @contextmanager
-    def alone(self, device: torch.device) -> Iterator[None]:
+    def alone(self) -> Iterator[None]:
         """Rank 0's own work while the other ranks wait (refresh, mining, evaluation).
 
-        Each of N CPU processes is given 1/N of the cores (``OMP_NUM_THREADS``); while the
-        others wait, rank 0 uses them all, then goes back to its share.
+        Each of N processes is given 1/N of the CPU cores; while the others wait, rank 0
+        uses them all (torch's threads, which encoders built meanwhile keep, and FAISS's
+        OpenMP pool), then goes back to its share.
         """
-        if not (self.enabled and self.main and device.type == "cpu"):
+        if not (self.enabled and self.main):
             yield
             return
         cores = len(os.sched_getaffinity(0))
-        env, threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
-        faiss = sys.modules.get("faiss")  # FAISS's OpenMP pool, where mining's kNN runs
-        faiss_threads = faiss.omp_get_max_threads() if faiss else None
-        os.environ["OMP_NUM_THREADS"] = str(cores)  # encoders built meanwhile read it
-        torch.set_num_threads(cores)
-        if faiss:
-            faiss.omp_set_num_threads(cores)
+        threads = torch.get_num_threads()
         try:
+            torch.set_num_threads(cores)
+            _faiss_threads(cores)
             yield
         finally:
-            if env is None:
-                os.environ.pop("OMP_NUM_THREADS", None)
-            else:
-                os.environ["OMP_NUM_THREADS"] = env
             torch.set_num_threads(threads)
-            if faiss and faiss_threads:
-                faiss.omp_set_num_threads(faiss_threads)
+            _faiss_threads(threads)
 
     def barrier(self) -> None:
         if self.enabled:
@@ -145,3 +136,12 @@ class Distributed:
     def stop(self) -> None:
         if self.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _faiss_threads(n: int) -> None:
+    """Size FAISS's OpenMP pool (its own, apart from torch's), where mining's kNN runs."""
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - FAISS is a dependency of the embedded store
+        return
+    faiss.omp_set_num_threads(n)

@@ -97,7 +97,11 @@ class RunState:
         """The encoder of ``checkpoint`` as a refresh runs it, from its copy under OUT/models
         (see :func:`keep_model`)."""
         model_dir = config.out / MODELS / checkpoint.name
-        return Encoder(EncoderConfig(model=str(model_dir), settings=self.recipe.settings(), device=str(device)))
+        # the threads this process has now: a rank's share, or every core while rank 0 works alone
+        settings = self.recipe.settings()
+        return Encoder(
+            EncoderConfig(model=str(model_dir), settings=settings, device=str(device), threads=torch.get_num_threads())
+        )
 
     def refresh(
         self,
@@ -161,7 +165,11 @@ def start_run(config: TrainConfig, backend: Backend, previous: Path | None, devi
         if not config.reembed:
             check_model(config.index, recipe, model_hash(source), str(source), "training", hint)
         kept = keep_model(source, config.out / MODELS / "initial")
-        encoder = Encoder(EncoderConfig(model=str(kept), settings=recipe.settings(), device=str(device)))
+        encoder = Encoder(
+            EncoderConfig(
+                model=str(kept), settings=recipe.settings(), device=str(device), threads=torch.get_num_threads()
+            )
+        )
         version, count, _ = reembed(backend, config.index, encoder)
         logger.info("re-embedded %s (%d documents) with %s as %s", config.index, count, source, version)
         recipe = encoder.recipe()

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from hybrid.backends.base import Backend
+from hybrid.encoder import cpu_threads
 from hybrid.errors import ConfigError
 from hybrid.training.checkpoint import (
     checkpoint_dir,
@@ -87,6 +88,7 @@ def train(
     out = config.out
     device = dist.device(config.device)
     dist.start(device)
+    torch.set_num_threads(cpu_threads())  # this process's share; encoders built in training keep it
     if dist.enabled and config.grad_cache_chunk:
         raise ConfigError("--grad-cache-chunk works in one process; with several, each holds only its share")
     if dist.world > config.batch_size:
@@ -102,7 +104,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         check_config(out, config, resume, allow_config_change)
         shutil.rmtree(out / "refresh", ignore_errors=True)  # shares of a refresh a crash cut short
-        with dist.alone(device):
+        with dist.alone():
             run = start_run(config, backend, previous, device)
             state = load_state(previous) if previous is not None else {}
             prepare_pools(config, backend, run, state, device)
@@ -133,7 +135,7 @@ def train(
         progress(TrainProgress(step, steps, float("nan"), 0.0, 0.0, "plan", result.plan))
     if not state and dist.main:
         write_log(out, {"plan": result.plan})
-        with dist.alone(device):
+        with dist.alone():
             run.evaluate_dev(config, backend, 0, None)
     run = dist.share(run if dist.main else None)
     examples, train_seconds = 0, 0.0
@@ -222,7 +224,7 @@ def train(
         shares = _encode_shares(config, backend, run, path, step, dist, device) if refresh_now else []
         if dist.main:
             if refresh_now:
-                with dist.alone(device):
+                with dist.alone():
                     run.refresh(config, backend, path, step, last=step >= steps, device=device, shares=shares)
                     if step < steps:
                         pool_table(run.pools)
