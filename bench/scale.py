@@ -15,6 +15,9 @@ its own memory every 20 ms:
   top-100 for ``--mine-queries`` x 10/50/100 % queries against one index of ``--docs``
   documents drawn from a Zipf vocabulary of 30,000 words (the other phases' 16-word corpus
   would make every BM25 query match 40 % of the documents).
+- ``labels`` (with ``--labels``; a minute): what mining held before it streamed its labels,
+  the query file and qrels read whole (``read_queries``, ``read_qrels`` and the positives'
+  sets) for ``--queries`` x 10/50/100 % MS MARCO-shaped queries (numeric ids, one qrel each).
 
 Peak *anonymous* memory (the process's own: what grows when data is held in memory) is
 the figure the goal is about; peak RSS adds the mapped files' pages the kernel holds in
@@ -70,11 +73,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
     parser.add_argument("--mine", action="store_true", help="measure only the mining phase (see above)")
     parser.add_argument("--mine-queries", type=int, default=500_000)
+    parser.add_argument("--labels", action="store_true", help="measure only reading the labels whole (see above)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
     model = _tiny_model(args.work / "model")
     store = args.work / "store"
+    if args.labels:
+        return _labels_only(args)
     if args.mine:
         return _mine_only(args, model, store)
     rows: list[dict[str, Any]] = []
@@ -143,6 +149,29 @@ def _mine_only(args: argparse.Namespace, model: Path, store: Path) -> int:
         write_json(out, {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
     peaks = [r["peak_anon_mib"] for r in rows]
     print(f"mine peak anonymous MiB at 10/50/100 %: {' / '.join(f'{p:.0f}' for p in peaks)}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _labels_only(args: argparse.Namespace) -> int:
+    import random
+
+    rng = random.Random(11)
+    rows: list[dict[str, Any]] = []
+    for fraction in FRACTIONS:
+        n = int(args.queries * fraction)
+        queries, qrels = args.work / f"marco-queries-{n}.tsv", args.work / f"marco-qrels-{n}.tsv"
+        if not queries.is_file():
+            with queries.open("w") as qf, qrels.open("w") as rf:
+                for q in range(n):
+                    qid = 1_000_000 + q
+                    qf.write(f"{qid}\t{' '.join(rng.choices(WORDS, k=7))}\n")
+                    rf.write(f"{qid}\t0\t{rng.randrange(8_841_823)}\t1\n")
+        spec = {"queries": str(queries), "qrels": str(qrels)}
+        rows.append({"phase": "labels", "fraction": fraction, "size": n, **_measure("labels", spec)})
+        print(f"labels {fraction:5.0%} {n:>9,}  held {rows[-1]['held_mib']:6.0f} MiB", flush=True)
+    out = args.out.with_name(args.out.stem + "_labels.json")
+    write_json(out, {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
     print(f"wrote {out}")
     return 0
 
@@ -287,6 +316,14 @@ def _run_phase(phase: str, spec: dict[str, Any]) -> None:
             )
             train(config, backend)
         backend.close()
+    elif phase == "labels":
+        from hybrid.corpus import read_qrels, read_queries
+
+        before = _status()["RssAnon"]
+        held = read_queries(Path(spec["queries"]))
+        positives = {q: {d for d, g in docs.items() if g >= 1} for q, docs in read_qrels(Path(spec["qrels"])).items()}
+        extra["held_mib"] = round((_status()["RssAnon"] - before) / 1024, 1)
+        extra.update(queries=len(held), labelled=len(positives))
     elif phase == "mine":
         from hybrid.backends.embedded import EmbeddedBackend
         from hybrid.mining import MineJob, run_mine
