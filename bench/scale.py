@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +136,11 @@ def _mine_only(args: argparse.Namespace, model: Path, store: Path) -> int:
     rows: list[dict[str, Any]] = []
     for fraction in FRACTIONS:
         n = int(args.mine_queries * fraction)
-        queries, qrels = args.work / f"zipf-queries-{n}.tsv", args.work / f"zipf-qrels-{n}.tsv"
-        if not queries.is_file():
-            with queries.open("w") as qf, qrels.open("w") as rf:
-                for q in range(n):
-                    qf.write(f"q{q}\t{' '.join(rng.choices(words, cum_weights=cum, k=5))}\n")
-                    rf.write(f"q{q}\t0\tz{rng.randrange(args.docs)}\t1\n")
+        queries, qrels = _labelled_queries(
+            args.work / "zipf",
+            n,
+            lambda q: (f"q{q}", " ".join(rng.choices(words, cum_weights=cum, k=5)), f"z{rng.randrange(args.docs)}"),
+        )
         pools = args.work / f"zipf-pools-{n}.jsonl.gz"
         spec = {"store": str(store), "index": name, "queries": str(queries), "qrels": str(qrels), "out": str(pools)}
         rows.append({"phase": "mine", "fraction": fraction, "size": n, **_measure("mine", spec)})
@@ -160,13 +160,11 @@ def _labels_only(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for fraction in FRACTIONS:
         n = int(args.queries * fraction)
-        queries, qrels = args.work / f"marco-queries-{n}.tsv", args.work / f"marco-qrels-{n}.tsv"
-        if not queries.is_file():
-            with queries.open("w") as qf, qrels.open("w") as rf:
-                for q in range(n):
-                    qid = 1_000_000 + q
-                    qf.write(f"{qid}\t{' '.join(rng.choices(WORDS, k=7))}\n")
-                    rf.write(f"{qid}\t0\t{rng.randrange(8_841_823)}\t1\n")
+        queries, qrels = _labelled_queries(
+            args.work / "marco",
+            n,
+            lambda q: (str(1_000_000 + q), " ".join(rng.choices(WORDS, k=7)), str(rng.randrange(8_841_823))),
+        )
         spec = {"queries": str(queries), "qrels": str(qrels)}
         rows.append({"phase": "labels", "fraction": fraction, "size": n, **_measure("labels", spec)})
         print(f"labels {fraction:5.0%} {n:>9,}  held {rows[-1]['held_mib']:6.0f} MiB", flush=True)
@@ -174,6 +172,19 @@ def _labels_only(args: argparse.Namespace) -> int:
     write_json(out, {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
     print(f"wrote {out}")
     return 0
+
+
+def _labelled_queries(prefix: Path, n: int, make: Callable[[int], tuple[str, str, str]]) -> tuple[Path, Path]:
+    """``PREFIX-queries-N.tsv`` and ``PREFIX-qrels-N.tsv``: query q is ``make(q)`` = (id, text, its positive)."""
+    queries = prefix.with_name(f"{prefix.name}-queries-{n}.tsv")
+    qrels = prefix.with_name(f"{prefix.name}-qrels-{n}.tsv")
+    if not queries.is_file():
+        with queries.open("w") as qf, qrels.open("w") as rf:
+            for q in range(n):
+                qid, text, doc = make(q)
+                qf.write(f"{qid}\t{text}\n")
+                rf.write(f"{qid}\t0\t{doc}\t1\n")
+    return queries, qrels
 
 
 def _print(row: dict[str, Any]) -> None:
