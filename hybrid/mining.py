@@ -120,7 +120,7 @@ def run_mine(
     fresh = not parts.exists()
     parts.mkdir(parents=True, exist_ok=True)
     try:
-        labels, total = _open_labels(job, parts)
+        labels = _Labels(job, parts / "labels.sqlite")
     except BaseException:
         if fresh:  # a bad input file leaves nothing behind
             shutil.rmtree(parts, ignore_errors=True)
@@ -130,9 +130,9 @@ def run_mine(
         done, last = _finished(parts)
         todo = labels.queries()
         skipped = deque(itertools.islice(todo, done), maxlen=1)  # the finished ones; keeps the last
-        if done and (not skipped or skipped[0].id != last or done > total):
+        if done and (not skipped or skipped[0].id != last or done > labels.total):
             raise ConfigError(f"{parts} does not match the query file; pass --recreate to mine again")
-        stats = MineStats(queries=total, resumed=done)
+        stats = MineStats(queries=labels.total, resumed=done)
         matcher = None
         if labels.has_answers:
             from hybrid.evaluation.runs import answer_matcher
@@ -276,11 +276,15 @@ class _Labels:
     CHUNK = 500  # ids per IN (...) clause, well inside SQLite's variable limit
 
     def __init__(self, job: MineJob, path: Path) -> None:
+        """Build the table and count the labelled queries: input errors are raised here."""
         self.job = job
         path.unlink(missing_ok=True)  # rebuilt on every run: a few seconds, never stale
         self.db = sqlite3.connect(path)
         try:
             self._build()
+            self.total = sum(1 for _ in self.queries())
+            if not self.total:
+                raise ConfigError("no query has qrels or answers: check that the query ids match")
         except BaseException:
             self.db.close()
             raise
@@ -326,20 +330,6 @@ class _Labels:
     def _select(self, select: str, qids: list[str]) -> Iterator[tuple[Any, ...]]:
         for chunk in batched(qids, self.CHUNK):
             yield from self.db.execute(f"{select} WHERE qid IN ({','.join('?' * len(chunk))})", chunk)
-
-
-def _open_labels(job: MineJob, parts: Path) -> tuple[_Labels, int]:
-    """The job's labels and how many queries have one (input errors raised here, before mining)."""
-    labels = _Labels(job, parts / "labels.sqlite")
-    try:
-        total = sum(1 for _ in labels.queries())
-    except BaseException:
-        labels.db.close()
-        raise
-    if not total:
-        labels.db.close()
-        raise ConfigError("no query has qrels or answers: check that the query ids match")
-    return labels, total
 
 
 def _input_stamps(job: MineJob) -> list[list[Any]]:

@@ -96,12 +96,7 @@ class RunState:
     def refresh_encoder(self, config: TrainConfig, checkpoint: Path, device: torch.device) -> Encoder:
         """The encoder of ``checkpoint`` as a refresh runs it, from its copy under OUT/models
         (see :func:`keep_model`)."""
-        model_dir = config.out / MODELS / checkpoint.name
-        # the threads this process has now: a rank's share, or every core while rank 0 works alone
-        settings = self.recipe.settings()
-        return Encoder(
-            EncoderConfig(model=str(model_dir), settings=settings, device=str(device), threads=torch.get_num_threads())
-        )
+        return _encoder(config.out / MODELS / checkpoint.name, self.recipe, device)
 
     def refresh(
         self,
@@ -150,6 +145,13 @@ class RunState:
             self.best = best
 
 
+def _encoder(model_dir: Path, recipe: VectorRecipe, device: torch.device) -> Encoder:
+    """An encoder that embeds the index as ``recipe`` says, on the threads this process has
+    now: a rank's share, or every core while rank 0 works alone."""
+    threads = torch.get_num_threads()
+    return Encoder(EncoderConfig(model=str(model_dir), settings=recipe.settings(), device=str(device), threads=threads))
+
+
 def start_run(config: TrainConfig, backend: Backend, previous: Path | None, device: torch.device) -> RunState:
     """The index's recipe and the weights to start from; re-embeds first when asked to."""
     sampler = config.sampler
@@ -165,11 +167,7 @@ def start_run(config: TrainConfig, backend: Backend, previous: Path | None, devi
         if not config.reembed:
             check_model(config.index, recipe, model_hash(source), str(source), "training", hint)
         kept = keep_model(source, config.out / MODELS / "initial")
-        encoder = Encoder(
-            EncoderConfig(
-                model=str(kept), settings=recipe.settings(), device=str(device), threads=torch.get_num_threads()
-            )
-        )
+        encoder = _encoder(kept, recipe, device)
         version, count, _ = reembed(backend, config.index, encoder)
         logger.info("re-embedded %s (%d documents) with %s as %s", config.index, count, source, version)
         recipe = encoder.recipe()
