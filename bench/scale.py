@@ -11,10 +11,12 @@ its own memory every 20 ms:
 - ``train``: ``hybrid train``'s library path on those pools, a fixed number of steps, the
   same index for every size (only the pool count varies);
 - ``refresh``: a training refresh (re-embed into a new version) of a corpus of that size.
-- ``mine`` (with ``--mine``; long): ``hybrid mine``'s library path, BM25 top-100 and kNN
-  top-100 for ``--mine-queries`` x 10/50/100 % queries against one index of ``--docs``
+- ``mine`` (with ``--mine``; about an hour): ``hybrid mine``'s library path, BM25 top-100
+  and kNN top-100 for ``--mine-queries`` queries against one index of ``--mine-docs``
   documents drawn from a Zipf vocabulary of 30,000 words (the other phases' 16-word corpus
-  would make every BM25 query match 40 % of the documents).
+  would make every BM25 query match 40 % of the documents). One run: its peak memory is
+  read when 10 %, 50 % and 100 % of the queries are mined, which is what runs of those
+  sizes would peak at (the same process, the same order), in a third of the time.
 - ``labels`` (with ``--labels``; a minute): what mining held before it streamed its labels,
   the query file and qrels read whole (``read_queries``, ``read_qrels`` and the positives'
   sets) for ``--queries`` x 10/50/100 % MS MARCO-shaped queries (numeric ids, one qrel each).
@@ -74,6 +76,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
     parser.add_argument("--mine", action="store_true", help="measure only the mining phase (see above)")
     parser.add_argument("--mine-queries", type=int, default=500_000)
+    parser.add_argument(
+        "--mine-docs", type=int, default=100_000, help="the mining corpus (the queries' count is what varies)"
+    )
     parser.add_argument("--labels", action="store_true", help="measure only reading the labels whole (see above)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -120,36 +125,43 @@ def main() -> int:
 def _mine_only(args: argparse.Namespace, model: Path, store: Path) -> int:
     import random
 
-    name = "zipf"
-    corpus = args.work / f"zipf-corpus-{args.docs}.jsonl"
+    name = f"zipf{args.mine_docs}"
+    corpus = args.work / f"zipf-corpus-{args.mine_docs}.jsonl"
     words = [f"w{i}" for i in range(30_000)]
     cum = list(itertools.accumulate(1 / (i + 1) for i in range(len(words))))  # Zipf, s = 1
     rng = random.Random(7)
     if not corpus.is_file():
         with corpus.with_suffix(".tmp").open("w") as fh:
-            for i in range(args.docs):
+            for i in range(args.mine_docs):
                 text = " ".join(rng.choices(words, cum_weights=cum, k=12))
                 fh.write(json.dumps({"_id": f"z{i}", "title": "", "text": text}) + "\n")
         corpus.with_suffix(".tmp").replace(corpus)
-    _index(store, name, args.docs, model, args.work, corpus)
+    _index(store, name, args.mine_docs, model, args.work, corpus)
+    n = args.mine_queries
+    qrng = random.Random(8)  # its own: the queries do not depend on whether the corpus was cached
+    queries, qrels = _labelled_queries(
+        args.work / name,
+        n,
+        lambda q: (f"q{q}", " ".join(qrng.choices(words, cum_weights=cum, k=5)), f"z{qrng.randrange(args.mine_docs)}"),
+    )
+    spec = {
+        "store": str(store),
+        "index": name,
+        "queries": str(queries),
+        "qrels": str(qrels),
+        "out": str(args.work / f"zipf-pools-{n}.jsonl.gz"),
+        "checkpoints": [int(n * f) for f in FRACTIONS],
+    }
+    result = _measure("mine", spec)
+    rows = [{"phase": "mine", "fraction": f, **point} for f, point in zip(FRACTIONS, result.pop("points"), strict=True)]
+    for row in rows:
+        _print(row)
     out = args.out.with_name(args.out.stem + "_mine.json")
-    rows: list[dict[str, Any]] = []
-    for fraction in FRACTIONS:
-        n = int(args.mine_queries * fraction)
-        queries, qrels = _labelled_queries(
-            args.work / "zipf",
-            n,
-            lambda q: (f"q{q}", " ".join(rng.choices(words, cum_weights=cum, k=5)), f"z{rng.randrange(args.docs)}"),
-        )
-        pools = args.work / f"zipf-pools-{n}.jsonl.gz"
-        spec = {"store": str(store), "index": name, "queries": str(queries), "qrels": str(qrels), "out": str(pools)}
-        rows.append({"phase": "mine", "fraction": fraction, "size": n, **_measure("mine", spec)})
-        _print(rows[-1])
-        # Written after every row: the full run takes hours, a stopped one keeps its rows.
-        write_json(out, {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
+    args_out = {k: str(v) for k, v in vars(args).items()}
+    write_json(out, {"machine": machine(), "args": args_out, "rows": rows, "run": result})
     peaks = [r["peak_anon_mib"] for r in rows]
     print(f"mine peak anonymous MiB at 10/50/100 %: {' / '.join(f'{p:.0f}' for p in peaks)}")
-    print(f"wrote {out}")
+    print(f"whole run (pool file written): {result['peak_anon_mib']:.0f} MiB, {result['seconds']:.0f} s; wrote {out}")
     return 0
 
 
@@ -345,12 +357,28 @@ def _run_phase(phase: str, spec: dict[str, Any]) -> None:
         job = MineJob(
             index=spec["index"], queries=Path(spec["queries"]), qrels=Path(spec["qrels"]), out=out, recreate=True
         )
-        run_mine(job, backend, encoder_for_index(backend, spec["index"], batch=True))
-        backend.close()
-        from jnius import autoclass
+        checkpoints = list(spec["checkpoints"])
+        points: list[dict[str, Any]] = []
 
-        # The JVM's heap is sized by its garbage collector (up to a quarter of RAM), not by the data.
-        extra["jvm_heap_committed_mib"] = autoclass("java.lang.Runtime").getRuntime().totalMemory() >> 20
+        def progress(done: int, total: int) -> None:
+            if checkpoints and done >= checkpoints[0]:
+                from jnius import autoclass
+
+                peak["anon"] = max(peak["anon"], _status()["RssAnon"])
+                points.append(
+                    {
+                        "size": checkpoints.pop(0),
+                        "seconds": round(time.perf_counter() - started, 1),
+                        "peak_anon_mib": peak["anon"] / 1024,
+                        "peak_rss_mib": _status()["VmHWM"] / 1024,
+                        # sized by its garbage collector (up to a quarter of RAM), not by the data
+                        "jvm_heap_committed_mib": autoclass("java.lang.Runtime").getRuntime().totalMemory() >> 20,
+                    }
+                )
+
+        run_mine(job, backend, encoder_for_index(backend, spec["index"], batch=True), progress)
+        backend.close()
+        extra["points"] = points
     elif phase == "refresh":
         from hybrid.backends.embedded import EmbeddedBackend
         from hybrid.encoder import Encoder, EncoderConfig

@@ -355,7 +355,9 @@ def _finished(parts: Path) -> tuple[int, str | None]:
 
 def _write_part(path: Path, records: list[dict[str, Any]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as fh:
+    # zlib's default level: 3 % larger than level 9 (gzip.open's default) at a fifth of the
+    # time, which at 200 candidates a query was a tenth of mining's wall time
+    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as fh:
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
     tmp.replace(path)  # a part exists only when complete: resuming never reads half a part
