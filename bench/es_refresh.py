@@ -3,7 +3,7 @@
     python bench/es_refresh.py [--docs 10000] [--repeats 3] [--es-url URL]
 
 The two ways hybrid writes a new model's vectors to ES, on one node, the same documents
-(the first ``--docs`` NQ passages, real text) and the same vectors:
+(the first ``--docs`` passages of the MS MARCO DL19 pool, real text) and the same vectors:
 
 - ``new index``: hybrid's own indices. ``reembed`` reads the current version and writes
   every document (id, title, text, vector) into a new physical index, then moves the alias
@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO, SHARED, machine, write_json
 
-CORPUS = SHARED / "nq-open-oracle" / "passages.tsv"
+CORPUS = SHARED / "msmarco-trec-dl19-pool" / "collection.tsv"
 OWN, ADOPTED = "bench-own", ("bench-shop", "bench-shop-dropped")
 
 
@@ -80,7 +80,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "es_refresh.json")
     args = parser.parse_args()
     if not CORPUS.is_file():
-        raise SystemExit(f"{CORPUS} not found: this benchmark reads the NQ passages in ../shared/datasets")
+        raise SystemExit(f"{CORPUS} not found: this benchmark reads MS MARCO passages from ../shared/datasets")
 
     import logging
 
@@ -125,7 +125,7 @@ def _compare(backend: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     client = backend.client
     docs = list(itertools.islice(open_corpus(CORPUS), args.docs))
-    print(f"setup: {len(docs):,} NQ passages into '{OWN}' (hybrid's) and {ADOPTED} (a user's, adopted in place)")
+    print(f"setup: {len(docs):,} MS MARCO passages into '{OWN}' (hybrid's) and {ADOPTED} (a user's, adopted in place)")
     encoder = Encoder(EncoderConfig())  # its recipe and dims; it encodes nothing here
     first = RandomVectors(encoder, docs, seed=0)
     run_index(IndexJob(corpus=None, index=OWN, batch_size=args.batch_size), backend, first, documents=docs)  # type: ignore[arg-type]
