@@ -13,7 +13,7 @@ The two ways hybrid writes a new model's vectors to ES, on one node, the same do
   fields stay, as a training refresh leaves them;
 - ``in place, --drop-old``: the same, then the previous field is removed from every
   document (partial updates setting it to null), as ``hybrid index --in-place --recreate
-  --drop-old`` does: the in-place refresh whose store does not grow.
+  --drop-old`` does: the in-place refresh that removes the old vectors.
 
 The vectors are 384 random unit float32 values per document under all-MiniLM-L6-v2's
 recipe, computed before the clock starts: encoding is the same work in every arm and is

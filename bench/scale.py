@@ -16,9 +16,9 @@ its own memory every 20 ms:
   documents drawn from a Zipf vocabulary of 30,000 words (the other phases' 16-word corpus
   would make every BM25 query match 40 % of the documents). One run: its peak memory is
   read when 10 %, 50 % and 100 % of the queries are mined, which is what runs of those
-  sizes would peak at (the same queries in the same order), in 62 %
-  of the time; but the labels' table is built for all the queries before the first batch
-  (an SQLite file) and the pool file's final concatenation comes after the last point.
+  sizes would peak at (the same queries in the same order), in 62 % of the time; but the
+  labels' table is built for all the queries before the first batch (an SQLite file) and
+  the pool file's final concatenation comes after the last point.
 - ``labels`` (with ``--labels``; a minute): what mining held before it streamed its labels,
   the query file and qrels read whole (``read_queries``, ``read_qrels`` and the positives'
   sets) for ``--queries`` x 10/50/100 % MS MARCO-shaped queries (numeric ids, one qrel each).
