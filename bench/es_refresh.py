@@ -100,7 +100,6 @@ def main() -> int:
 
 
 def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
-
     from hybrid.backends.elastic import ElasticBackend
     from hybrid.config import ElasticConfig
 
@@ -150,7 +149,7 @@ def _compare(backend: Any, args: argparse.Namespace) -> dict[str, Any]:
         for arm in list(arms)[turn:] + list(arms)[:turn]:  # each arm goes first in turn
             index = arms[arm]
             previous = backend.current(index)
-            fields_before = _store(client, index)["vector_fields"]
+            fields_before = _filled_vector_fields(client, index)
             started = time.perf_counter()
             version, count, _ = reembed(backend, index, vectors, batch_size=args.batch_size)  # type: ignore[arg-type]
             if arm.endswith("--drop-old"):  # what `hybrid index --in-place --recreate --drop-old` does after the switch
@@ -188,7 +187,7 @@ def _compare(backend: Any, args: argparse.Namespace) -> dict[str, Any]:
         print(f"{arm:22} {median:9.1f} {len(docs) / median:8.0f} {ratios:>28} {merged[arm]['merged_mib']:11.1f}")
     settings = client.indices.get_settings(index=ADOPTED[0], include_defaults=True, flat_settings=True)
     retention = next(iter(settings.values()))["defaults"].get("index.soft_deletes.retention_lease.period")
-    print(f"soft-deleted copies are kept through merges while retention leases need them ({retention} by default)")
+    print(f"index.soft_deletes.retention_lease.period (the node's default): {retention}")
     return {
         "docs": len(docs),
         "es": backend.cluster_version(),
@@ -220,22 +219,24 @@ def _vector_disk(client: Any, index: str) -> dict[str, float]:
     }
 
 
-def _store(client: Any, index: str, prefix: str = "") -> dict[str, Any]:
-    """The index's primary store size and deleted documents after an ES refresh, and how
-    many vector fields its documents hold (the mapping keeps dropped ones: not counted)."""
+def _store(client: Any, index: str, prefix: str) -> dict[str, Any]:
+    """The index's primary store size and deleted documents after an ES refresh."""
     client.indices.refresh(index=index)
     stats = client.indices.stats(index=index, metric="store,docs")
     primaries = [i["primaries"] for i in stats["indices"].values()]
-    if prefix:
-        return {
-            f"{prefix}_mib": round(sum(p["store"]["size_in_bytes"] for p in primaries) / 2**20, 1),
-            f"{prefix}_deleted_docs": sum(p["docs"]["deleted"] for p in primaries),
-        }
+    return {
+        f"{prefix}_mib": round(sum(p["store"]["size_in_bytes"] for p in primaries) / 2**20, 1),
+        f"{prefix}_deleted_docs": sum(p["docs"]["deleted"] for p in primaries),
+    }
+
+
+def _filled_vector_fields(client: Any, index: str) -> int:
+    """How many vector fields the index's documents hold (the mapping keeps dropped ones)."""
+    client.indices.refresh(index=index)
     mapping = client.indices.get_mapping(index=index)
     props = next(iter(mapping.values()))["mappings"].get("properties", {})
-    vector_fields = [f for f, p in props.items() if p.get("type") == "dense_vector"]
-    filled = sum(1 for f in vector_fields if client.count(index=index, query={"exists": {"field": f}})["count"])
-    return {"vector_fields": filled}
+    fields = [f for f, p in props.items() if p.get("type") == "dense_vector"]
+    return sum(1 for f in fields if client.count(index=index, query={"exists": {"field": f}})["count"])
 
 
 if __name__ == "__main__":
