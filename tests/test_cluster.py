@@ -82,15 +82,21 @@ class SearchLoop:
 
 
 def _indexed(backend: Any, pattern: str) -> int:
-    """Documents indexed so far into indices matching ``pattern`` (refreshed or not)."""
-    stats = backend.client.indices.stats(index=pattern, metric="indexing")
+    """Documents indexed so far into indices matching ``pattern`` (refreshed or not); 0 for
+    an index deleted meanwhile (a failed refresh's version is deleted by the next try)."""
+    from elasticsearch import NotFoundError
+
+    try:
+        stats = backend.client.indices.stats(index=pattern, metric="indexing")
+    except NotFoundError:
+        return 0
     return int(stats["_all"]["primaries"].get("indexing", {}).get("index_total", 0))
 
 
-def _wait_for(condition: Any, timeout: float = 120.0) -> None:
+def _wait_for(condition: Any, timeout: float = 120.0, context: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out {context or ''}"
         time.sleep(0.05)
 
 
@@ -161,8 +167,11 @@ def test_node_killed_during_index_and_during_refresh(
 
     worker = threading.Thread(target=refresh)
     worker.start()
-    _wait_for(lambda: any(_indexed(backend, v) >= DOCS // 5 for v in set(backend.versions("victim")) - {before}))
-    assert worker.is_alive()  # still re-embedding
+    _wait_for(
+        lambda: any(_indexed(backend, v) >= DOCS // 5 for v in set(backend.versions("victim")) - {before}),
+        context=failures,
+    )
+    assert worker.is_alive(), failures  # still re-embedding
     es_node.kill_node(cluster, 2)
     worker.join(timeout=600)
     loop.finish()
