@@ -19,6 +19,11 @@ its own memory every 20 ms:
   sizes would peak at (the same queries in the same order), in 62 % of the time; but the
   labels' table is built for all the queries before the first batch (an SQLite file) and
   the pool file's final concatenation comes after the last point.
+- ``gc`` (with ``--gc``; about 20 minutes): the same mining, ``--gc-queries`` queries, in
+  a JVM with the collector hybrid gives a searching process (serial) and in one with the
+  collector it keeps for index builds (G1, the JVM's default), taking turns for
+  ``--gc-rounds`` rounds; then 2,000 single BM25 searches (top 100) in the same process,
+  a command-line search's or the server's path. Peak memory, queries/s and latency of each.
 - ``labels`` (with ``--labels``; a minute): what mining held before it streamed its labels,
   the query file and qrels read whole (``read_queries``, ``read_qrels`` and the positives'
   sets) for ``--queries`` x 10/50/100 % MS MARCO-shaped queries (numeric ids, one qrel each).
@@ -81,6 +86,9 @@ def main() -> int:
     parser.add_argument(
         "--mine-docs", type=int, default=100_000, help="the mining corpus (the queries' count is what varies)"
     )
+    parser.add_argument("--gc", action="store_true", help="compare the search JVM's collectors (see above)")
+    parser.add_argument("--gc-queries", type=int, default=20_000)
+    parser.add_argument("--gc-rounds", type=int, default=2)
     parser.add_argument("--labels", action="store_true", help="measure only reading the labels whole (see above)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -91,6 +99,8 @@ def main() -> int:
         return _labels_only(args)
     if args.mine:
         return _mine_only(args, model, store)
+    if args.gc:
+        return _gc_only(args, model, store)
     rows: list[dict[str, Any]] = []
     for fraction in FRACTIONS:
         name = f"c{int(fraction * 100):03d}"
@@ -124,7 +134,8 @@ def main() -> int:
     return 0
 
 
-def _mine_only(args: argparse.Namespace, model: Path, store: Path) -> int:
+def _zipf_mining(args: argparse.Namespace, model: Path, store: Path, n: int) -> dict[str, Any]:
+    """The mining corpus indexed, and ``n`` labelled queries: the mine phase's spec."""
     import random
 
     name = f"zipf{args.mine_docs}"
@@ -139,21 +150,24 @@ def _mine_only(args: argparse.Namespace, model: Path, store: Path) -> int:
                 fh.write(json.dumps({"_id": f"z{i}", "title": "", "text": text}) + "\n")
         corpus.with_suffix(".tmp").replace(corpus)
     _index(store, name, args.mine_docs, model, args.work, corpus)
-    n = args.mine_queries
     qrng = random.Random(8)  # its own: the queries do not depend on whether the corpus was cached
     queries, qrels = _labelled_queries(
         args.work / name,
         n,
         lambda q: (f"q{q}", " ".join(qrng.choices(words, cum_weights=cum, k=5)), f"z{qrng.randrange(args.mine_docs)}"),
     )
-    spec = {
+    return {
         "store": str(store),
         "index": name,
         "queries": str(queries),
         "qrels": str(qrels),
         "out": str(args.work / f"zipf-pools-{n}.jsonl.gz"),
-        "checkpoints": [int(n * f) for f in FRACTIONS],
     }
+
+
+def _mine_only(args: argparse.Namespace, model: Path, store: Path) -> int:
+    n = args.mine_queries
+    spec = {**_zipf_mining(args, model, store, n), "checkpoints": [int(n * f) for f in FRACTIONS]}
     result = _measure("mine", spec)
     rows = [{"phase": "mine", "fraction": f, **point} for f, point in zip(FRACTIONS, result.pop("points"), strict=True)]
     for row in rows:
@@ -164,6 +178,48 @@ def _mine_only(args: argparse.Namespace, model: Path, store: Path) -> int:
     peaks = [r["peak_anon_mib"] for r in rows]
     print(f"mine peak anonymous MiB at 10/50/100 %: {' / '.join(f'{p:.0f}' for p in peaks)}")
     print(f"whole run (pool file written): {result['peak_anon_mib']:.0f} MiB, {result['seconds']:.0f} s; wrote {out}")
+    return 0
+
+
+def _gc_only(args: argparse.Namespace, model: Path, store: Path) -> int:
+    import statistics
+
+    n = args.gc_queries
+    base = {**_zipf_mining(args, model, store, n), "checkpoints": [n], "latency": 2000}
+    arms = {"serial": "search", "g1": "index"}  # the collector, and the JVM hybrid starts with it
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    for r in range(args.gc_rounds):
+        for arm in list(arms)[r % 2 :] + list(arms)[: r % 2]:  # taking turns: each goes first once
+            result = _measure("mine", {**base, "jvm": arms[arm]})
+            point = result.pop("points")[0]
+            row = {"arm": arm, "round": r + 1, "collector": result["collector"], **point}
+            row.update(queries_per_s=round(n / point["seconds"], 1), latency_ms=result["latency_ms"])
+            runs[arm].append(row)
+            lat = row["latency_ms"]
+            print(
+                f"{arm:6} round {r + 1}: peak anon {row['peak_anon_mib']:6.0f} MiB  JVM heap "
+                f"{row['jvm_heap_committed_mib']:4d} MiB  {row['queries_per_s']:6.1f} q/s  "
+                f"single search p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms  ({', '.join(row['collector'])})",
+                flush=True,
+            )
+    summary = {}
+    for arm, rows in runs.items():
+        summary[arm] = {key: statistics.median(r[key] for r in rows) for key in ("peak_anon_mib", "queries_per_s")} | {
+            f"latency_{q}_ms": statistics.median(r["latency_ms"][q] for r in rows) for q in ("p50", "p99")
+        }
+    ratios = {key: round(summary["serial"][key] / summary["g1"][key], 3) for key in summary["serial"]}
+    head = f"{'':8} {'peak anon MiB':>14} {'queries/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
+    print(f"\n{head}   (medians of {args.gc_rounds})")
+    for arm, row in [*summary.items(), ("serial/g1", ratios)]:
+        print(
+            f"{arm:9} {row['peak_anon_mib']:13.2f} {row['queries_per_s']:10.2f} "
+            f"{row['latency_p50_ms']:8.2f} {row['latency_p99_ms']:8.2f}"
+        )
+    out = args.out.with_name(args.out.stem + "_gc.json")
+    args_out = {k: str(v) for k, v in vars(args).items()}
+    result = {"machine": machine(), "args": args_out, "runs": runs, "medians": summary, "serial_over_g1": ratios}
+    write_json(out, result)
+    print(f"wrote {out}")
     return 0
 
 
@@ -351,9 +407,12 @@ def _run_phase(phase: str, spec: dict[str, Any]) -> None:
         extra.update(queries=len(held), labelled=len(positives))
     elif phase == "mine":
         from hybrid.backends.embedded import EmbeddedBackend
+        from hybrid.java import start_jvm
         from hybrid.mining import MineJob, run_mine
         from hybrid.query_encoder import encoder_for_index
 
+        # the JVM hybrid starts to search (serial collector), or the one it starts to build an index
+        start_jvm(None, builds_index=spec.get("jvm") == "index")
         out = Path(spec["out"])
         backend = EmbeddedBackend(Path(spec["store"]))
         job = MineJob(
@@ -379,8 +438,14 @@ def _run_phase(phase: str, spec: dict[str, Any]) -> None:
                 )
 
         run_mine(job, backend, encoder_for_index(backend, spec["index"], batch=True), progress)
-        backend.close()
+        from jnius import autoclass
+
+        beans = autoclass("java.lang.management.ManagementFactory").getGarbageCollectorMXBeans()
+        extra["collector"] = [beans.get(i).getName() for i in range(beans.size())]
         extra["points"] = points
+        if spec.get("latency"):
+            extra["latency_ms"] = _single_searches(backend, spec["index"], Path(spec["queries"]), spec["latency"])
+        backend.close()
     elif phase == "refresh":
         from hybrid.backends.embedded import EmbeddedBackend
         from hybrid.encoder import Encoder, EncoderConfig
@@ -404,6 +469,21 @@ def _run_phase(phase: str, spec: dict[str, Any]) -> None:
             }
         )
     )
+
+
+def _single_searches(backend: Any, index: str, queries: Path, n: int) -> dict[str, float]:
+    """Latency of ``n`` single BM25 searches (top 100), one at a time, after mining."""
+    import numpy as np
+
+    with queries.open() as fh:
+        texts = [line.rstrip("\n").split("\t", 1)[1] for line in itertools.islice(fh, n)]
+    times = []
+    for text in texts:
+        t0 = time.perf_counter()
+        backend.bm25(index, [text], 100)
+        times.append((time.perf_counter() - t0) * 1000)
+    p50, p99 = np.percentile(times, [50, 99])
+    return {"p50": round(float(p50), 3), "p99": round(float(p99), 3), "searches": len(times)}
 
 
 if __name__ == "__main__":

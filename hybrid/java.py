@@ -102,9 +102,15 @@ def anserini_jar() -> Path:
     return jars[-1]
 
 
-def start_jvm(java_hint: str | None = None) -> Any:
+def start_jvm(java_hint: str | None = None, *, builds_index: bool = False) -> Any:
     """Start the JVM once per process with Anserini on the classpath; return ``jnius.autoclass``.
 
+    The first call decides the collector. A JVM started to search (mining, serving, CLI
+    searches) holds a few MiB of live objects (8 MiB after a full GC, measured while mining)
+    but G1, the default, sizes its committed heap by the allocation rate: it grew from 464
+    to 808 MiB over a 500k-query mining run. Such a JVM runs the serial collector, whose heap
+    stays at its initial size (``bench/jvm_gc.py``). A JVM started to build a Lucene index
+    (``builds_index``: Anserini buffers up to 2 GB of documents) keeps the default.
     If pyserini already started the JVM in this process, that JVM is reused.
     """
     if "autoclass" in _started:
@@ -129,6 +135,8 @@ def start_jvm(java_hint: str | None = None) -> Any:
             # instead of the JVM's handlers (which skipped them and left hs_err crash logs).
             "-Xrs",
         ]
+        if not builds_index:
+            options.append("-XX:+UseSerialGC")
         if version >= 22:
             options.append("--enable-native-access=ALL-UNNAMED")
         if version >= 23:

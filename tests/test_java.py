@@ -56,24 +56,33 @@ from hybrid.java import cds_archive_offered, start_jvm
 if sys.argv[2] == "search":
     searcher = LuceneSearcher(Path(sys.argv[1]), LexicalSettings(), None)
     hits = searcher.search(["heart cholesterol"], 3)[0]
+elif sys.argv[2] == "build":
+    from hybrid.backends.embedded.lucene import build_lucene
+    from hybrid.types import Document
+    hits = build_lucene(Path(sys.argv[1]), [[Document("a", "heart")]], LexicalSettings(), None)
 else:
     start_jvm(None)
     hits = []
 archive = cds_archive_offered()
 # offered, and mapped by the JVM (a rejected archive would not be)
 mapped = archive is not None and str(archive) in Path("/proc/self/maps").read_text()
-print(json.dumps({"hits": hits, "archive": mapped}))
+if len(sys.argv) > 3:
+    from jnius import autoclass
+    beans = autoclass("java.lang.management.ManagementFactory").getGarbageCollectorMXBeans()
+    print(json.dumps({"hits": hits, "collector": [beans.get(i).getName() for i in range(beans.size())]}))
+else:
+    print(json.dumps({"hits": hits, "archive": mapped}))
 """
 
 
-def _child(index: Path, what: str, cache: Path, **env: str) -> dict[str, Any]:
+def _child(index: Path, what: str, cache: Path, *extra: str, **env: str) -> dict[str, Any]:
     import json
     import os
     import subprocess
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-c", SEARCH_CHILD, str(index), what],
+        [sys.executable, "-c", SEARCH_CHILD, str(index), what, *extra],
         capture_output=True,
         text=True,
         timeout=120,
@@ -118,3 +127,16 @@ def test_class_sharing_archive_is_built_after_a_search_and_used_by_the_next(tmp_
     assert not list(jvm.glob("*.classlist")) and not list(jvm.glob("*.tmp")) and not list(jvm.glob("*.failed"))
     second = _child(index, "search", cache)
     assert second == {"hits": first["hits"], "archive": True}
+
+
+def test_a_jvm_started_to_search_runs_the_serial_collector_and_one_started_to_index_the_default(
+    tmp_path: Path,
+) -> None:
+    # G1 sized a searching JVM's heap by allocation rate (464-808 MiB for 8 MiB live);
+    # index builds keep it for Anserini's 2 GB buffer (bench/scale.py --gc measures both).
+    index, cache = tmp_path / "lucene", tmp_path / "cache"
+    built = _child(index, "build", cache, "collector", HYBRID_JVM_CDS="0")
+    assert built["hits"] == 1 and "G1 Young Generation" in built["collector"]
+    searched = _child(index, "search", cache, "collector", HYBRID_JVM_CDS="0")
+    assert [h[0] for h in searched["hits"]] == ["a"]
+    assert searched["collector"] == ["Copy", "MarkSweepCompact"]  # the serial collector's two

@@ -26,7 +26,7 @@ def build_lucene(
 
     Built beside the target and renamed into place, so a crash leaves the old index.
     """
-    autoclass = start_jvm(java_home)
+    autoclass = start_jvm(java_home, builds_index=True)
     indexer_cls = autoclass("io.anserini.index.SimpleIndexer")
     tmp = target.with_name(target.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
