@@ -19,7 +19,7 @@ its own memory every 20 ms:
   sizes would peak at (the same queries in the same order), in 62 % of the time; but the
   labels' table is built for all the queries before the first batch (an SQLite file) and
   the pool file's final concatenation comes after the last point.
-- ``gc`` (with ``--gc``; about 20 minutes): the same mining, ``--gc-queries`` queries, in
+- ``gc`` (with ``--gc``; about 10 minutes): the same mining, ``--gc-queries`` queries, in
   a JVM with the collector hybrid gives a searching process (serial) and in one with the
   collector it keeps for index builds (G1, the JVM's default), taking turns for
   ``--gc-rounds`` rounds; then 2,000 single BM25 searches (top 100) in the same process,

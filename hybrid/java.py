@@ -106,11 +106,12 @@ def start_jvm(java_hint: str | None = None, *, builds_index: bool = False) -> An
     """Start the JVM once per process with Anserini on the classpath; return ``jnius.autoclass``.
 
     The first call decides the collector. A JVM started to search (mining, serving, CLI
-    searches) holds a few MiB of live objects (8 MiB after a full GC, measured while mining)
-    but G1, the default, sizes its committed heap by the allocation rate: it grew from 464
-    to 808 MiB over a 500k-query mining run. Such a JVM runs the serial collector, whose heap
-    stays at its initial size (``bench/jvm_gc.py``). A JVM started to build a Lucene index
-    (``builds_index``: Anserini buffers up to 2 GB of documents) keeps the default.
+    searches) holds a few MiB of live objects (8 MiB after a full GC, measured while mining),
+    but G1, the JVM's default, sizes its committed heap by the allocation rate: 808 MiB by
+    the end of a 500k-query mining run. Such a JVM runs the serial collector, whose heap
+    stayed at its initial size at the same speed (``bench/scale.py --gc``: half the peak
+    memory). A JVM started to build a Lucene index (``builds_index``: Anserini buffers up
+    to 2 GB of documents) keeps the default.
     If pyserini already started the JVM in this process, that JVM is reused.
     """
     if "autoclass" in _started:
