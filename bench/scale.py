@@ -31,7 +31,8 @@ its own memory every 20 ms:
 Peak *anonymous* memory (the process's own: what grows when data is held in memory) is
 the figure the goal is about; peak RSS adds the mapped files' pages the kernel holds in
 its shared, reclaimable cache. The encoder is a 2-layer, 32-d random BERT: memory, not
-model speed, is measured here. Writes bench/results/scale.json.
+model speed, is measured here. Writes bench/results/scale.json (``--mine``, ``--gc``,
+``--labels``: scale_mine.json, scale_gc.json, scale_labels.json).
 """
 
 from __future__ import annotations

@@ -107,11 +107,13 @@ def start_jvm(java_hint: str | None = None, *, builds_index: bool = False) -> An
 
     The first call decides the collector. A JVM started to search (mining, serving, CLI
     searches) holds a few MiB of live objects (8 MiB after a full GC, measured while mining),
-    but G1, the JVM's default, sizes its committed heap by the allocation rate: 808 MiB by
-    the end of a 500k-query mining run. Such a JVM runs the serial collector, whose heap
-    stayed at its initial size at the same speed (``bench/scale.py --gc``: half the peak
-    memory). A JVM started to build a Lucene index (``builds_index``: Anserini buffers up
-    to 2 GB of documents) keeps the default.
+    but G1 sizes its committed heap by the allocation rate: 808 MiB by the end of a
+    500k-query mining run. Such a JVM runs the serial collector, whose committed heap stayed
+    at 365 MiB, at the same speed (``bench/scale.py --gc``: half the peak memory). A JVM
+    started to build a Lucene index (``builds_index``: Anserini buffers up to 2 GB of
+    documents) runs G1. (A training refresh that must rebuild the BM25 index, which is rare,
+    builds it in the searching JVM.) A collector named in ``JAVA_TOOL_OPTIONS`` or
+    ``_JAVA_OPTIONS`` wins: the JVM refuses to start with two.
     If pyserini already started the JVM in this process, that JVM is reused.
     """
     if "autoclass" in _started:
@@ -136,8 +138,8 @@ def start_jvm(java_hint: str | None = None, *, builds_index: bool = False) -> An
             # instead of the JVM's handlers (which skipped them and left hs_err crash logs).
             "-Xrs",
         ]
-        if not builds_index:
-            options.append("-XX:+UseSerialGC")
+        if not _user_collector():
+            options.append("-XX:+UseG1GC" if builds_index else "-XX:+UseSerialGC")
         if version >= 22:
             options.append("--enable-native-access=ALL-UNNAMED")
         if version >= 23:
@@ -150,6 +152,13 @@ def start_jvm(java_hint: str | None = None, *, builds_index: bool = False) -> An
 
     _started["autoclass"] = autoclass
     return autoclass
+
+
+def _user_collector() -> bool:
+    """Whether the user's JVM options (read by every JVM, one started through JNI too)
+    already choose a garbage collector."""
+    found = (os.environ.get(name, "") for name in ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS"))
+    return any(re.search(r"-XX:\+Use\w+GC\b", value) for value in found)
 
 
 # Class-data sharing: the ~2,500 classes a search loads (Lucene, Anserini) are parsed and
