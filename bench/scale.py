@@ -21,9 +21,10 @@ its own memory every 20 ms:
   the pool file's final concatenation comes after the last point.
 - ``gc`` (with ``--gc``; about 10 minutes): the same mining, ``--gc-queries`` queries, in
   a JVM with the collector hybrid gives a searching process (serial) and in one with the
-  collector it keeps for index builds (G1, the JVM's default), taking turns for
-  ``--gc-rounds`` rounds; then 2,000 single BM25 searches (top 100) in the same process,
-  a command-line search's or the server's path. Peak memory, queries/s and latency of each.
+  collector it gives index builds (G1, which was also the JVM's default here), taking
+  turns for ``--gc-rounds`` rounds; then 2,000 single BM25 searches (top 100) in the same
+  process, a command-line search's or the server's path. Peak memory, queries/s and
+  latency of each.
 - ``labels`` (with ``--labels``; a minute): what mining held before it streamed its labels,
   the query file and qrels read whole (``read_queries``, ``read_qrels`` and the positives'
   sets) for ``--queries`` x 10/50/100 % MS MARCO-shaped queries (numeric ids, one qrel each).
