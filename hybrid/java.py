@@ -8,6 +8,7 @@ command-line search must not pay it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import hashlib
 import importlib.util
@@ -227,6 +228,8 @@ def _class_sharing(home: Path, version: int, jar: Path, options: list[str]) -> l
         return []  # this runtime could not build one; do not try on every start
     if archive.is_file():
         _cds["archive"] = archive
+        with contextlib.suppress(OSError):
+            os.utime(archive)  # recently used: kept by prune_archives
         # A stale or foreign archive is ignored by the JVM (it falls back to loading classes);
         # its notices would otherwise land on stdout.
         return [f"-XX:SharedArchiveFile={archive}", "-Xshare:auto", "-Xlog:disable"]
@@ -245,6 +248,7 @@ def _class_sharing(home: Path, version: int, jar: Path, options: list[str]) -> l
         return []
     for stale in root.glob(f"{key}.*.classlist"):  # left by a process killed while recording
         stale.unlink(missing_ok=True)
+    prune_archives(root)
     classes = root / f"{key}.{os.getpid()}.classlist"
     tmp = root / f"{key}.{os.getpid()}.jsa.tmp"
     dump = [str(home / "bin" / "java"), *options, "-Xshare:dump", f"-XX:SharedClassListFile={classes}"]
@@ -252,6 +256,23 @@ def _class_sharing(home: Path, version: int, jar: Path, options: list[str]) -> l
     _cds["lock_fd"] = fd
     atexit.register(_dump_archive, dump, classes, tmp, archive, failed, fd)
     return [f"-XX:DumpLoadedClassList={classes}"]
+
+
+KEEP_ARCHIVES = 4
+
+
+def prune_archives(root: Path, keep: int = KEEP_ARCHIVES) -> None:
+    """Delete all but the ``keep`` most recently used archives (20-35 MB each).
+
+    Every new JDK, pyserini or install path makes a new archive; nothing else removes the
+    old ones. A JVM that maps a deleted archive keeps its pages."""
+    archives = []
+    for path in root.glob("*.jsa"):
+        with contextlib.suppress(OSError):
+            archives.append((path.stat().st_mtime, path))
+    for _, path in sorted(archives, reverse=True)[keep:]:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _dump_archive(dump: list[str], classes: Path, tmp: Path, archive: Path, failed: Path, fd: int) -> None:

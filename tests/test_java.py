@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ def _child(index: Path, what: str, cache: Path, *extra: str, **env: str) -> dict
         env={**os.environ, "XDG_CACHE_HOME": str(cache), "HYBRID_JVM_CDS": "1", **env},
     )
     assert done.returncode == 0, done.stderr
-    # the JVM's class-sharing notices never reach the user (it names options the user set)
+    # the JVM's class-sharing notices never reach the user (only its line naming the user's options)
     assert [line for line in done.stderr.splitlines() if not line.startswith("Picked up ")] == []
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
@@ -126,8 +127,23 @@ def test_class_sharing_archive_is_built_after_a_search_and_used_by_the_next(tmp_
         time.sleep(0.5)
     assert len(list(jvm.glob("*.jsa"))) == 1, sorted(p.name for p in jvm.iterdir())
     assert not list(jvm.glob("*.classlist")) and not list(jvm.glob("*.tmp")) and not list(jvm.glob("*.failed"))
+    archive = next(jvm.glob("*.jsa"))
+    os.utime(archive, (0, 0))
     second = _child(index, "search", cache)
     assert second == {"hits": first["hits"], "archive": True}
+    assert archive.stat().st_mtime > 0  # marked as used: prune_archives keeps the recent ones
+
+
+def test_only_the_most_recently_used_archives_are_kept(tmp_path: Path) -> None:
+    from hybrid.java import prune_archives
+
+    for age in range(6):
+        archive = tmp_path / f"key{age}.jsa"
+        archive.write_bytes(b"x")
+        os.utime(archive, (1000 - age, 1000 - age))
+    (tmp_path / "key0.lock").touch()
+    prune_archives(tmp_path, keep=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key0.jsa", "key0.lock", "key1.jsa", "key2.jsa", "key3.jsa"]
 
 
 def test_a_jvm_started_to_search_runs_the_serial_collector_and_one_started_to_index_g1(tmp_path: Path) -> None:
