@@ -155,11 +155,17 @@ def start_jvm(java_hint: str | None = None, *, builds_index: bool = False) -> An
     return autoclass
 
 
+# Read by every JVM, one started through JNI too (JDK_JAVA_OPTIONS only by the launcher).
+USER_OPTIONS = ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS")
+# A collector flag, or options that may hold or imply one (the JVM refuses two collectors).
+_CHOOSES_COLLECTOR = re.compile(
+    r"-XX:\+Use(?:Serial|Parallel|G1|Z|Shenandoah|Epsilon)GC\b|-XX:\+AggressiveHeap\b|-XX:(?:Flags|VMOptionsFile)="
+)
+
+
 def _user_collector() -> bool:
-    """Whether the user's JVM options (read by every JVM, one started through JNI too)
-    already choose a garbage collector."""
-    found = (os.environ.get(name, "") for name in ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS"))
-    return any(re.search(r"-XX:\+Use\w+GC\b", value) for value in found)
+    """Whether the user's JVM options may already choose a garbage collector."""
+    return any(_CHOOSES_COLLECTOR.search(os.environ.get(name, "")) for name in USER_OPTIONS)
 
 
 # Class-data sharing: the ~2,500 classes a search loads (Lucene, Anserini) are parsed and
@@ -222,7 +228,9 @@ def _class_sharing(home: Path, version: int, jar: Path, options: list[str]) -> l
         stamps = [f"{st.st_size}:{st.st_mtime_ns}" for st in (*runtime, jar.stat())]
     except (OSError, RuntimeError):  # no home directory, or files gone: run without an archive
         return []
-    key = hashlib.sha256("\0".join([str(home), str(version), str(jar), *stamps, *options]).encode()).hexdigest()[:16]
+    user = [os.environ.get(name, "") for name in USER_OPTIONS]  # the dump's launcher reads them too
+    parts = [str(home), str(version), str(jar), *stamps, *options, *user]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     archive, lock, failed = root / f"{key}.jsa", root / f"{key}.lock", root / f"{key}.failed"
     if failed.exists():
         return []  # this runtime could not build one; do not try on every start
@@ -299,6 +307,8 @@ def _dump_archive(dump: list[str], classes: Path, tmp: Path, archive: Path, fail
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             pass_fds=(fd,),
+            # the launcher alone reads it: the archive must match the JVM that recorded
+            env={k: v for k, v in os.environ.items() if k != "JDK_JAVA_OPTIONS"},
         )
         child.returncode = 0  # detached on purpose: never waited for (no ResourceWarning)
     except OSError:
