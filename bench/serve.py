@@ -66,11 +66,13 @@ def run_cli(args: list[str], where: list[str]) -> float:
 class Server:
     """`hybrid serve` in its own process."""
 
-    def __init__(self, where: list[str], index: str) -> None:
+    def __init__(self, where: list[str], index: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [*HYBRID, "serve", "-i", index, *where, "--port", str(self.port), "--no-access-log", "--poll", "0.5"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+        )
         import httpx
 
         deadline = time.monotonic() + 300
@@ -85,6 +87,20 @@ class Server:
             if time.monotonic() > deadline:
                 raise SystemExit("hybrid serve did not become ready")
             time.sleep(0.3)
+
+    def anon_mib(self) -> float:
+        """The server process's anonymous memory now (its own pages: heaps, not mapped files)."""
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            kb = next(int(line.split()[1]) for line in fh if line.startswith("RssAnon:"))
+        return kb / 1024
+
+    def collector(self) -> str:
+        """Which collector the server's JVM runs, read from its thread names (G1 names its own)."""
+        names = set()
+        for comm in Path(f"/proc/{self.proc.pid}/task").glob("*/comm"):
+            with contextlib.suppress(OSError):
+                names.add(comm.read_text().strip())
+        return "g1" if any(n.startswith("G1 ") for n in names) else "not g1"
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -225,6 +241,79 @@ def bench_backend(kind: str, where: list[str], args: argparse.Namespace, queries
     return {"index_s": round(index_s, 1), "rows": rows, "swap": swap}
 
 
+COLLECTOR_ENV = {"serial": {}, "g1": {"JAVA_TOOL_OPTIONS": "-XX:+UseG1GC"}}
+
+
+def collector_arms(args: argparse.Namespace, queries: list[str], work: Path) -> dict[str, Any]:
+    """Fresh servers on one embedded index, one per collector, the arms taking turns."""
+    arms = args.collectors.split(",")
+    unknown = [a for a in arms if a not in COLLECTOR_ENV]
+    if unknown:
+        raise SystemExit(f"--collectors takes {', '.join(COLLECTOR_ENV)}, not {', '.join(unknown)}")
+    where = ["--store", str(work / "store")]
+    print("== embedded: indexing SciFact", flush=True)
+    run_cli(["index", str(SCIFACT), "-i", "scifact", "--recreate"], where)
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    for round_ in range(args.rounds):
+        for arm in arms if round_ % 2 == 0 else arms[::-1]:
+            server = Server(where, "scifact", COLLECTOR_ENV[arm])
+            peak = {"anon": server.anon_mib()}
+            stop = threading.Event()
+
+            def sample(server: Server = server, peak: dict[str, float] = peak, stop: threading.Event = stop) -> None:
+                while not stop.wait(0.02):
+                    with contextlib.suppress(OSError, StopIteration):
+                        peak["anon"] = max(peak["anon"], server.anon_mib())
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            rows = []
+            try:
+                ready_anon = server.anon_mib()
+                collector = server.collector()
+                for mode in MODES:
+                    for clients in (int(c) for c in args.clients.split(",")):
+                        row = asyncio.run(load(server.url, mode, clients, args.seconds, queries))
+                        print(json.dumps({arm: {k: row[k] for k in ("mode", "clients", "rps", "p50_ms", "p99_ms")}}))
+                        rows.append(row)
+            finally:
+                stop.set()
+                sampler.join()
+                server.stop()
+            run = {
+                "round": round_,
+                "collector": collector,
+                "ready_anon_mib": round(ready_anon, 1),
+                "peak_anon_mib": round(peak["anon"], 1),
+            }
+            print(json.dumps({arm: run}), flush=True)
+            runs[arm].append({**run, "rows": rows})
+    return {"arms": runs, "summary": collector_summary(runs)}
+
+
+def collector_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Medians over rounds per arm, and each arm over the first."""
+
+    def median(values: list[float]) -> float:
+        return round(percentile(values, 0.5), 1)
+
+    out: dict[str, Any] = {}
+    for arm, arm_runs in runs.items():
+        cells: dict[str, list[float]] = {}
+        for run in arm_runs:
+            cells.setdefault("peak_anon_mib", []).append(run["peak_anon_mib"])
+            for r in run["rows"]:
+                for key in ("rps", "p50_ms", "p99_ms"):
+                    cells.setdefault(f"{r['mode']}/{r['clients']}/{key}", []).append(r[key])
+        out[arm] = {key: median(values) for key, values in cells.items()}
+    first = next(iter(out))
+    for arm in list(out)[1:]:
+        out[f"{first}_over_{arm}"] = {
+            key: round(value / out[arm][key], 2) for key, value in out[first].items() if out[arm][key]
+        }
+    return out
+
+
 def summary(result: dict[str, Any]) -> dict[str, Any]:
     """The two goals: 16-client throughput over 1-client, hybrid p50 over dense p50 (1 client)."""
     rows = {(r["mode"], r["clients"]): r for r in result["rows"]}
@@ -264,12 +353,23 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--limit", type=int, default=None, help="index only this many passages (smoke runs)")
     parser.add_argument("--es-url", default=None, help="existing node; default: start ES 9 from tests/es_node.py")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve.json")
+    parser.add_argument("--collectors", default=None, help="compare the server JVM's collectors, e.g. serial,g1")
+    parser.add_argument("--rounds", type=int, default=2, help="with --collectors: rounds of the arms")
+    parser.add_argument("--out", type=Path, default=None, help="default bench/results/serve.json (serve_gc.json)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     queries = test_queries()
     if args.limit:
         LIMIT.extend(["--limit", str(args.limit)])
+    if args.collectors:
+        out = args.out or REPO / "bench" / "results" / "serve_gc.json"
+        work = Path(tempfile.mkdtemp(prefix="hybrid-bench-serve-"))
+        result = {"machine": machine(), "seconds": args.seconds, "queries": len(queries)}
+        result.update(collector_arms(args, queries, work))
+        write_json(out, result)
+        print(json.dumps(result["summary"], indent=1))
+        return 0
+    args.out = args.out or REPO / "bench" / "results" / "serve.json"
     results: dict[str, Any] = {"machine": machine(), "seconds": args.seconds, "queries": len(queries), "backends": {}}
     work = Path(tempfile.mkdtemp(prefix="hybrid-bench-serve-"))
     for kind in args.backends.split(","):
