@@ -254,7 +254,9 @@ def _class_sharing(home: Path, version: int, jar: Path, options: list[str]) -> l
     if archive.is_file():  # built while we waited for the lock
         os.close(fd)
         return []
-    for stale in root.glob(f"{key}.*.classlist"):  # left by a process killed while recording
+    # Left by a process killed while recording, or by its dump killed while building (this
+    # lock is free, so neither is running).
+    for stale in [*root.glob(f"{key}.*.classlist"), *root.glob(f"{key}.*.jsa.tmp")]:
         stale.unlink(missing_ok=True)
     prune_archives(root)
     classes = root / f"{key}.{os.getpid()}.classlist"

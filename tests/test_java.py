@@ -119,6 +119,10 @@ def test_class_sharing_archive_is_built_after_a_search_and_used_by_the_next(tmp_
     # are not a search's.
     assert _child(index, "start", cache)["archive"] is False
     assert [p.suffix for p in jvm.iterdir()] == [".lock"]
+    # What a process and its dump left when killed while recording this archive
+    key = next(jvm.iterdir()).stem
+    for leftover in (f"{key}.4242.classlist", f"{key}.4242.jsa.tmp"):
+        (jvm / leftover).write_bytes(b"partial")
 
     # JDK_JAVA_OPTIONS is read by the dump's launcher only: a collector there must not fail it
     first = _child(index, "search", cache, JDK_JAVA_OPTIONS="-XX:+UseParallelGC")
