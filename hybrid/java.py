@@ -254,7 +254,7 @@ def _class_sharing(home: Path, version: int, jar: Path, options: list[str]) -> l
     if archive.is_file():  # built while we waited for the lock
         os.close(fd)
         return []
-    # Left by a process killed while recording, or by its dump killed while building (this
+    # Left by a process killed while recording, or by a dump killed with its shell (this
     # lock is free, so neither is running).
     for stale in [*root.glob(f"{key}.*.classlist"), *root.glob(f"{key}.*.jsa.tmp")]:
         stale.unlink(missing_ok=True)
@@ -294,11 +294,13 @@ def _dump_archive(dump: list[str], classes: Path, tmp: Path, archive: Path, fail
         classes.unlink(missing_ok=True)
         return
     q = shlex.quote
-    # The JVM flushes the class list when this process ends: wait for it, then dump.
+    # The JVM flushes the class list when this process ends: wait for it, then dump. A dump
+    # killed by a signal (status above 128) is not this runtime failing: the next search records again.
     script = (
         f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.1; done; "
-        f"if nice -n 10 {shlex.join(dump)} >/dev/null 2>&1; then rm -f {q(str(classes))}; "
-        f"mv -f {q(str(tmp))} {q(str(archive))}; else touch {q(str(failed))}; fi; "
+        f"nice -n 10 {shlex.join(dump)} >/dev/null 2>&1; rc=$?; "
+        f"if [ $rc -eq 0 ]; then mv -f {q(str(tmp))} {q(str(archive))}; "
+        f"elif [ $rc -lt 128 ]; then touch {q(str(failed))}; fi; "
         f"rm -f {q(str(classes))} {q(str(tmp))}"
     )
     try:

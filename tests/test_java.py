@@ -139,6 +139,50 @@ def test_class_sharing_archive_is_built_after_a_search_and_used_by_the_next(tmp_
     assert archive.stat().st_mtime > 0  # marked as used: prune_archives keeps the recent ones
 
 
+DUMP_CHILD = """
+import os, sys
+from pathlib import Path
+from hybrid import java
+root = Path(sys.argv[1])
+names = [root / f"key.{n}" for n in ("classlist", "jsa.tmp", "jsa", "failed", "lock")]
+names[0].write_text("classes")
+fd = os.open(names[4], os.O_CREAT | os.O_RDWR)
+import fcntl
+fcntl.flock(fd, fcntl.LOCK_EX)
+java._cds["searched"] = True
+java._dump_archive(["/bin/sh", "-c", sys.argv[2]], *names[:4], fd)
+"""
+
+
+@pytest.mark.parametrize(
+    ("dump", "left"),
+    [
+        ("echo built > key.jsa.tmp", ["key.jsa", "key.lock"]),
+        ("exit 1", ["key.failed", "key.lock"]),  # this runtime cannot build one: not tried again
+        ("kill -9 $$", ["key.lock"]),  # killed (the machine's OOM killer, a user): the next search records again
+    ],
+)
+def test_the_background_dump_leaves_an_archive_a_failure_mark_or_nothing(
+    tmp_path: Path, dump: str, left: list[str]
+) -> None:
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    subprocess.run([sys.executable, "-c", DUMP_CHILD, str(tmp_path), f"cd {tmp_path} && {dump}"], check=True)
+    deadline = time.monotonic() + 30
+    with (tmp_path / "key.lock").open() as lock:
+        while True:  # the dump's shell holds the lock until it ends
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the dump did not end"
+                time.sleep(0.1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == left
+
+
 def test_only_the_most_recently_used_archives_are_kept(tmp_path: Path) -> None:
     from hybrid.java import prune_archives
 
