@@ -12,6 +12,18 @@ load the server for --seconds after a short warm-up: requests/s and p50/p95/p99 
 Then a swap run: 4 clients send hybrid queries while `hybrid index --recreate` rebuilds the
 index in another process and the alias moves; it reports errors (the goal is 0) and the
 (version, model) pairs the responses named. Writes bench/results/serve.json.
+
+    python bench/serve.py --collectors serial,g1 [--rounds 2] [--out bench/results/serve_gc.json]
+
+compares the garbage collectors of the server's in-process JVM on the embedded store
+instead: one index, an untimed server per arm (each collector has its own class-sharing
+archive, recorded there), then a fresh server per arm, the arms taking turns over --rounds
+(use an even number), each loaded as above (no swap run), with the server's peak
+anonymous memory sampled every 20 ms. "serial" is what hybrid gives a JVM it starts to
+search; "g1" is set the user's way, JAVA_TOOL_OPTIONS=-XX:+UseG1GC (the caller's
+JAVA_TOOL_OPTIONS and _JAVA_OPTIONS are removed); each server's collector is read from its
+thread names and a mismatch stops the run. Writes bench/results/serve_gc.json and prints
+a table.
 """
 
 from __future__ import annotations
@@ -95,12 +107,21 @@ class Server:
         return kb / 1024
 
     def collector(self) -> str:
-        """Which collector the server's JVM runs, read from its thread names (G1 names its own)."""
+        """Which collector the server's JVM runs, from its thread names: G1, Parallel, ZGC
+        and Shenandoah name their threads; the serial collector has none of its own."""
         names = set()
         for comm in Path(f"/proc/{self.proc.pid}/task").glob("*/comm"):
             with contextlib.suppress(OSError):
                 names.add(comm.read_text().strip())
-        return "g1" if any(n.startswith("G1 ") for n in names) else "not g1"
+        for prefix, name in THREAD_PREFIXES.items():
+            if any(n.startswith(prefix) for n in names):
+                return name
+        return "serial"
+
+    def archive_mapped(self) -> bool:
+        """Whether the JVM mapped a class-sharing archive of hybrid's cache."""
+        with open(f"/proc/{self.proc.pid}/maps") as fh:
+            return any("/hybrid/jvm/" in line and line.rstrip().endswith(".jsa") for line in fh)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -241,7 +262,25 @@ def bench_backend(kind: str, where: list[str], args: argparse.Namespace, queries
     return {"index_s": round(index_s, 1), "rows": rows, "swap": swap}
 
 
+THREAD_PREFIXES = {"G1 ": "g1", "GC Thread": "parallel", "ZDriver": "z", "Shenandoah": "shenandoah"}
+# hybrid's own choice for a searching JVM, and G1 set the user's way (which wins)
 COLLECTOR_ENV = {"serial": {}, "g1": {"JAVA_TOOL_OPTIONS": "-XX:+UseG1GC"}}
+
+
+def collector_server(where: list[str], arm: str) -> Server:
+    """A server whose JVM runs ``arm``'s collector, started once no class-sharing archive is
+    being recorded or built (each collector has its own archive), or an exit."""
+    from hybrid.java import USER_OPTIONS, cds_busy
+
+    deadline = time.monotonic() + 120
+    while cds_busy() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    env = {k: v for k, v in os.environ.items() if k not in USER_OPTIONS}  # the caller's would decide
+    server = Server(where, "scifact", {**env, **COLLECTOR_ENV[arm]})
+    if (found := server.collector()) != arm:
+        server.stop()
+        raise SystemExit(f"the {arm} arm's server runs {found}")
+    return server
 
 
 def collector_arms(args: argparse.Namespace, queries: list[str], work: Path) -> dict[str, Any]:
@@ -253,10 +292,15 @@ def collector_arms(args: argparse.Namespace, queries: list[str], work: Path) -> 
     where = ["--store", str(work / "store")]
     print("== embedded: indexing SciFact", flush=True)
     run_cli(["index", str(SCIFACT), "-i", "scifact", "--recreate"], where)
+    for arm in arms:  # untimed: records each arm's class-sharing archive, so every timed run maps one
+        server = collector_server(where, arm)
+        for mode in MODES:
+            asyncio.run(load(server.url, mode, 1, 1, queries, warmup=0))
+        server.stop()
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     for round_ in range(args.rounds):
         for arm in arms if round_ % 2 == 0 else arms[::-1]:
-            server = Server(where, "scifact", COLLECTOR_ENV[arm])
+            server = collector_server(where, arm)
             peak = {"anon": server.anon_mib()}
             stop = threading.Event()
 
@@ -270,7 +314,7 @@ def collector_arms(args: argparse.Namespace, queries: list[str], work: Path) -> 
             rows = []
             try:
                 ready_anon = server.anon_mib()
-                collector = server.collector()
+                collector, archive = server.collector(), server.archive_mapped()
                 for mode in MODES:
                     for clients in (int(c) for c in args.clients.split(",")):
                         row = asyncio.run(load(server.url, mode, clients, args.seconds, queries))
@@ -283,6 +327,7 @@ def collector_arms(args: argparse.Namespace, queries: list[str], work: Path) -> 
             run = {
                 "round": round_,
                 "collector": collector,
+                "archive_mapped": archive,
                 "ready_anon_mib": round(ready_anon, 1),
                 "peak_anon_mib": round(peak["anon"], 1),
             }
@@ -295,7 +340,7 @@ def collector_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Medians over rounds per arm, and each arm over the first."""
 
     def median(values: list[float]) -> float:
-        return round(percentile(values, 0.5), 1)
+        return round(percentile(values, 0.5), 2)  # of values with 1 decimal: no rounding of ties
 
     out: dict[str, Any] = {}
     for arm, arm_runs in runs.items():
@@ -327,6 +372,38 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             ratio = rows[("hybrid", clients)]["p50_ms"] / rows[("dense", clients)]["p50_ms"]
             out[f"hybrid_over_dense_p50_at_{clients}"] = round(ratio, 2)
     return out
+
+
+def print_collectors(result: dict[str, Any]) -> None:
+    """Each (mode, clients) row: medians of each arm, and the first arm over the second."""
+    summary = result["summary"]
+    arms = list(result["arms"])
+    first, second = arms[0], arms[-1]
+    ratio = summary.get(f"{first}_over_{second}", {})
+    print(f"| mode | clients | req/s {first} | req/s {second} | ratio | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    errors: dict[str, dict[str, int]] = {arm: {} for arm in arms}
+    for arm in arms:
+        for run in result["arms"][arm]:
+            for r in run["rows"]:
+                key = f"{r['mode']}/{r['clients']}"
+                errors[arm][key] = errors[arm].get(key, 0) + r["errors"]
+    for key in errors[first]:
+        a, b = summary[first], summary[second]
+        print(
+            f"| {key.replace('/', ' | ')} | {a[key + '/rps']} | {b[key + '/rps']} | {ratio.get(key + '/rps')} "
+            f"| {a[key + '/p50_ms']} / {b[key + '/p50_ms']} | {a[key + '/p99_ms']} / {b[key + '/p99_ms']} "
+            f"| {errors[first][key]} / {errors[second][key]} |"
+        )
+    for arm in arms:
+        runs = result["arms"][arm]
+        peaks = ", ".join(str(r["peak_anon_mib"]) for r in runs)
+        ready = ", ".join(str(r["ready_anon_mib"]) for r in runs)
+        print(
+            f"{arm}: peak anonymous MiB {summary[arm]['peak_anon_mib']} (rounds {peaks}; ready {ready}), "
+            f"collector {', '.join(r['collector'] for r in runs)}, archive mapped {[r['archive_mapped'] for r in runs]}"
+        )
+    print(f"{first} over {second}, peak anonymous memory: {ratio.get('peak_anon_mib')}")
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -367,7 +444,7 @@ def main() -> int:
         result = {"machine": machine(), "seconds": args.seconds, "queries": len(queries)}
         result.update(collector_arms(args, queries, work))
         write_json(out, result)
-        print(json.dumps(result["summary"], indent=1))
+        print_collectors(result)
         return 0
     args.out = args.out or REPO / "bench" / "results" / "serve.json"
     results: dict[str, Any] = {"machine": machine(), "seconds": args.seconds, "queries": len(queries), "backends": {}}
