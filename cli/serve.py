@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -79,6 +80,10 @@ def serve(
     log_config = _log_config(access_log)
     if workers == 1:
         engine = _engine(settings)
+        # uvicorn stops gracefully on SIGTERM, then raises it again; by default that would end
+        # the process there, skipping the engine's close and the exit handlers (the JVM's
+        # class-sharing archive is written by one): exit normally instead.
+        signal.signal(signal.SIGTERM, _stop)
         try:
             engine.start()  # errors surface as one line before the port opens
             err_console.print(
@@ -115,6 +120,10 @@ def serve(
     finally:
         os.environ.pop(_WORKER_ENV, None)
         Path(path).unlink(missing_ok=True)
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def worker_app() -> Any:
