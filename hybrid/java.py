@@ -295,12 +295,13 @@ def _dump_archive(dump: list[str], classes: Path, tmp: Path, archive: Path, fail
         return
     q = shlex.quote
     # The JVM flushes the class list when this process ends: wait for it, then dump. A dump
-    # killed by a signal (status above 128) is not this runtime failing: the next search records again.
+    # killed from outside (SIGHUP, SIGINT, SIGKILL, SIGTERM) is not this runtime failing: the
+    # next search records again. Any other status, a JVM crash (SIGABRT, SIGSEGV) included, is.
     script = (
         f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.1; done; "
-        f"nice -n 10 {shlex.join(dump)} >/dev/null 2>&1; rc=$?; "
-        f"if [ $rc -eq 0 ]; then mv -f {q(str(tmp))} {q(str(archive))}; "
-        f"elif [ $rc -lt 128 ]; then touch {q(str(failed))}; fi; "
+        f"nice -n 10 {shlex.join(dump)} >/dev/null 2>&1; "
+        f"case $? in 0) mv -f {q(str(tmp))} {q(str(archive))} ;; 129|130|137|143) ;; "
+        f"*) touch {q(str(failed))} ;; esac; "
         f"rm -f {q(str(classes))} {q(str(tmp))}"
     )
     try:

@@ -160,6 +160,7 @@ java._dump_archive(["/bin/sh", "-c", sys.argv[2]], *names[:4], fd)
         ("echo built > key.jsa.tmp", ["key.jsa", "key.lock"]),
         ("exit 1", ["key.failed", "key.lock"]),  # this runtime cannot build one: not tried again
         ("kill -9 $$", ["key.lock"]),  # killed (the machine's OOM killer, a user): the next search records again
+        ("kill -ABRT $$", ["key.failed", "key.lock"]),  # how a JVM crashes: a failure of this runtime
     ],
 )
 def test_the_background_dump_leaves_an_archive_a_failure_mark_or_nothing(
