@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import tempfile
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 # worker process: they may hold a secret (an ES password), which an environment variable
 # would show to anyone who can read the process's environment.
 _WORKER_ENV = "HYBRID_SERVE_SETTINGS"
+_stopping = threading.Event()  # SIGTERM received: the server is shutting down
 
 
 @handle_errors
@@ -79,11 +81,12 @@ def serve(
         _read_key(api_key_file)  # fail here, once, with a clear message
     log_config = _log_config(access_log)
     if workers == 1:
-        engine = _engine(settings)
         # uvicorn stops gracefully on SIGTERM, then raises it again; by default that would end
         # the process there, skipping the engine's close and the exit handlers (the JVM's
-        # class-sharing archive is written by one): exit normally instead.
+        # class-sharing archive is written by one): exit normally instead. (With --workers,
+        # uvicorn's supervisor returns normally; each worker closes its engine at shutdown.)
         signal.signal(signal.SIGTERM, _stop)
+        engine = _engine(settings)
         try:
             engine.start()  # errors surface as one line before the port opens
             err_console.print(
@@ -123,6 +126,9 @@ def serve(
 
 
 def _stop(signum: int, frame: object) -> None:
+    if _stopping.is_set():
+        return  # a second SIGTERM would cut the engine's close short
+    _stopping.set()
     raise SystemExit(0)
 
 
