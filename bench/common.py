@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +39,49 @@ def percentile(values: list[float], q: float) -> float:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def proc_status(pid: int | str = "self") -> dict[str, int]:
+    """A process's memory counters from /proc/PID/status, in kB (RssAnon, VmHWM, ...)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if value.strip().endswith("kB"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+class PeakAnon:
+    """The highest anonymous memory (RssAnon) of a process: sampled every 20 ms by a thread
+    between ``start`` and ``stop``, and whenever ``sample`` is called."""
+
+    def __init__(self, pid: int | str = "self") -> None:
+        self.pid = pid
+        self.kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def mib(self) -> float:
+        return self.kb / 1024
+
+    def sample(self) -> float:
+        """The anonymous memory now, in MiB (the peak is kept)."""
+        kb = proc_status(self.pid)["RssAnon"]
+        self.kb = max(self.kb, kb)
+        return kb / 1024
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            with contextlib.suppress(OSError, KeyError):  # the process ended
+                self.sample()
+
+    def start(self) -> PeakAnon:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

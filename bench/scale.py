@@ -44,7 +44,6 @@ import itertools
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +51,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, machine, write_json
+from bench.common import REPO, PeakAnon, machine, proc_status, write_json
 
 WORDS = [
     "ocean",
@@ -343,30 +342,11 @@ def _measure(phase: str, spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            if key in ("RssAnon", "VmHWM"):
-                out[key] = int(value.split()[0])  # kB
-    return out
-
-
 def _run_phase(phase: str, spec: dict[str, Any]) -> None:
-    peak = {"anon": 0}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak["anon"] = max(peak["anon"], _status()["RssAnon"])
-            time.sleep(0.02)
-
     import logging
 
     logging.disable(logging.WARNING)
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    peak = PeakAnon().start()
     extra: dict[str, Any] = {}
     started = time.perf_counter()
     if phase == "table":
@@ -402,10 +382,10 @@ def _run_phase(phase: str, spec: dict[str, Any]) -> None:
     elif phase == "labels":
         from hybrid.corpus import read_qrels, read_queries
 
-        before = _status()["RssAnon"]
+        before = proc_status()["RssAnon"]
         held = read_queries(Path(spec["queries"]))
         positives = {q: {d for d, g in docs.items() if g >= 1} for q, docs in read_qrels(Path(spec["qrels"])).items()}
-        extra["held_mib"] = round((_status()["RssAnon"] - before) / 1024, 1)
+        extra["held_mib"] = round((proc_status()["RssAnon"] - before) / 1024, 1)
         extra.update(queries=len(held), labelled=len(positives))
     elif phase == "mine":
         from hybrid.backends.embedded import EmbeddedBackend
@@ -427,13 +407,13 @@ def _run_phase(phase: str, spec: dict[str, Any]) -> None:
             while checkpoints and done >= checkpoints[0]:  # a batch may cross two when they are close
                 from jnius import autoclass
 
-                peak["anon"] = max(peak["anon"], _status()["RssAnon"])
+                peak.sample()
                 points.append(
                     {
                         "size": checkpoints.pop(0),  # reached within the batch that crossed it
                         "seconds": round(time.perf_counter() - started, 1),
-                        "peak_anon_mib": peak["anon"] / 1024,
-                        "peak_rss_mib": _status()["VmHWM"] / 1024,
+                        "peak_anon_mib": peak.mib,
+                        "peak_rss_mib": proc_status()["VmHWM"] / 1024,
                         # sized by its garbage collector (up to a quarter of RAM), not by the data
                         "jvm_heap_committed_mib": autoclass("java.lang.Runtime").getRuntime().totalMemory() >> 20,
                     }
@@ -457,16 +437,14 @@ def _run_phase(phase: str, spec: dict[str, Any]) -> None:
         reembed(backend, spec["index"], Encoder(EncoderConfig(model=spec["model"], batch_size=1024)), batch_size=1024)
         backend.close()
     seconds = time.perf_counter() - started
-    stop.set()
-    sampler.join()
-    status = _status()
-    peak["anon"] = max(peak["anon"], status["RssAnon"])
+    peak.stop()
+    peak.sample()
     print(
         json.dumps(
             {
                 "seconds": round(seconds, 1),
-                "peak_anon_mib": peak["anon"] / 1024,
-                "peak_rss_mib": status["VmHWM"] / 1024,
+                "peak_anon_mib": peak.mib,
+                "peak_rss_mib": proc_status()["VmHWM"] / 1024,
                 **extra,
             }
         )

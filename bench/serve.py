@@ -45,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, SHARED, machine, percentile, write_json
+from bench.common import REPO, SHARED, PeakAnon, machine, percentile, write_json
 
 SCIFACT = SHARED / "scifact"
 MODES = ("bm25", "dense", "hybrid")
@@ -99,12 +99,6 @@ class Server:
             if time.monotonic() > deadline:
                 raise SystemExit("hybrid serve did not become ready")
             time.sleep(0.3)
-
-    def anon_mib(self) -> float:
-        """The server process's anonymous memory now (its own pages: heaps, not mapped files)."""
-        with open(f"/proc/{self.proc.pid}/status") as fh:
-            kb = next(int(line.split()[1]) for line in fh if line.startswith("RssAnon:"))
-        return kb / 1024
 
     def collector(self) -> str:
         """Which collector the server's JVM runs, from its thread names: G1, Parallel, ZGC
@@ -301,19 +295,10 @@ def collector_arms(args: argparse.Namespace, queries: list[str], work: Path) -> 
     for round_ in range(args.rounds):
         for arm in arms if round_ % 2 == 0 else arms[::-1]:
             server = collector_server(where, arm)
-            peak = {"anon": server.anon_mib()}
-            stop = threading.Event()
-
-            def sample(server: Server = server, peak: dict[str, float] = peak, stop: threading.Event = stop) -> None:
-                while not stop.wait(0.02):
-                    with contextlib.suppress(OSError, StopIteration):
-                        peak["anon"] = max(peak["anon"], server.anon_mib())
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
+            peak = PeakAnon(server.proc.pid).start()  # the server's own pages: heaps, not mapped files
             rows = []
             try:
-                ready_anon = server.anon_mib()
+                ready_anon = peak.sample()
                 collector, archive = server.collector(), server.archive_mapped()
                 for mode in MODES:
                     for clients in (int(c) for c in args.clients.split(",")):
@@ -321,15 +306,14 @@ def collector_arms(args: argparse.Namespace, queries: list[str], work: Path) -> 
                         print(json.dumps({arm: {k: row[k] for k in ("mode", "clients", "rps", "p50_ms", "p99_ms")}}))
                         rows.append(row)
             finally:
-                stop.set()
-                sampler.join()
+                peak.stop()
                 server.stop()
             run = {
                 "round": round_,
                 "collector": collector,
                 "archive_mapped": archive,
                 "ready_anon_mib": round(ready_anon, 1),
-                "peak_anon_mib": round(peak["anon"], 1),
+                "peak_anon_mib": round(peak.mib, 1),
             }
             print(json.dumps({arm: run}), flush=True)
             runs[arm].append({**run, "rows": rows})
