@@ -91,9 +91,42 @@ def train(
     ] = None,
     passage_max_length: Annotated[
         int | None,
-        Opt("--passage-max-length", help="Truncation of training passages only; re-embedding uses the index's (128)."),
+        Opt("--passage-max-length", help="Training passage truncation; re-embedding uses the index's (the index's)."),
     ] = None,
-    query_max_length: Annotated[int | None, Opt("--query-max-length", help="Training query truncation (64).")] = None,
+    query_max_length: Annotated[
+        int | None, Opt("--query-max-length", help="Training query truncation (the index's).")
+    ] = None,
+    positives: Annotated[
+        str | None,
+        Opt("--positives", help="one: the sampled positive is the target; all: every labelled positive counts (one)."),
+    ] = None,
+    positives_per_query: Annotated[
+        int | None, Opt("--positives-per-query", help="Labelled positives drawn per query each step (1).")
+    ] = None,
+    anchor: Annotated[
+        str | None,
+        Opt("--anchor", help="SimANS anchor with several positives: sampled, max or mean positive score (sampled)."),
+    ] = None,
+    distill: Annotated[
+        float | None,
+        Opt("--distill", help="Weight of KL to the base model's pool scores, against drift (0: off) (0)."),
+    ] = None,
+    guard: Annotated[
+        bool | None,
+        Opt(
+            "--guard/--no-guard",
+            help="Replace the index's model only with one that beats it on a dev split (carved when not given) (on).",
+        ),
+    ] = None,
+    dev_share: Annotated[
+        float | None, Opt("--dev-share", help="Share of training queries held out as the guard's dev set (0.1).")
+    ] = None,
+    guard_depth: Annotated[
+        int | None, Opt("--guard-depth", help="BM25 and dense top-k per dev query that the guard ranks (30).")
+    ] = None,
+    guard_p: Annotated[
+        float | None, Opt("--guard-p", help="Paired-test p-value a model must beat the base under (0.05).")
+    ] = None,
     grad_checkpointing: Annotated[
         bool | None,
         Opt(
@@ -112,7 +145,9 @@ def train(
     refresh_at_end: Annotated[
         bool | None, Opt("--refresh-at-end/--no-refresh-at-end", help="Re-embed with the final model (on).")
     ] = None,
-    dev_queries: Annotated[Path | None, Opt("--dev-queries", help="Dev queries evaluated at each refresh.")] = None,
+    dev_queries: Annotated[
+        Path | None, Opt("--dev-queries", help="The guard's dev queries (default: carved from --queries).")
+    ] = None,
     dev_qrels: Annotated[
         Path | None, Opt("--dev-qrels", help="Dev qrels; the best checkpoint is kept in OUT/best.")
     ] = None,
@@ -158,6 +193,14 @@ def train(
         "shared": shared,
         "passage_max_length": passage_max_length,
         "query_max_length": query_max_length,
+        "positives": positives,
+        "positives_per_query": positives_per_query,
+        "distill": distill,
+        "guard": guard,
+        "dev_share": dev_share,
+        "guard_depth": guard_depth,
+        "guard_p": guard_p,
+        "sampler_anchor": anchor,
         "grad_checkpointing": grad_checkpointing,
         "precision": precision,
         "seed": seed,
@@ -224,6 +267,10 @@ def train(
     for dev in result.dev:
         console.print(f"dev nDCG@10 at step {dev['step']}: {dev['ndcg@10']:.4f}", markup=False, highlight=False)
     console.print(f"final checkpoint: {result.final}", markup=False, highlight=False)
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
+    if result.guard is not None:
+        console.print(result.guard.line(), markup=False, highlight=False)
     if result.best:
         console.print(f"best on dev: {result.best}", markup=False, highlight=False)
     for entry in result.refreshes:

@@ -49,8 +49,13 @@ class SamplerConfig:
     kernel: Kernel = "squared"
     scale: float | Literal["auto"] = "auto"
     percpos: float = 0.95
+    # With several positives, whose score centres the kernel: the positive drawn this step
+    # ("sampled"), the query's best-scored one ("max") or their mean ("mean").
+    anchor: Literal["sampled", "max", "mean"] = "sampled"
 
     def __post_init__(self) -> None:
+        if self.anchor not in ("sampled", "max", "mean"):
+            raise ConfigError(f"unknown SimANS anchor '{self.anchor}'; choose sampled, max or mean")
         if self.name not in SAMPLERS:
             raise ConfigError(f"unknown sampler '{self.name}'; choose one of {', '.join(SAMPLERS)}")
         if self.kernel not in ("squared", "absolute"):

@@ -36,6 +36,7 @@ def _config(name: str, beir_small: Path, out: Path, tiny_model: Path, **kw: Any)
         "knn_depth": 5,
         "passage_max_length": 32,
         "refresh_at_end": False,
+        "guard": False,  # these tests are about the loop's mechanics; tests/test_guard.py tests the guard
     }
     values.update(kw)
     return TrainConfig(**values)

@@ -11,8 +11,10 @@ from typing import Any, Literal
 
 from hybrid.errors import ConfigError
 from hybrid.negatives import SamplerConfig
+from hybrid.training.selection import GuardConfig
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PositivesMode = Literal["one", "all"]
 PATH_FIELDS = ("queries", "qrels", "answers", "pools", "out", "dev_queries", "dev_qrels")
 
 
@@ -40,8 +42,15 @@ class TrainConfig:
     temperature: float = 0.05
     in_batch: bool = True  # other queries' passages are negatives too
     shared: bool = True  # one tower for queries and passages
-    query_max_length: int = 64
-    passage_max_length: int = 128
+    # Training truncation; None: the index's own (training at a shorter passage length than
+    # the index embeds at makes a model that embeds the index's passages worse).
+    query_max_length: int | None = None
+    passage_max_length: int | None = None
+    # "one": the sampled positive is the only target; "all": every labelled positive in the
+    # batch counts in the numerator (log-sum-exp), for data with many positives per query.
+    positives: PositivesMode = "one"
+    positives_per_query: int = 1  # labelled positives drawn per query each step (distinct, when it has them)
+    distill: float = 0.0  # weight of KL to the base model's pool scores: keeps the model near its start
     grad_checkpointing: bool | None = None  # recompute activations in backward: memory for time (off unless True)
     precision: Precision = "auto"  # bf16 (or fp16) autocast on CUDA, fp32 on CPU
     seed: int = 13
@@ -52,8 +61,12 @@ class TrainConfig:
     refresh_at_end: bool = True
     bm25_depth: int = 100
     knn_depth: int = 100
-    dev_queries: Path | None = None  # evaluated (dense nDCG@10) at each refresh
+    dev_queries: Path | None = None  # the guard's dev set; also evaluated (dense nDCG@10) at each refresh
     dev_qrels: Path | None = None
+    guard: bool = True  # a trained model replaces the index's only when it wins on dev
+    dev_share: float = 0.1  # held out of the training queries as dev when no dev set is given
+    guard_depth: int = 30  # BM25 and dense top-k per dev query that candidates rank
+    guard_p: float = 0.05  # paired-test p-value the chosen model must beat the base under
     device: str | None = None
     remine: bool = False  # mine fresh pools even when --pools is given
     reembed: bool = False  # re-embed the index with --model first when another model made it
@@ -75,8 +88,23 @@ class TrainConfig:
             raise ConfigError("the inbatch sampler needs in-batch negatives (--in-batch)")
         if (self.dev_queries is None) != (self.dev_qrels is None):
             raise ConfigError("give both --dev-queries and --dev-qrels, or neither")
+        problem = self.guard_config().check()
+        if problem:
+            raise ConfigError(problem)
+        if self.positives not in ("one", "all"):
+            raise ConfigError(f"unknown --positives '{self.positives}'; choose one or all")
+        if self.positives_per_query < 1 or self.distill < 0 or not math.isfinite(self.distill):
+            raise ConfigError("--positives-per-query must be at least 1 and --distill a finite number >= 0")
+        for name in ("query_max_length", "passage_max_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"unknown precision '{self.precision}'; choose auto, fp32, bf16 or fp16")
+
+    def guard_config(self) -> GuardConfig:
+        """The guard's options (see :mod:`hybrid.training.selection`)."""
+        return GuardConfig(enabled=self.guard, dev_share=self.dev_share, depth=self.guard_depth, p_value=self.guard_p)
 
     def total_steps(self, queries: int) -> int:
         """Optimizer steps: ``steps``, else ``epochs`` (default 1) whole passes over ``queries``."""

@@ -31,6 +31,11 @@ class Example:
     # Every labelled positive (and likely false negative) of the query: never its negative,
     # wherever in the batch it turns up.
     not_negative: frozenset[str] = frozenset()
+    extra_positives: tuple[str, ...] = ()  # further labelled positives drawn this step
+    labelled: frozenset[str] = frozenset()  # the labelled positives alone (the targets of a multi-positive loss)
+    # Mining model's scores of positive, extra positives and negatives, in that order: the
+    # distillation target that keeps the trained model near its start.
+    teacher: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,17 +57,28 @@ class PoolData:
     not grow with the number of queries, and every rank of a run shares the kernel's pages.
     """
 
-    def __init__(self, path: Path, sampler: SamplerConfig, seed: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        sampler: SamplerConfig,
+        seed: int,
+        exclude: frozenset[str] = frozenset(),
+        positives_per_query: int = 1,
+    ) -> None:
         import pyarrow as pa
         import pyarrow.compute as pc
 
         self.path = path
         self.sampler = sampler
         self.seed = seed
+        self.positives_per_query = positives_per_query
         table = pa.ipc.open_file(pa.memory_map(str(pool_table(path)), "r")).read_all()
         self._batches = table.to_batches()
         self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])
         usable = pc.greater(pc.list_value_length(table.column("pos_ids")), 0)
+        if exclude:  # the guard's dev queries: never trained on
+            held = pc.is_in(table.column("qid"), value_set=pa.array(sorted(exclude), type=pa.string()))
+            usable = pc.and_(usable, pc.invert(pc.fill_null(held, False)))
         self._rows = np.flatnonzero(usable.to_numpy(zero_copy_only=False))  # queries with a positive
         self.skipped = table.num_rows - len(self._rows)  # queries without a positive in the index
         if not len(self._rows):
@@ -106,10 +122,34 @@ class PoolData:
         epoch, pos = divmod(i, len(self._rows))
         entry = self.entry(int(self._permutation(epoch)[pos]))
         rng = np.random.default_rng([self.seed, step, j, 1])
-        positive, pos_score = entry.positives[int(rng.integers(len(entry.positives)))]
-        drawn = sample_negatives(entry.scores, pos_score, self.sampler, rng, entry.eligible)
+        first = int(rng.integers(len(entry.positives)))
+        positive, pos_score = entry.positives[first]
+        drawn = sample_negatives(entry.scores, self._anchor(entry, pos_score), self.sampler, rng, entry.eligible)
         negatives = tuple(entry.ids[k] for k in drawn)
-        return entry, Example(entry.qid, entry.query, positive, negatives, entry.not_negative)
+        extra: list[tuple[str, float]] = []
+        if self.positives_per_query > 1 and len(entry.positives) > 1:
+            others = [p for k, p in enumerate(entry.positives) if k != first]
+            picks = np.random.default_rng([self.seed, step, j, 2]).permutation(len(others))
+            extra = [others[int(k)] for k in picks[: self.positives_per_query - 1]]
+        teacher = (pos_score, *(s for _, s in extra), *(float(entry.scores[k]) for k in drawn))
+        return entry, Example(
+            entry.qid,
+            entry.query,
+            positive,
+            negatives,
+            entry.not_negative,
+            extra_positives=tuple(d for d, _ in extra),
+            labelled=frozenset(d for d, _ in entry.positives),
+            teacher=teacher,
+        )
+
+    def _anchor(self, entry: _Entry, sampled: float) -> float:
+        """The positive score the SimANS kernel centres on (see ``SamplerConfig.anchor``)."""
+        if self.sampler.anchor == "max":
+            return max(s for _, s in entry.positives)
+        if self.sampler.anchor == "mean":
+            return float(np.mean([s for _, s in entry.positives]))
+        return sampled
 
     def batch(self, step: int, size: int) -> list[Example]:
         """The ``size`` examples of global micro-step ``step`` (epochs reshuffle by seed)."""

@@ -95,6 +95,7 @@ def contrastive_loss(
     temperature: float,
     in_batch: bool,
     false_negatives: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of each query over passages, its positive the target.
 
@@ -103,18 +104,43 @@ def contrastive_loss(
     competes (other queries' positives and negatives too); otherwise only the query's own.
     ``false_negatives`` ``(B, P)`` bool marks columns that must not count as query i's
     negatives (its other labelled positives, copies of its positive elsewhere in the batch);
-    they are removed from the softmax, so they get no gradient.
+    they are removed from the softmax, so they get no gradient. ``targets`` ``(B, P)`` bool,
+    when given, marks every column that is one of query i's labelled positives: all of them
+    count in the numerator (``-log sum_pos exp(s) / sum_all exp(s)``) instead of one.
     """
     scores = queries @ passages.T / temperature  # (B, P)
     rows = torch.arange(queries.shape[0], device=scores.device)
     drop = torch.zeros_like(scores, dtype=torch.bool)
     if not in_batch:
         drop |= groups.unsqueeze(0) != rows.unsqueeze(1)
+    keep = torch.zeros_like(drop)
+    keep[rows, positives] = True  # the target itself always stays
+    if targets is not None:
+        keep |= targets & ~drop
     if false_negatives is not None:
         drop |= false_negatives
-    drop[rows, positives] = False  # the target itself always stays
-    scores = scores.masked_fill(drop, float("-inf"))
-    return torch.nn.functional.cross_entropy(scores, positives)
+    scores = scores.masked_fill(drop & ~keep, float("-inf"))
+    if targets is None:
+        return torch.nn.functional.cross_entropy(scores, positives)
+    numerator = torch.logsumexp(scores.masked_fill(~keep, float("-inf")), dim=1)  # (B,)
+    return (torch.logsumexp(scores, dim=1) - numerator).mean()
+
+
+def distill_loss(
+    queries: torch.Tensor, passages: torch.Tensor, groups: torch.Tensor, teacher: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """KL(teacher || model) over each query's own passages: the mining model's scores
+    ``teacher`` ``(P,)`` (the base model's, before any refresh) as a soft target that keeps
+    training from drifting far from where it started."""
+    scores = queries @ passages.T / temperature  # (B, P)
+    rows = torch.arange(queries.shape[0], device=scores.device)
+    own = groups.unsqueeze(0) == rows.unsqueeze(1)  # (B, P)
+    student = torch.log_softmax(scores.masked_fill(~own, float("-inf")), dim=1)
+    target = torch.softmax(
+        (teacher / temperature).unsqueeze(0).expand_as(scores).masked_fill(~own, float("-inf")), dim=1
+    )
+    terms = torch.where(own, target * (torch.log(target.clamp_min(1e-12)) - student), torch.zeros_like(scores))
+    return terms.sum(dim=1).mean()
 
 
 def false_negative_mask(labelled: list[frozenset[str]], targets: list[str], columns: list[str]) -> torch.Tensor:

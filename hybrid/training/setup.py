@@ -29,6 +29,7 @@ from hybrid.training.config import PATH_FIELDS, TrainConfig
 from hybrid.training.data import PoolData
 from hybrid.training.model import DualEncoder
 from hybrid.training.refresh import dev_ndcg, reembed
+from hybrid.training.selection import DevSplit
 
 logger = logging.getLogger(__name__)
 LOG_FILE = "train_log.jsonl"
@@ -47,6 +48,7 @@ class RunState:
     source: Path  # where the trained weights start from (initial model or checkpoint)
     sampler: SamplerConfig
     pools: Path = Path()
+    split: DevSplit | None = None  # the guard's dev set; carved ones are held out of mining and training
     refreshes: list[dict[str, Any]] = field(default_factory=list)
     dev: list[dict[str, Any]] = field(default_factory=list)
     best: Path | None = None
@@ -59,6 +61,7 @@ class RunState:
             "refreshes": self.refreshes,
             "dev": self.dev,
             "recipe": self.recipe.to_dict(),
+            "split": self.split.to_dict() if self.split else None,
         }
 
     def plan(self, config: TrainConfig, data: PoolData, steps: int) -> dict[str, Any]:
@@ -81,14 +84,15 @@ class RunState:
             "index_model": self.recipe.model,
             "index_model_hash": self.recipe.model_hash,
             "passage_max_length_index": self.recipe.passage_max_length,
-            "passage_max_length_training": config.passage_max_length,
+            "passage_max_length_training": config.passage_max_length or self.recipe.passage_max_length,
+            "dev_queries": len(self.split.exclude) if self.split and self.split.carved else None,
         }
 
     def evaluate_dev(self, config: TrainConfig, backend: Backend, step: int, encoder: Encoder | None) -> float | None:
         """Dense dev nDCG@10 of the index as it is now; logged and kept with the step."""
-        if config.dev_queries is None or config.dev_qrels is None:
+        if self.split is None:
             return None
-        score = dev_ndcg(backend, config.index, (config.dev_queries, config.dev_qrels), encoder)
+        score = dev_ndcg(backend, config.index, (self.split.queries, self.split.qrels), encoder)
         self.dev.append({"step": step, "ndcg@10": score})
         log(config.out, {"dev": {"step": step, "ndcg@10": score}})
         return score
@@ -96,7 +100,7 @@ class RunState:
     def refresh_encoder(self, config: TrainConfig, checkpoint: Path, device: torch.device) -> Encoder:
         """The encoder of ``checkpoint`` as a refresh runs it, from its copy under OUT/models
         (see :func:`keep_model`)."""
-        return _encoder(config.out / MODELS / checkpoint.name, self.recipe, device)
+        return recipe_encoder(config.out / MODELS / checkpoint.name, self.recipe, device)
 
     def refresh(
         self,
@@ -121,7 +125,7 @@ class RunState:
         mine_seconds = 0.0
         if not last:  # the final refresh only re-embeds: no pools are needed after it
             pools = config.out / "pools" / f"pools-{step:07d}.jsonl.gz"
-            stats = run_mine(mine_job(config, pools), backend, encoder)
+            stats = run_mine(mine_job(config, pools, self.split), backend, encoder)
             self.pools, mine_seconds = pools, stats.seconds
         score = self.evaluate_dev(config, backend, step, encoder)
         entry = {
@@ -145,7 +149,7 @@ class RunState:
             self.best = best
 
 
-def _encoder(model_dir: Path, recipe: VectorRecipe, device: torch.device) -> Encoder:
+def recipe_encoder(model_dir: Path, recipe: VectorRecipe, device: torch.device) -> Encoder:
     """An encoder that embeds the index as ``recipe`` says, on the threads this process has
     now: a rank's share, or every core while rank 0 works alone."""
     threads = torch.get_num_threads()
@@ -167,7 +171,7 @@ def start_run(config: TrainConfig, backend: Backend, previous: Path | None, devi
         if not config.reembed:
             check_model(config.index, recipe, model_hash(source), str(source), "training", hint)
         kept = keep_model(source, config.out / MODELS / "initial")
-        encoder = _encoder(kept, recipe, device)
+        encoder = recipe_encoder(kept, recipe, device)
         version, count, _ = reembed(backend, config.index, encoder)
         logger.info("re-embedded %s (%d documents) with %s as %s", config.index, count, source, version)
         recipe = encoder.recipe()
@@ -188,10 +192,11 @@ def _recipe(config: TrainConfig, backend: Backend) -> VectorRecipe:
 
 def prepare_model(config: TrainConfig, run: RunState, device: torch.device) -> DualEncoder:
     """The dual encoder from ``run.source``: index settings, training truncation on top."""
+    index = run.recipe.settings()
     settings = replace(
-        run.recipe.settings(),
-        query_max_length=config.query_max_length,
-        passage_max_length=config.passage_max_length,
+        index,
+        query_max_length=config.query_max_length or index.query_max_length,
+        passage_max_length=config.passage_max_length or index.passage_max_length,
     )
     model = DualEncoder(run.source, settings, shared=config.shared).to(device)
     if config.grad_checkpointing:
@@ -208,6 +213,7 @@ def prepare_pools(
     """Pools to train on: the checkpoint's (a pending refresh redone), given ones, or fresh ones."""
     if state:
         run.pools, run.refreshes, run.dev = Path(state["pools"]), state.get("refreshes", []), state.get("dev", [])
+        run.split = DevSplit.from_dict(state.get("split"))
         run.best = Path(state["best"]) if state.get("best") else None
         labelled = config.qrels is not None or config.answers is not None
         if state.get("refresh_pending"):
@@ -217,7 +223,7 @@ def prepare_pools(
         if labelled and (config.remine or not pools_match(run.pools, backend, config.index, run.recipe)):
             # e.g. a finished run (its final refresh swapped the index) resumed for more steps
             run.pools = config.out / "pools" / f"pools-{int(state['step']):07d}.jsonl.gz"
-            run_mine(mine_job(config, run.pools), backend, _run_encoder(backend, config.index, run.recipe))
+            run_mine(mine_job(config, run.pools, run.split), backend, _run_encoder(backend, config.index, run.recipe))
         check_pools(run.pools, backend, config.index, run.recipe)
         return
     if config.pools is not None and not config.remine:
@@ -228,7 +234,7 @@ def prepare_pools(
 
     pools = config.out / "pools" / "pools-0000000.jsonl.gz"
     pools.parent.mkdir(parents=True, exist_ok=True)
-    run_mine(mine_job(config, pools), backend, encoder_for_index(backend, config.index, batch=True))
+    run_mine(mine_job(config, pools, run.split), backend, encoder_for_index(backend, config.index, batch=True))
     run.pools = pools
 
 
@@ -266,10 +272,11 @@ def check_pools(pools: Path, backend: Backend, index: str, recipe: VectorRecipe)
         )
 
 
-def mine_job(config: TrainConfig, out: Path) -> MineJob:
+def mine_job(config: TrainConfig, out: Path, split: DevSplit | None = None) -> MineJob:
+    """Mining for this run: the training queries less any carved dev queries."""
     return MineJob(
         index=config.index,
-        queries=config.queries,
+        queries=split.train_queries if split and split.train_queries else config.queries,
         out=out,
         qrels=config.qrels,
         answers=config.answers,

@@ -33,8 +33,10 @@ from hybrid.training.config import TrainConfig
 from hybrid.training.data import Example, PoolData, pool_table
 from hybrid.training.distributed import Distributed
 from hybrid.training.gradcache import cached_backward
-from hybrid.training.model import DualEncoder, contrastive_loss, false_negative_mask
+from hybrid.training.guard import Guard, dev_split
+from hybrid.training.model import DualEncoder, contrastive_loss, distill_loss, false_negative_mask
 from hybrid.training.refresh import encode_share
+from hybrid.training.selection import Decision
 from hybrid.training.setup import MODELS, RunState, check_config, keep_model, prepare_model, prepare_pools, start_run
 from hybrid.training.setup import log as write_log
 
@@ -63,6 +65,8 @@ class TrainResult:
     examples_per_s: float = 0.0
     dev: list[dict[str, Any]] = field(default_factory=list)  # dense dev nDCG@10 per step (step 0 first)
     plan: dict[str, Any] = field(default_factory=dict)
+    guard: Decision | None = None  # what the guard chose (None: no guard ran)
+    notes: list[str] = field(default_factory=list)  # what the run's summary must say (e.g. the guard fell back)
 
 
 def train(
@@ -96,6 +100,8 @@ def train(
             f"--batch-size {config.batch_size} is smaller than the {dist.world} processes; each needs a query"
         )
     previous = latest_checkpoint(out) if out.exists() else None
+    guard: Guard | None = None
+    notes: list[str] = []
     if dist.main:
         if previous is not None and not resume:
             raise ConfigError(f"{out} already has checkpoints; pass --resume to continue, or choose another --out")
@@ -107,7 +113,13 @@ def train(
         with dist.alone():
             run = start_run(config, backend, previous, device)
             state = load_state(previous) if previous is not None else {}
+            if not state:
+                run.split, note = dev_split(config)
+                if note:
+                    log.warning(note)
+                    notes.append(note)
             prepare_pools(config, backend, run, state, device)
+            guard = _start_guard(config, backend, run, state)
             if previous is not None and state.get("refresh_pending"):
                 update_state(previous, {**run.state(), "refresh_pending": False})  # redone: never again
             pool_table(run.pools)  # built once, here: the other ranks map rank 0's table
@@ -116,7 +128,8 @@ def train(
         state = load_state(previous) if previous is not None else {}
     model = prepare_model(config, run, device)
     optimizer = _optimizer(model, config)
-    data = PoolData(run.pools, run.sampler, config.seed)
+    guarded = dist.share(guard is not None if dist.main else None)
+    data = _pool_data(run, config)
     steps = config.total_steps(len(data))
     if state.get("steps") and config.steps is None and state.get("epochs") == config.epochs:
         steps = int(state["steps"])  # the schedule stays fixed even if a refresh changed the query count
@@ -129,7 +142,9 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-    result = TrainResult(final=previous or out, steps=steps, refreshes=run.refreshes, best=run.best, dev=run.dev)
+    result = TrainResult(
+        final=previous or out, steps=steps, refreshes=run.refreshes, best=run.best, dev=run.dev, notes=notes
+    )
     result.plan = {**run.plan(config, data, steps), "processes": dist.world}
     if progress is not None and dist.main:
         progress(TrainProgress(step, steps, float("nan"), 0.0, 0.0, "plan", result.plan))
@@ -200,7 +215,7 @@ def train(
         if progress is not None and dist.main:
             progress(TrainProgress(step, steps, loss_value, lr, rate))
         refresh_now = bool(config.refresh_every and step % config.refresh_every == 0 and step < steps)
-        refresh_now = refresh_now or (step == steps and config.refresh_at_end)
+        refresh_now = refresh_now or (step == steps and config.refresh_at_end and not guarded)
         if not (refresh_now or step == steps or (config.save_every and step % config.save_every == 0)):
             continue
 
@@ -211,6 +226,7 @@ def train(
                 "epochs": config.epochs,
                 "refresh_pending": pending,
                 "scaler": scaler.state_dict() if scaler else None,
+                "guard": guard.state() if guard else None,
             }
             path = checkpoint_dir(out, step)
             return save_checkpoint(path, model, config, optimizer, scheduler, step, extra, run.recipe.settings())
@@ -219,8 +235,17 @@ def train(
         if dist.main:
             # Saved before the refresh with the refresh marked pending: a crash during it redoes it on resume.
             path = save(pending=refresh_now)
-            if refresh_now and progress is not None:
-                progress(TrainProgress(step, steps, loss_value, lr, rate, "refresh"))
+            if guard is not None:
+                with dist.alone():  # scored as saved: the guard may choose any checkpoint
+                    allowed = guard.allows_refresh(path, step, device)
+                if refresh_now and not allowed:
+                    log.warning("step %d: worse than the base on dev; the index is not refreshed with it", step)
+                    notes.append(f"step {step}: worse than the base on dev, not refreshed into the index")
+                refresh_now = refresh_now and allowed
+        if guarded:
+            refresh_now = dist.share(refresh_now if dist.main else None)
+        if dist.main and refresh_now and progress is not None:
+            progress(TrainProgress(step, steps, loss_value, lr, rate, "refresh"))
         shares = _encode_shares(config, backend, run, path, step, dist, device) if refresh_now else []
         if dist.main:
             if refresh_now:
@@ -229,17 +254,61 @@ def train(
                     if step < steps:
                         pool_table(run.pools)
                 update_state(path, {**run.state(), "refresh_pending": False})
-            prune(out, config.keep_checkpoints, {run.best} if run.best else set())
+            protect = ({run.best} if run.best else set()) | (guard.protected() if guard else set())
+            prune(out, config.keep_checkpoints, protect)
         run = dist.share(run if dist.main else None)  # the others wait for the checkpoint and refresh
         if refresh_now:
             model.train()
             if step < steps:
-                data = PoolData(run.pools, run.sampler, config.seed)
+                data = _pool_data(run, config)
         result.final = path
+    if guarded:
+        if dist.main and guard is not None:
+            with dist.alone():
+                result.guard = _finish_guard(config, backend, run, guard, result.final, steps, device, progress)
+        run = dist.share(run if dist.main else None)
     result.best = run.best
     result.seconds = time.perf_counter() - started
     result.examples_per_s = examples / max(train_seconds, 1e-9)
     return result
+
+
+def _pool_data(run: RunState, config: TrainConfig) -> PoolData:
+    exclude = run.split.exclude if run.split else frozenset()
+    return PoolData(run.pools, run.sampler, config.seed, exclude, config.positives_per_query)
+
+
+def _start_guard(config: TrainConfig, backend: Backend, run: RunState, state: dict[str, Any]) -> Guard | None:
+    """The guard of a new run (set up from the index as it is), or the one a checkpoint saved."""
+    if state.get("guard"):
+        return Guard.restore(config, backend, state["guard"])
+    if state or not config.guard or run.split is None:
+        return None
+    return Guard.start(config, backend, run.split, run.recipe)
+
+
+def _finish_guard(
+    config: TrainConfig,
+    backend: Backend,
+    run: RunState,
+    guard: Guard,
+    final: Path,
+    steps: int,
+    device: torch.device,
+    progress: Callable[[TrainProgress], None] | None,
+) -> Decision:
+    """The guard's choice at the end of the run; the index is re-embedded with it only
+    when it wins (and the run refreshes at its end)."""
+    if guard.decision is not None:  # a finished run resumed
+        return guard.decision
+    decision = guard.choose(config, final, steps, device)
+    write_log(config.out, {"guard": {k: v for k, v in decision.__dict__.items()}})
+    if decision.replace and decision.chosen and config.refresh_at_end:
+        if progress is not None:
+            progress(TrainProgress(steps, steps, float("nan"), 0.0, 0.0, "refresh"))
+        run.refresh(config, backend, Path(decision.chosen), steps, last=True, device=device)
+    update_state(final, {**run.state(), "guard": guard.state()})
+    return decision
 
 
 def _encode_shares(
@@ -298,13 +367,21 @@ class _Inputs:
     positives: torch.Tensor  # (B,) query i's positive column
     groups: torch.Tensor  # (P,) the query each passage belongs to
     mask: torch.Tensor  # (B, P) labelled positives of query i that are not its target
+    targets: torch.Tensor  # (B, P) query i's labelled positives (the numerator of the multi-positive loss)
+    teacher: torch.Tensor  # (P,) the mining model's score of each passage for its own query
 
     def loss(self, q: torch.Tensor, p: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-        return contrastive_loss(q, p, self.positives, self.groups, config.temperature, config.in_batch, self.mask)
+        targets = self.targets if config.positives == "all" else None
+        loss = contrastive_loss(
+            q, p, self.positives, self.groups, config.temperature, config.in_batch, self.mask, targets
+        )
+        if config.distill > 0:
+            loss = loss + config.distill * distill_loss(q, p, self.groups, self.teacher, config.temperature)
+        return loss
 
 
 def _batch_inputs(batch: list[Example], backend: Backend, config: TrainConfig, device: torch.device) -> _Inputs:
-    ids = [doc for ex in batch for doc in (ex.positive, *ex.negatives)]
+    ids = [doc for ex in batch for doc in (ex.positive, *ex.extra_positives, *ex.negatives)]
     docs = backend.get(config.index, sorted(set(ids)))
     missing = [d for d in ids if d not in docs]
     if missing:
@@ -317,17 +394,21 @@ def _batch_inputs(batch: list[Example], backend: Backend, config: TrainConfig, d
     groups: list[int] = []
     for i, ex in enumerate(batch):
         positives.append(len(texts))
-        for doc_id in (ex.positive, *ex.negatives):
+        for doc_id in (ex.positive, *ex.extra_positives, *ex.negatives):
             doc = docs[doc_id]
             texts.append(f"{doc.title} {doc.text}" if doc.title else doc.text)
             groups.append(i)
     mask = false_negative_mask([ex.not_negative for ex in batch], [ex.positive for ex in batch], ids)
+    targets = false_negative_mask([ex.labelled for ex in batch], [ex.positive for ex in batch], ids)
+    teacher = [score for ex in batch for score in ex.teacher] if all(ex.teacher for ex in batch) else [0.0] * len(ids)
     return _Inputs(
         queries=[ex.query for ex in batch],
         passages=texts,
         positives=torch.tensor(positives, device=device),
         groups=torch.tensor(groups, device=device),
         mask=mask.to(device),
+        targets=targets.to(device),
+        teacher=torch.tensor(teacher, dtype=torch.float32, device=device),
     )
 
 

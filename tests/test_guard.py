@@ -1,0 +1,362 @@
+"""The guard: a dev split carved from the training queries decides whether a trained model
+replaces the index's; multi-positive loss, anchors and distillation on many-positive data."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from hybrid.indexing import IndexJob, run_index
+from hybrid.negatives import SamplerConfig
+from hybrid.training.config import TrainConfig
+from hybrid.training.model import contrastive_loss, distill_loss
+from hybrid.training.selection import (
+    GuardConfig,
+    Scored,
+    carve_dev,
+    decide,
+    ndcg_at,
+    next_alpha,
+)
+from hybrid.training.trainer import train
+
+WORDS = [
+    "heart",
+    "blood",
+    "pressure",
+    "sugar",
+    "insulin",
+    "liver",
+    "kidney",
+    "brain",
+    "nerve",
+    "muscle",
+    "bone",
+    "skin",
+    "lung",
+    "cancer",
+    "tumor",
+    "virus",
+    "bacteria",
+    "fever",
+    "cough",
+    "pain",
+    "sleep",
+    "diet",
+    "fat",
+    "salt",
+    "coffee",
+    "tea",
+    "milk",
+    "egg",
+    "fish",
+    "meat",
+    "fruit",
+    "apple",
+    "orange",
+    "bean",
+    "rice",
+    "wheat",
+    "corn",
+    "oil",
+    "vitamin",
+    "iron",
+    "zinc",
+    "calcium",
+    "protein",
+    "enzyme",
+    "hormone",
+    "gene",
+    "cell",
+    "tissue",
+    "organ",
+    "drug",
+    "dose",
+]
+FILLER = [
+    "study",
+    "result",
+    "patient",
+    "group",
+    "trial",
+    "effect",
+    "level",
+    "risk",
+    "data",
+    "method",
+    "analysis",
+    "report",
+    "change",
+    "rate",
+    "value",
+    "sample",
+    "control",
+    "measure",
+    "factor",
+    "period",
+    "number",
+    "review",
+    "case",
+    "model",
+    "test",
+]
+
+
+def shared_positives(root: Path, topics: int = 16, docs_per_topic: int = 12, queries_per_topic: int = 10) -> Path:
+    """A BEIR directory like NFCorpus in miniature: every query of a topic has all of the
+    topic's documents as positives, so positives are many and shared between queries."""
+    rng = random.Random(0)
+    root.mkdir(parents=True)
+    (root / "qrels").mkdir()
+    keywords = [WORDS[3 * t : 3 * t + 3] for t in range(topics)]
+    with (root / "corpus.jsonl").open("w") as fh:
+        for t in range(topics):
+            for d in range(docs_per_topic):
+                words = rng.sample(keywords[t], 2) + rng.sample(FILLER, 8)
+                rng.shuffle(words)
+                fh.write(json.dumps({"_id": f"t{t}d{d}", "title": "", "text": " ".join(words)}) + "\n")
+    with (root / "queries.jsonl").open("w") as q, (root / "qrels" / "train.tsv").open("w") as r:
+        r.write("query-id\tcorpus-id\tscore\n")
+        for t in range(topics):
+            for n in range(queries_per_topic):
+                q.write(json.dumps({"_id": f"q{t}-{n}", "text": " ".join(rng.sample(keywords[t], 2))}) + "\n")
+                for d in range(docs_per_topic):
+                    r.write(f"q{t}-{n}\tt{t}d{d}\t1\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def many_positives(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_positives(tmp_path_factory.mktemp("many") / "beir")
+
+
+def _config(index: str, data: Path, out: Path, model: Path, **kw: Any) -> TrainConfig:
+    values: dict[str, Any] = {
+        "index": index,
+        "queries": data / "queries.jsonl",
+        "qrels": data / "qrels/train.tsv",
+        "out": out,
+        "model": str(model),
+        "sampler": SamplerConfig(n=2, depth=20),
+        "steps": 6,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "save_every": 0,
+        "bm25_depth": 20,
+        "knn_depth": 20,
+        "guard_depth": 20,
+        "dev_share": 0.3,
+    }
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def test_carve_is_seeded_held_out_and_falls_back(many_positives: Path, tmp_path: Path) -> None:
+    queries, qrels = many_positives / "queries.jsonl", many_positives / "qrels/train.tsv"
+    guard = GuardConfig(dev_share=0.1, dev_min=50)
+    split, note = carve_dev(queries, qrels, tmp_path / "a", guard, seed=3)
+    again, _ = carve_dev(queries, qrels, tmp_path / "b", guard, seed=3)
+    assert note is None and split is not None and again is not None
+    assert split.exclude == again.exclude and len(split.exclude) == 50  # 10 % of 160 is 16: at least 50
+    dev_ids = {json.loads(line)["_id"] for line in split.queries.read_text().splitlines()}
+    assert split.train_queries is not None
+    train_ids = {json.loads(line)["_id"] for line in split.train_queries.read_text().splitlines()}
+    assert dev_ids == split.exclude and not dev_ids & train_ids and len(train_ids) == 110
+    assert {line.split("\t")[0] for line in split.qrels.read_text().splitlines()[1:]} == dev_ids
+    few, why = carve_dev(queries, qrels, tmp_path / "c", GuardConfig(dev_min=90), seed=3)
+    assert few is None and why is not None and "too few" in why and "falls back" in why
+
+
+def test_ndcg_matches_trec_eval_definition() -> None:
+    judged = {"a": 2, "b": 1, "c": 1}
+    assert ndcg_at(["a", "b", "c"], judged) == pytest.approx(1.0)
+    assert ndcg_at(["x", "a"], judged) == pytest.approx((2 / np.log2(3)) / (2 + 1 / np.log2(3) + 0.5))
+    assert ndcg_at(["x"], {"y": 0}) == 0.0
+
+
+def test_decide_needs_a_win_beyond_noise() -> None:
+    rng = np.random.default_rng(0)
+    base_q = rng.uniform(0, 1, 200)
+    base = Scored("base", None, float(base_q.mean()), base_q.tolist())
+    better_q = np.clip(base_q + 0.1, 0, 1)
+    noisy_q = base_q + rng.normal(0, 0.2, 200) * (rng.uniform(size=200) < 0.05)
+    better = Scored("alpha-0.50", "/m/a", float(better_q.mean()), better_q.tolist(), alpha=0.5)
+    noisy = Scored("step-1", "/m/s", float(noisy_q.mean()), noisy_q.tolist(), alpha=1.0)
+    won = decide(base, [noisy, better], p_max=0.05)
+    assert won.replace and won.chosen == "/m/a" and won.p_value < 0.05 and won.best == "alpha-0.50"
+    worse_q = base_q - 0.05
+    lost = decide(base, [Scored("s", "/m/s", float(worse_q.mean()), worse_q.tolist(), alpha=1.0)], p_max=0.05)
+    assert not lost.replace and lost.chosen is None and "left as it was" in lost.line()
+    tie = decide(base, [noisy], p_max=0.05)
+    assert not tie.replace and tie.p_value >= 0.05
+
+
+def test_next_alpha_refines_toward_the_better_side() -> None:
+    assert next_alpha({0.0: 0.30, 0.5: 0.35, 1.0: 0.31}) == 0.75  # best 0.5, the trained side the better
+    assert next_alpha({0.0: 0.32, 0.5: 0.35, 1.0: 0.31}) == 0.25
+    assert next_alpha({0.0: 0.30, 0.5: 0.31, 1.0: 0.35}) == 0.75
+    assert next_alpha({0.0: 0.36, 0.5: 0.31, 1.0: 0.30}) == 0.25  # the base best: try closer to it
+    assert next_alpha({0.0: 0.3, 0.25: 0.31, 0.5: 0.2, 1.0: 0.1}) == 0.125
+
+
+def test_multi_positive_loss_counts_every_labelled_positive() -> None:
+    torch.manual_seed(0)
+    q, p = torch.randn(2, 8), torch.randn(6, 8)
+    positives, groups = torch.tensor([0, 3]), torch.tensor([0, 0, 0, 1, 1, 1])
+    single = contrastive_loss(q, p, positives, groups, 0.1, True)
+    assert torch.allclose(single, contrastive_loss(q, p, positives, groups, 0.1, True, None, None))
+    targets = torch.zeros(2, 6, dtype=torch.bool)
+    targets[0, [0, 1]] = True  # query 0: columns 0 and 1 are labelled positives
+    targets[1, 3] = True
+    multi = contrastive_loss(q, p, positives, groups, 0.1, True, targets.clone(), targets)
+    scores = q @ p.T / 0.1
+    row0 = torch.logsumexp(scores[0], 0) - torch.logsumexp(scores[0, [0, 1]], 0)
+    row1 = torch.logsumexp(scores[1], 0) - scores[1, 3]
+    assert torch.allclose(multi, (row0 + row1) / 2, atol=1e-5)
+    # a second positive only lowers the loss: it joins the numerator instead of being dropped
+    dropped = contrastive_loss(q, p, positives, groups, 0.1, True, targets.clone())
+    assert multi.item() < dropped.item() + 1e-6
+
+
+def test_distill_is_zero_at_the_teacher_and_positive_elsewhere() -> None:
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(2, 8), dim=1)
+    p = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    groups = torch.tensor([0, 0, 1, 1])
+    teacher = torch.stack([q[g] @ p[i] for i, g in enumerate(groups.tolist())])
+    assert distill_loss(q, p, groups, teacher, 0.05).item() == pytest.approx(0.0, abs=1e-6)
+    assert distill_loss(q, p, groups, teacher.flip(0), 0.05).item() > 0.01
+
+
+def _indexed(backend: Any, data: Path, model: Path) -> Any:
+    from hybrid.encoder import Encoder, EncoderConfig
+
+    encoder = Encoder(EncoderConfig(model=str(model), batch_size=32))
+    run_index(IndexJob(corpus=data, index="idx"), backend, encoder)
+    return backend.info("idx")
+
+
+def test_a_run_that_makes_things_worse_leaves_the_index_untouched(
+    embedded_backend: Any, many_positives: Path, tmp_path: Path
+) -> None:
+    from hybrid.encoder import default_model_dir
+
+    model = default_model_dir()  # all-MiniLM-L6-v2 ranks this data well: training can only lose
+    before = _indexed(embedded_backend, many_positives, model)
+    # Training labels that point every query at the next topic's documents (labels gone
+    # wrong): the trained model ranks worse on the user's true dev labels.
+    true = (many_positives / "qrels/train.tsv").read_text().splitlines()
+    wrong = tmp_path / "wrong.tsv"
+    rows = [line.split("\t") for line in true[1:]]
+    shifted = {f"t{t}": f"t{(t + 1) % 16}" for t in range(16)}
+    wrong.write_text(
+        true[0] + "\n" + "".join(f"{q}\t{shifted[d.split('d')[0]]}d{d.split('d')[1]}\t{g}\n" for q, d, g in rows)
+    )
+    config = _config(
+        "idx",
+        many_positives,
+        tmp_path / "run",
+        model,
+        qrels=wrong,
+        steps=12,
+        lr=2e-4,
+        dev_queries=many_positives / "queries.jsonl",
+        dev_qrels=many_positives / "qrels/train.tsv",
+    )
+    result = train(config, embedded_backend)
+    after = embedded_backend.info("idx")
+    assert result.guard is not None and not result.guard.replace, result.guard
+    assert result.guard.best_ndcg <= result.guard.base or result.guard.p_value >= 0.05
+    assert (after.version, after.model) == (before.version, before.model)
+    assert result.refreshes == []  # no re-embed was spent
+    saved = json.loads((tmp_path / "run" / "guard.json").read_text())
+    assert saved["replace"] is False and saved["queries"] == 160
+    names = [s["name"] for s in saved["scored"]]
+    assert names[0] == "base" and "alpha-0.50" in names and "checkpoint-0000012" in names
+    trained = next(s for s in saved["scored"] if s["name"] == "checkpoint-0000012")
+    assert trained["ndcg"] < saved["base"]  # the run did make things worse
+
+
+def test_carved_dev_queries_are_neither_mined_nor_trained_on(
+    embedded_backend: Any, many_positives: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from hybrid.mining import read_pools
+
+    _indexed(embedded_backend, many_positives, tiny_model)
+    result = train(_config("idx", many_positives, tmp_path / "run", tiny_model, steps=2), embedded_backend)
+    assert result.guard is not None and result.guard.queries == 50  # 30 % of 160 is 48: at least 50
+    held = {json.loads(line)["_id"] for line in (tmp_path / "run" / "dev" / "queries.jsonl").read_text().splitlines()}
+    mined = {pool.qid for pool in read_pools(tmp_path / "run" / "pools" / "pools-0000000.jsonl.gz")}
+    assert len(held) == 50 and len(mined) == 110 and not mined & held
+    assert result.plan["dev_queries"] == 50 and result.plan["queries"] == 110
+
+
+def test_a_run_that_wins_replaces_the_index_with_the_chosen_model(
+    embedded_backend: Any, many_positives: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    before = _indexed(embedded_backend, many_positives, tiny_model)
+    config = _config(
+        "idx", many_positives, tmp_path / "run", tiny_model, steps=30, lr=2e-3, positives="all", positives_per_query=2
+    )
+    result = train(config, embedded_backend)
+    decision = result.guard
+    assert decision is not None
+    after = embedded_backend.info("idx")
+    assert decision.best_ndcg > decision.base and decision.replace, decision.line()
+    assert after.version != before.version and len(result.refreshes) == 1
+    assert decision.chosen is not None and after.model.endswith(Path(decision.chosen).name)
+
+
+def test_too_few_queries_warn_and_fall_back_to_the_loss(
+    embedded_backend: Any, beir_small: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from hybrid.encoder import Encoder, EncoderConfig
+
+    run_index(IndexJob(corpus=beir_small, index="idx"), embedded_backend, Encoder(EncoderConfig(model=str(tiny_model))))
+    config = TrainConfig(
+        index="idx",
+        queries=beir_small / "queries.jsonl",
+        qrels=beir_small / "qrels/test.tsv",
+        out=tmp_path / "run",
+        model=str(tiny_model),
+        sampler=SamplerConfig(n=2, depth=10),
+        steps=2,
+        batch_size=2,
+        save_every=0,
+        bm25_depth=5,
+        knn_depth=5,
+    )
+    result = train(config, embedded_backend)
+    assert result.guard is None and any("falls back to the training loss" in n for n in result.notes)
+    assert len(result.refreshes) == 1  # unguarded: the final model is refreshed in, as before
+
+
+def test_anchor_and_several_positives_in_examples(many_positives: Path, tmp_path: Path) -> None:
+    from hybrid.mining import Pool
+    from hybrid.training.data import PoolData
+
+    pools = tmp_path / "pools.jsonl.gz"
+    import gzip
+
+    with gzip.open(pools, "wt") as fh:
+        for n in range(3):
+            pool = Pool(
+                qid=f"q{n}",
+                query=f"query {n}",
+                positives=[("p1", 0.9), ("p2", 0.5), ("p3", 0.1)],
+                candidates=[(f"c{k}", 0.8 - 0.05 * k, "both", False) for k in range(10)],
+            )
+            fh.write(json.dumps({**pool.__dict__, "version": "v"}) + "\n")
+    data = PoolData(
+        pools, SamplerConfig(n=2, depth=10, anchor="max", scale=20.0), 1, frozenset({"q2"}), positives_per_query=3
+    )
+    assert len(data) == 2  # q2 held out
+    example = data.batch(0, 2)[0]
+    assert len(example.extra_positives) == 2 and {example.positive, *example.extra_positives} == {"p1", "p2", "p3"}
+    assert example.labelled == {"p1", "p2", "p3"} and len(example.teacher) == 5
