@@ -1,6 +1,6 @@
 """Benchmark: what an ES bulk request for a refresh carries, text against vector.
 
-    python bench/es_payload.py [--docs 5000] [--dims 384]
+    python -m bench es_payload [--docs 5000] [--dims 384]
 
 A refresh on ES writes each document again (id, title, text and the new vector) into the
 new version's physical index. Writing only the vector field would save the text's bytes;

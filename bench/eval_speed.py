@@ -1,4 +1,4 @@
-"""Benchmark: how fast batch jobs encode queries, and dense eval throughput on SciFact.
+"""Benchmark: query encoding and dense eval throughput on SciFact, and a cold `hybrid search`.
 
     python -m bench eval_speed [--store DIR [--index NAME]]   # reuse a store's SciFact index (default 'scifact')
     python -m bench eval_speed --cold-only --store DIR [--index NAME]   # the cold search alone

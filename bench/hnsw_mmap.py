@@ -1,6 +1,6 @@
 """Benchmark: memory of opening an embedded HNSW graph, mapped (hybrid's way) or read.
 
-    python bench/hnsw_mmap.py [--vectors 200000] [--dims 384] [--m 16]
+    python -m bench hnsw_mmap [--vectors 200000] [--dims 384] [--m 16]
 
 Builds a FAISS HNSW (inner product) graph over random vectors, saves it as the embedded
 store does, then opens it in fresh processes both ways, alternating: read into memory

@@ -2,8 +2,8 @@
 
 Usage (from the repo root; reads ../shared/datasets):
 
-    python bench/index_search.py                      # both backends, starts its own ES 9 node
-    python bench/index_search.py --backends embedded  # embedded only
+    python -m bench index_search                      # both backends, starts its own ES 9 node
+    python -m bench index_search --backends embedded  # embedded only
 
 Prints a table per section and writes bench/results/index_search.json.
 """

@@ -1,6 +1,6 @@
 """Benchmark: rank 0's own work in a 2-process CPU run, on its share of the cores or on all.
 
-    python bench/rank_alone.py --store S --index sf [--runs 2]
+    python -m bench rank_alone --store S --index sf [--runs 2]
 
 In a ``hybrid train --nproc 2`` run on CPU each process is given half the cores
 (``OMP_NUM_THREADS``). After a refresh's shared encoding, rank 0 alone re-mines the

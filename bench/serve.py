@@ -1,6 +1,6 @@
 """Benchmark: `hybrid serve` under concurrent clients, and a version swap under load.
 
-    python bench/serve.py [--backends embedded,es] [--clients 1,4,16] [--seconds 15]
+    python -m bench serve [--backends embedded,es] [--clients 1,4,16] [--seconds 15]
                           [--es-url URL] [--out bench/results/serve.json]
 
 SciFact (5,183 passages, ../shared/datasets/scifact) is indexed with `hybrid index`'s
@@ -13,7 +13,7 @@ Then a swap run: 4 clients send hybrid queries while `hybrid index --recreate` r
 index in another process and the alias moves; it reports errors (the goal is 0) and the
 (version, model) pairs the responses named. Writes bench/results/serve.json.
 
-    python bench/serve.py --collectors serial,g1 [--rounds 2] [--out bench/results/serve_gc.json]
+    python -m bench serve --collectors serial,g1 [--rounds 2] [--out bench/results/serve_gc.json]
 
 compares the garbage collectors of the server's in-process JVM on the embedded store
 instead: one index, an untimed server (it exports the ONNX query graph once, so no timed
