@@ -62,7 +62,7 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The README table."""
+    """The table docs/benchmarks.md quotes."""
     head = (
         "| arm | seeds | dense nDCG@10 | p vs base | p vs random | dense R@100 | hybrid RRF nDCG@10 "
         "| hybrid linear nDCG@10 | p vs base | hybrid linear R@100 | ex/s | wall s |\n"

@@ -14,6 +14,12 @@ def test_readme_is_at_most_250_lines() -> None:
     assert len(lines) <= 250, f"README.md has {len(lines)} lines; move details to docs/"
 
 
+def test_one_install_command_and_one_test_command() -> None:
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    assert sum("pip install" in block for block in blocks) == 1
+    assert [block for block in blocks if block.strip() == "pytest"] == ["pytest\n"]
+
+
 def test_every_local_file_the_readme_links_exists() -> None:
     targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README.read_text(encoding="utf-8"))
     local = [t for t in targets if "://" not in t]
