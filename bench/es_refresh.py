@@ -1,6 +1,6 @@
 """Benchmark: a refresh on Elasticsearch, whole documents into a new index vs vector fields in place.
 
-    python bench/es_refresh.py [--docs 10000] [--repeats 3] [--es-url URL]
+    python -m bench es_refresh [--docs 10000] [--repeats 3] [--es-url URL]
 
 The two ways hybrid writes a new model's vectors to ES, on one node, the same documents
 (the first ``--docs`` passages of the MS MARCO DL19 pool, real text) and the same vectors:

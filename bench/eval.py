@@ -2,8 +2,8 @@
 
 Usage (from the repo root; reads ../shared/datasets):
 
-    python bench/eval.py                        # both backends; starts its own ES 9 node
-    python bench/eval.py --backends embedded
+    python -m bench eval                        # both backends; starts its own ES 9 node
+    python -m bench eval --backends embedded
 
 Modes: bm25, dense, hybrid RRF (k=60), hybrid linear (min-max, 0.5/0.5), all-MiniLM-L6-v2
 at 256 passage / 64 query tokens. Prints a table and writes bench/results/eval.json.

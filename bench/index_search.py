@@ -2,8 +2,8 @@
 
 Usage (from the repo root; reads ../shared/datasets):
 
-    python bench/index_search.py                      # both backends, starts its own ES 9 node
-    python bench/index_search.py --backends embedded  # embedded only
+    python -m bench index_search                      # both backends, starts its own ES 9 node
+    python -m bench index_search --backends embedded  # embedded only
 
 Prints a table per section and writes bench/results/index_search.json.
 """
@@ -76,7 +76,7 @@ def latency_and_quality(backend: Any, name: str, dataset: Path) -> dict[str, Any
 def cold_start(store: Path, name: str, repeats: int = 3, env: dict[str, str] | None = None) -> dict[str, float]:
     """Wall time of a fresh ``hybrid search`` process, launch to printed hits (median).
 
-    ``env`` is added to this process's environment for the searches (e.g. HYBRID_JVM_CDS=0).
+    ``env`` is added to this process's environment for the searches.
     """
     out: dict[str, float] = {}
     for mode in ("bm25", "dense", "hybrid"):
@@ -103,15 +103,6 @@ def cold_start(store: Path, name: str, repeats: int = 3, env: dict[str, str] | N
             times.append(time.perf_counter() - t0)
         out[mode] = round(sorted(times)[len(times) // 2], 3)
     return out
-
-
-def settle_class_sharing(timeout_s: float = 120) -> None:
-    """Wait until no JVM class-sharing archive is being built (a first search starts one)."""
-    from hybrid.java import cds_busy
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and cds_busy():
-        time.sleep(0.5)
 
 
 def memory_child(backend_kind: str, docs: int, es_url: str | None) -> None:
@@ -208,8 +199,7 @@ def main() -> int:
             res: dict[str, Any] = {"index": index_dataset(backend, "scifact", args.dataset, args.max_length)}
             res["search"] = latency_and_quality(backend, "scifact", args.dataset)
             if kind == "embedded":
-                cold_start(work / "store", "scifact", repeats=1)  # exports the ONNX graph, records the JVM's classes
-                settle_class_sharing()
+                cold_start(work / "store", "scifact", repeats=1)  # exports the ONNX graph once
                 res["cold_start_s"] = cold_start(work / "store", "scifact")
             else:
                 backend.drop("scifact")

@@ -1,6 +1,6 @@
 """Benchmark: a training refresh that writes vectors only against one that rewrites the index.
 
-    python bench/refresh.py --store DIR --index NAME [--model DIR] [--repeats 2] [--processes 2]
+    python -m bench refresh --store DIR --index NAME [--model DIR] [--repeats 2] [--processes 2]
 
 Same run, same index, same encoder and batch: the refresh ``hybrid train`` runs (on the
 embedded store: the new version hard-links the documents and the Lucene index, and writes

@@ -1,6 +1,6 @@
 """Benchmark: peak memory of training and refresh at 10 %, 50 % and 100 % of a large job.
 
-    python bench/scale.py [--queries 500000] [--candidates 200] [--docs 1000000] [--work DIR]
+    python -m bench scale [--queries 500000] [--candidates 200] [--docs 1000000] [--work DIR]
 
 Synthetic data at MS MARCO's shape: pools of ``--queries`` queries x ``--candidates``
 candidates (ids drawn from the corpus, scores descending) and a corpus of ``--docs`` short

@@ -1,6 +1,6 @@
 """Benchmark: `hybrid serve` under concurrent clients, and a version swap under load.
 
-    python bench/serve.py [--backends embedded,es] [--clients 1,4,16] [--seconds 15]
+    python -m bench serve [--backends embedded,es] [--clients 1,4,16] [--seconds 15]
                           [--es-url URL] [--out bench/results/serve.json]
 
 SciFact (5,183 passages, ../shared/datasets/scifact) is indexed with `hybrid index`'s
@@ -13,11 +13,11 @@ Then a swap run: 4 clients send hybrid queries while `hybrid index --recreate` r
 index in another process and the alias moves; it reports errors (the goal is 0) and the
 (version, model) pairs the responses named. Writes bench/results/serve.json.
 
-    python bench/serve.py --collectors serial,g1 [--rounds 2] [--out bench/results/serve_gc.json]
+    python -m bench serve --collectors serial,g1 [--rounds 2] [--out bench/results/serve_gc.json]
 
 compares the garbage collectors of the server's in-process JVM on the embedded store
-instead: one index, an untimed server per arm (each collector has its own class-sharing
-archive, recorded there), then a fresh server per arm, the arms taking turns over --rounds
+instead: one index, an untimed server (it exports the ONNX query graph once, so no timed
+server pays for torch), then a fresh server per arm, the arms taking turns over --rounds
 (use an even number), each loaded as above (no swap run), with the server's peak
 anonymous memory sampled every 20 ms. "serial" is what hybrid gives a JVM it starts to
 search; "g1" is set the user's way, JAVA_TOOL_OPTIONS=-XX:+UseG1GC (the caller's
@@ -111,11 +111,6 @@ class Server:
             if any(n.startswith(prefix) for n in names):
                 return name
         return "serial"
-
-    def archive_mapped(self) -> bool:
-        """Whether the JVM mapped a class-sharing archive of hybrid's cache."""
-        with open(f"/proc/{self.proc.pid}/maps") as fh:
-            return any("/hybrid/jvm/" in line and line.rstrip().endswith(".jsa") for line in fh)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -262,13 +257,9 @@ COLLECTOR_ENV = {"serial": {}, "g1": {"JAVA_TOOL_OPTIONS": "-XX:+UseG1GC"}}
 
 
 def collector_server(where: list[str], arm: str) -> Server:
-    """A server whose JVM runs ``arm``'s collector, started once no class-sharing archive is
-    being recorded or built (each collector has its own archive), or an exit."""
-    from hybrid.java import USER_OPTIONS, cds_busy
+    """A server whose JVM runs ``arm``'s collector, or an exit."""
+    from hybrid.java import USER_OPTIONS
 
-    deadline = time.monotonic() + 120
-    while cds_busy() and time.monotonic() < deadline:
-        time.sleep(0.5)
     env = {k: v for k, v in os.environ.items() if k not in USER_OPTIONS}  # the caller's would decide
     server = Server(where, "scifact", {**env, **COLLECTOR_ENV[arm]})
     if (found := server.collector()) != arm:
@@ -286,11 +277,10 @@ def collector_arms(args: argparse.Namespace, queries: list[str], work: Path) -> 
     where = ["--store", str(work / "store")]
     print("== embedded: indexing SciFact", flush=True)
     run_cli(["index", str(SCIFACT), "-i", "scifact", "--recreate"], where)
-    for arm in arms:  # untimed: records each arm's class-sharing archive, so every timed run maps one
-        server = collector_server(where, arm)
-        for mode in MODES:
-            asyncio.run(load(server.url, mode, 1, 1, queries, warmup=0))
-        server.stop()
+    server = collector_server(where, arms[0])  # untimed: the first search exports the ONNX query graph
+    for mode in MODES:
+        asyncio.run(load(server.url, mode, 1, 1, queries, warmup=0))
+    server.stop()
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     for round_ in range(args.rounds):
         for arm in arms if round_ % 2 == 0 else arms[::-1]:
@@ -299,7 +289,7 @@ def collector_arms(args: argparse.Namespace, queries: list[str], work: Path) -> 
             rows = []
             try:
                 ready_anon = peak.sample()
-                collector, archive = server.collector(), server.archive_mapped()
+                collector = server.collector()
                 for mode in MODES:
                     for clients in (int(c) for c in args.clients.split(",")):
                         row = asyncio.run(load(server.url, mode, clients, args.seconds, queries))
@@ -311,7 +301,6 @@ def collector_arms(args: argparse.Namespace, queries: list[str], work: Path) -> 
             run = {
                 "round": round_,
                 "collector": collector,
-                "archive_mapped": archive,
                 "ready_anon_mib": round(ready_anon, 1),
                 "peak_anon_mib": round(peak.mib, 1),
             }
@@ -385,7 +374,7 @@ def print_collectors(result: dict[str, Any]) -> None:
         ready = ", ".join(str(r["ready_anon_mib"]) for r in runs)
         print(
             f"{arm}: peak anonymous MiB {summary[arm]['peak_anon_mib']} (rounds {peaks}; ready {ready}), "
-            f"collector {', '.join(r['collector'] for r in runs)}, archive mapped {[r['archive_mapped'] for r in runs]}"
+            f"collector {', '.join(r['collector'] for r in runs)}"
         )
     print(f"{first} over {second}, peak anonymous memory: {ratio.get('peak_anon_mib')}")
 

@@ -1,6 +1,6 @@
 """Soak test: many real `hybrid` processes on the embedded store, counting crashes.
 
-    python bench/soak.py [--runs 300] [--out bench/results/soak.json]
+    python -m bench soak [--runs 300] [--out bench/results/soak.json]
 
 Builds a small embedded index (the BEIR-style test fixture, the shipped model), then runs
 the CLI over and over as separate processes, cycling through: `search` (bm25, dense,

@@ -2,9 +2,10 @@
 
 Usage (from the repo root; reads ../shared/datasets/scifact):
 
-    python bench/train.py                                  # every arm, seeds 1-3 (hours on 2 CPU cores)
-    python bench/train.py --seeds 1 --arms simans,random   # a subset; results merge into the JSON
-    python bench/train.py --epochs 0.1 --seeds 1 --arms simans --out /tmp/t.json   # smoke run
+    python -m bench train                                  # every arm, seeds 1-3 (hours on 2 CPU cores)
+    python -m bench train --seeds 1 --arms simans,random   # a subset; results merge into the JSON
+    python -m bench train --epochs 0.1 --seeds 1 --arms simans --out /tmp/t.json   # smoke run
+    python -m bench train --knobs default,a=2,lr=1e-4 --seeds 1   # one knob at a time (below)
 
 The index is built once as a user would (`hybrid index` defaults: all-MiniLM-L6-v2, its
 256-token passages), and the **base row is that very index**. Every arm starts from a copy
@@ -13,9 +14,16 @@ batch, negatives per query, learning rate and seeds; each ends with the refresh 
 re-embeds the corpus with the index's own settings, and is scored on the 300 test queries:
 dense, and hybrid with BM25 (RRF k=60 and linear min-max 0.5/0.5). 100 training queries are
 held out as dev (the learning curve); 709 train. Runs already in the JSON are skipped, so an
-interrupted benchmark resumes. Writes bench/results/train.json; `bench/train_report.py` makes
-the table and the learning-curve plot. The knobs of one run (--a, --b, --score-scale, --depth,
---negatives, --lr, --epochs, --batch-size) go to their own --out.
+interrupted benchmark resumes. Writes bench/results/train.json; `python -m bench train_report`
+makes the table and the learning-curve plot. The knobs of one run (--a, --b, --score-scale,
+--depth, --negatives, --lr, --epochs, --batch-size) go to their own --out.
+
+``--knobs`` studies what each knob does to SimANS, one at a time: the simans arm is trained
+with the budget above except for one ``name=value`` per run (``default``: the unchanged
+budget, so every row differs from it in exactly one thing), with the first of --seeds.
+One seed per knob: read differences against the seed spread of the main study, not as
+significant on their own. Writes bench/results/train_knobs.json; runs already there are
+skipped.
 """
 
 from __future__ import annotations
@@ -184,8 +192,16 @@ def main() -> int:
     parser.add_argument("--held-out", type=int, default=100)
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train.json")
+    parser.add_argument(
+        "--knobs",
+        default=None,
+        help=f"one-knob study: comma-separated name=value and 'default' (the last study: {KNOBS})",
+    )
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.knobs:
+        return knob_study(args, parser)
+    args.out = args.out or REPO / "bench" / "results" / "train.json"
 
     budget = {k: getattr(args, k) for k in ("epochs", "batch_size", "negatives", "lr", "a", "b", "held_out")}
     scale = "auto (20)" if args.score_scale == "auto" else float(args.score_scale)
@@ -217,6 +233,43 @@ def main() -> int:
     from bench.train_report import print_table
 
     print_table(results)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+KNOBS = "default,score_scale=1,a=2,b=-2,depth=30,negatives=7,lr=1e-4,batch_size=64,epochs=4"
+KNOB_NAMES = ("epochs", "batch_size", "negatives", "lr", "a", "b", "score_scale", "depth", "held_out")
+
+
+def knob_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Train the simans arm once per knob, the budget otherwise the parser's defaults."""
+    defaults = {name: parser.get_default(name) for name in KNOB_NAMES}
+    out = args.out or REPO / "bench" / "results" / "train_knobs.json"
+    seed = int(args.seeds.split(",")[0])
+    results: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    work = Path(tempfile.mkdtemp(prefix="hybrid-bench-knobs-"))
+    setup = build_base(work, defaults["held_out"])
+    results.setdefault("machine", machine())
+    results.update(seed=seed, defaults=defaults, base=setup["base"])
+    results.setdefault("runs", {})
+    for knob in args.knobs.split(","):
+        if knob in results["runs"]:
+            continue
+        budget = dict(defaults)
+        if knob != "default":
+            name, _, value = knob.partition("=")
+            if name not in defaults or not value:
+                raise SystemExit(f"unknown knob '{knob}'; use name=value with name one of {', '.join(defaults)}")
+            budget[name] = value if name == "score_scale" else type(defaults[name])(value)
+        namespace = argparse.Namespace(**budget, device=args.device, precision=args.precision)
+        config = train_config(namespace, setup, "simans", seed, work / f"run-{len(results['runs'])}")
+        run = one_run(work, setup, config)
+        results["runs"][knob] = {"budget": budget, **run}
+        write_json(out, results)
+        print(json.dumps({knob: {m: v["ndcg@10"] for m, v in run["metrics"].items()}}), flush=True)
+    from bench.train_report import print_knobs
+
+    print_knobs(results)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -1,7 +1,7 @@
 """Benchmark: training throughput of `hybrid train` against sentence-transformers, same run.
 
-    python bench/train_peer.py --store DIR [--index scifact] [--steps 12] [--batch 32] [--negatives 7]
-    python bench/train_peer.py --store DIR --index msmarco --queries Q.tsv --qrels QRELS  # short passages
+    python -m bench train_peer --store DIR [--index scifact] [--steps 12] [--batch 32] [--negatives 7]
+    python -m bench train_peer --store DIR --index msmarco --queries Q.tsv --qrels QRELS  # short passages
 
 Both arms train all-MiniLM-L6-v2 on the *same examples in the same order*: training
 queries (SciFact train by default), each with its positive and ``--negatives`` SimANS

@@ -1,6 +1,6 @@
-"""Table and learning-curve plot of bench/results/train.json (written by bench/train.py).
+"""Table and learning-curve plot of bench/results/train.json (written by `python -m bench train`).
 
-    python bench/train_report.py [--json bench/results/train.json] [--png bench/results/train.png]
+    python -m bench train_report [--json bench/results/train.json] [--png bench/results/train.png]
 
 Per arm: mean ± sd over seeds of dense / hybrid nDCG@10 and R@100, and paired
 randomization p-values (per-query nDCG@10, averaged over the arm's seeds) against the base
@@ -62,7 +62,7 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The README table."""
+    """The table docs/benchmarks.md quotes."""
     head = (
         "| arm | seeds | dense nDCG@10 | p vs base | p vs random | dense R@100 | hybrid RRF nDCG@10 "
         "| hybrid linear nDCG@10 | p vs base | hybrid linear R@100 | ex/s | wall s |\n"
@@ -124,6 +124,28 @@ def main() -> int:
     print_table(results)
     print(f"plot: {plot(results, args.png)}")
     return 0
+
+
+def print_knobs(results: dict[str, Any]) -> None:
+    """Markdown: each knob's test nDCG@10 and its difference from the default row."""
+    default = results["runs"].get("default")
+    print("| knob | dense nDCG@10 | Δ dense | hybrid RRF | hybrid linear | dense R@100 | ex/s | wall s |")
+    print("|---|---|---|---|---|---|---|---|")
+    base = results["base"]["metrics"]
+    print(
+        f"| base index | {base['dense']['ndcg@10']:.4f} | | {base['hybrid_rrf']['ndcg@10']:.4f} "
+        f"| {base['hybrid_linear']['ndcg@10']:.4f} | {base['dense']['recall@100']:.4f} | | |"
+    )
+    for knob, run in results["runs"].items():
+        m = run["metrics"]
+        delta = ""
+        if default is not None and knob != "default":
+            delta = f"{m['dense']['ndcg@10'] - default['metrics']['dense']['ndcg@10']:+.4f}"
+        print(
+            f"| {knob} | {m['dense']['ndcg@10']:.4f} | {delta} | {m['hybrid_rrf']['ndcg@10']:.4f} "
+            f"| {m['hybrid_linear']['ndcg@10']:.4f} | {m['dense']['recall@100']:.4f} "
+            f"| {run['examples_per_s']:.2f} | {run['wall_s']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -269,8 +269,8 @@ def read_pools(path: Path) -> Iterator[Pool]:
 class _Labels:
     """The job's labels in an SQLite table, and its labelled queries streamed in file order.
 
-    At MS MARCO's size (500 k queries, 530 k qrels) the queries and qrels held as Python
-    objects take ~400 MiB; here a batch's labels are one indexed lookup.
+    At MS MARCO's size the queries and qrels held as Python objects grow with the query
+    count (docs/benchmarks.md, Scale and memory); here a batch's labels are one indexed lookup.
     """
 
     CHUNK = 500  # ids per IN (...) clause, well inside SQLite's variable limit
@@ -355,8 +355,8 @@ def _finished(parts: Path) -> tuple[int, str | None]:
 
 def _write_part(path: Path, records: list[dict[str, Any]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    # zlib's default level: 3 % larger than level 9 (gzip.open's default) at a fifth of the
-    # time, which at 200 candidates a query was a tenth of mining's wall time
+    # zlib's default level: slightly larger parts than level 9 (gzip.open's default) in a
+    # fraction of the time, which at 200 candidates a query was a visible share of mining
     with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as fh:
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")

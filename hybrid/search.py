@@ -118,8 +118,8 @@ class Searcher:
         # Each side returns ids and scores only; texts are fetched for the fused top k alone.
         # A server (Elasticsearch) gets both sides in one request once the queries are
         # embedded: it runs them in parallel, and one round trip with no second Python thread
-        # measured faster than overlapping the BM25 request with encoding (SciFact, 2 cores:
-        # 15-17 ms against 23-28 ms). In this process, on a cold start the encoder and kNN run
+        # measured faster than overlapping the BM25 request with encoding (figures in
+        # docs/benchmarks.md, Serving). In this process, on a cold start the encoder and kNN run
         # in a thread while the JVM starts for BM25; warm, both sides are CPU work here and
         # run one after the other (at once they only contend).
         if not self.backend.in_process:

@@ -25,9 +25,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # here, not in pyproject.toml: CI keys its cached virtualenv on that file
     config.addinivalue_line("markers", "cluster: starts its own 3-node Elasticsearch cluster (tests/es_node.py)")
     config.addinivalue_line("markers", "kills: SIGKILLs hybrid's own processes at seeded random moments")
-    # The tests' JVMs leave the user's class-sharing cache alone (tests/test_java.py turns
-    # it on for its own processes, in a temporary cache).
-    os.environ.setdefault("HYBRID_JVM_CDS", "0")
 
 
 @pytest.fixture(scope="session")

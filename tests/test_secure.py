@@ -1,5 +1,5 @@
 """A secured node (security on, TLS on HTTP with a CA made by the test, file-realm users with
-file-based roles): hybrid works over HTTPS with only the privileges the README lists, and
+file-based roles): hybrid works over HTTPS with only the privileges docs/operations.md lists, and
 bad credentials or certificates are one line that says what to fix. No secret is ever
 written anywhere.
 
@@ -42,7 +42,7 @@ def make_user(secure: dict[str, Any], role: dict[str, Any]) -> tuple[str, str]:
 
 
 def least_privilege(name: str, without: str | None = None) -> dict[str, Any]:
-    """The role the README documents for index NAME (optionally missing one privilege)."""
+    """The role docs/operations.md documents for index NAME (optionally missing one privilege)."""
     own = [p for p in ("manage", "read", "write") if p != without]
     locks = [p for p in ("create_index", "read", "write") if p != without]
     return {

@@ -2,7 +2,7 @@
 
 pyserini's ``pyserini.eval.trec_eval`` shells out to exactly this command, but takes the
 first ``java`` on PATH (which may be older than the jar's Java 21) and imports all of
-pyserini (~12 s) first. This module runs the same class with the Java 21+ runtime that
+pyserini, which is slow, first. This module runs the same class with the Java 21+ runtime that
 :func:`hybrid.java.find_java_home` finds, and parses its output.
 """
 
