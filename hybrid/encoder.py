@@ -41,7 +41,9 @@ class EncoderSettings:
 
     pooling: Pooling = "mean"
     normalize: bool = False
-    query_max_length: int = 64
+    # Queries at the model's limit too: the encoder pads to a batch's longest query, so short
+    # queries pay nothing, and long ones (ArguAna's arguments) are not cut to a fragment.
+    query_max_length: int = 256
     passage_max_length: int = 256
     query_prefix: str = ""
     passage_prefix: str = ""
@@ -182,7 +184,9 @@ def _sentence_transformers_settings(model_dir: Path, modules: list[dict[str, Any
     bert_cfg = model_dir / "sentence_bert_config.json"
     if bert_cfg.is_file():
         max_length = int(json.loads(bert_cfg.read_text()).get("max_seq_length", max_length))
-    return EncoderSettings(pooling=pooling, normalize=normalize, passage_max_length=max_length)
+    return EncoderSettings(
+        pooling=pooling, normalize=normalize, query_max_length=max_length, passage_max_length=max_length
+    )
 
 
 def passage_text(doc: Document) -> str:

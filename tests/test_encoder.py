@@ -119,3 +119,13 @@ def test_models_without_a_fast_tokenizer_fall_back_to_torch(tmp_path: Path, tiny
     assert isinstance(encoder, Encoder)
     vectors = encoder.encode_queries(QUERIES)
     assert vectors.shape == (3, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_queries_default_to_the_models_limit() -> None:
+    """A sentence-transformers model embeds queries up to its own max_seq_length (ArguAna's
+    long queries lost most of their text to a 64-token cap)."""
+    from hybrid.encoder import default_model_dir
+
+    settings = load_settings(default_model_dir())
+    assert settings.query_max_length == settings.passage_max_length == 256
+    assert EncoderSettings().query_max_length == EncoderSettings().passage_max_length
