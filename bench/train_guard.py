@@ -71,7 +71,8 @@ def build_base(work: Path, dataset: str) -> dict[str, Any]:
     data, _train, report = DATASETS[dataset]
     started = time.perf_counter()
     backend = EmbeddedBackend(work / "base-store")
-    run_index(IndexJob(corpus=data, index=INDEX), backend, Encoder())
+    if not backend.exists(INDEX):  # a --work folder of an earlier run keeps its base index
+        run_index(IndexJob(corpus=data, index=INDEX), backend, Encoder())
     base = {"metrics": evaluate(backend, data, data / "qrels" / report), "recipe": backend.info(INDEX).recipe}
     base["setup_s"] = round(time.perf_counter() - started, 1)
     backend.close()
@@ -190,6 +191,7 @@ def main() -> int:
     parser.add_argument("--negatives", type=int, default=3)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (kept; reuses its base index)")
     args = parser.parse_args()
     out = args.out or REPO / "bench" / "results" / f"train_guard_{args.dataset}.json"
     budget = {k: getattr(args, k) for k in ("steps", "batch_size", "negatives", "lr")}
@@ -197,7 +199,7 @@ def main() -> int:
     if results and results.get("budget") != budget:
         print(f"{out} holds runs with another budget; use another --out", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="hybrid-bench-guard-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="hybrid-bench-guard-"))
     setup = build_base(work, args.dataset)
     results.update(machine=results.get("machine") or machine(), budget=budget, base=setup["base"])
     results.setdefault("runs", {})
@@ -214,7 +216,8 @@ def main() -> int:
                 json.dumps({arm: seed, "raw": row["raw"]["dense_ndcg@10"], "guarded": row["guarded"]["dense_ndcg@10"]})
             )
     print_table(results)
-    shutil.rmtree(work, ignore_errors=True)
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -42,6 +42,14 @@ def info(
     if recipe:
         table.add_row("model hash", str(recipe.get("model_hash")))
         table.add_row("model path", str(recipe.get("model_path")))
+        if recipe.get("query_model_hash"):
+            table.add_row(
+                "query model",
+                f"{recipe.get('query_model_path')} (hash {recipe.get('query_model_hash')}, "
+                f"query version {recipe.get('query_version')})",
+            )
+        else:
+            table.add_row("query model", "the passage model")
         table.add_row(
             "embedding",
             f"pooling={recipe.get('pooling')} normalize={recipe.get('normalize')} "

@@ -111,6 +111,14 @@ def train(
         float | None,
         Opt("--distill", help="Weight of KL to the base model's pool scores, against drift (0: off) (0)."),
     ] = None,
+    update: Annotated[
+        str | None,
+        Opt(
+            "--update",
+            help="both: train and re-embed; query: train the query side against the index's vectors, "
+            "applied without re-embedding (both).",
+        ),
+    ] = None,
     guard: Annotated[
         bool | None,
         Opt(
@@ -196,6 +204,7 @@ def train(
         "positives": positives,
         "positives_per_query": positives_per_query,
         "distill": distill,
+        "update": update,
         "guard": guard,
         "dev_share": dev_share,
         "guard_depth": guard_depth,

@@ -179,6 +179,32 @@ class ElasticBackend:
         meta: dict[str, Any] = mapping.get("_meta", {}).get("hybrid", {})
         return meta
 
+    def set_query_model(self, name: str, recipe: VectorRecipe) -> None:
+        """Record ``recipe`` (the current vectors, a new query model) for the current version:
+        a mapping ``_meta`` update, no document is touched."""
+        physical = self._require(name)
+        parts = inplace.split(physical)
+        if parts is not None:
+            state = self._in_place(parts[0]) or {}
+            version = state.get("versions", {}).get(parts[1], {})
+            check_same_vectors(name, VectorRecipe.from_dict(version.get("recipe")), recipe)
+            version["recipe"] = recipe.to_dict()
+            inplace.write_state(self.client, parts[0], state)
+        else:
+            mapping = self.client.indices.get_mapping(index=physical)[physical]["mappings"]
+            meta = dict(mapping.get("_meta", {}))
+            hybrid_meta = dict(meta.get("hybrid", {}))
+            check_same_vectors(name, VectorRecipe.from_dict(hybrid_meta.get("recipe")), recipe)
+            meta["hybrid"] = {**hybrid_meta, "recipe": recipe.to_dict()}
+            self.client.indices.put_mapping(index=physical, meta=meta)
+        self.forget(parts[0] if parts else name)
+        self._meta_cache.pop(physical, None)
+
+    def version_recipe(self, physical: str) -> dict[str, Any] | None:
+        """The recipe a version records now, read afresh (a query model may have been applied)."""
+        recipe = self.meta(physical).get("recipe")
+        return dict(recipe) if isinstance(recipe, dict) else None
+
     # -- writing ------------------------------------------------------------
     def open_writer(
         self, spec: IndexSpec, *, recreate: bool = False, vectors_only: bool = False

@@ -15,6 +15,7 @@ from hybrid.training.selection import GuardConfig
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PositivesMode = Literal["one", "all"]
+UpdateMode = Literal["both", "query"]
 PATH_FIELDS = ("queries", "qrels", "answers", "pools", "out", "dev_queries", "dev_qrels")
 
 
@@ -63,6 +64,9 @@ class TrainConfig:
     knn_depth: int = 100
     dev_queries: Path | None = None  # the guard's dev set; also evaluated (dense nDCG@10) at each refresh
     dev_qrels: Path | None = None
+    # "query": train the query side alone against the index's stored vectors; applying it
+    # is a metadata update (a query version), no passage is re-embedded.
+    update: UpdateMode = "both"
     guard: bool = True  # a trained model replaces the index's only when it wins on dev
     dev_share: float = 0.1  # held out of the training queries as dev when no dev set is given
     guard_depth: int = 30  # BM25 and dense top-k per dev query that candidates rank
@@ -88,6 +92,14 @@ class TrainConfig:
             raise ConfigError("the inbatch sampler needs in-batch negatives (--in-batch)")
         if (self.dev_queries is None) != (self.dev_qrels is None):
             raise ConfigError("give both --dev-queries and --dev-qrels, or neither")
+        if self.update not in ("both", "query"):
+            raise ConfigError(f"unknown --update '{self.update}'; choose both or query")
+        if self.update == "query" and self.refresh_every:
+            raise ConfigError(
+                "--update query keeps the index's vectors: there is nothing to refresh (drop --refresh-every)"
+            )
+        if self.update == "query" and (self.grad_cache_chunk or self.reembed):
+            raise ConfigError("--update query embeds queries only: --grad-cache-chunk and --reembed do not apply")
         problem = self.guard_config().check()
         if problem:
             raise ConfigError(problem)

@@ -35,6 +35,7 @@ from hybrid.training.distributed import Distributed
 from hybrid.training.gradcache import cached_backward
 from hybrid.training.guard import Guard, dev_split
 from hybrid.training.model import DualEncoder, contrastive_loss, distill_loss, false_negative_mask
+from hybrid.training.query_side import PassageVectors, write_note
 from hybrid.training.refresh import encode_share
 from hybrid.training.selection import Decision
 from hybrid.training.setup import MODELS, RunState, check_config, keep_model, prepare_model, prepare_pools, start_run
@@ -93,6 +94,8 @@ def train(
     device = dist.device(config.device)
     dist.start(device)
     torch.set_num_threads(cpu_threads())  # this process's share; encoders built in training keep it
+    if dist.enabled and config.update == "query":
+        raise ConfigError("--update query trains in one process (its steps embed queries only)")
     if dist.enabled and config.grad_cache_chunk:
         raise ConfigError("--grad-cache-chunk works in one process; with several, each holds only its share")
     if dist.world > config.batch_size:
@@ -154,6 +157,7 @@ def train(
             run.evaluate_dev(config, backend, 0, None)
     run = dist.share(run if dist.main else None)
     examples, train_seconds = 0, 0.0
+    passages = PassageVectors(backend, config.index, run.recipe.dims) if config.update == "query" else None
     model.train()
     while step < steps:
         step_start = time.perf_counter()
@@ -169,7 +173,13 @@ def train(
             def loss_of(q: torch.Tensor, p: torch.Tensor, inputs: _Inputs = inputs) -> torch.Tensor:
                 return inputs.loss(q, p, config) / config.grad_accum
 
-            if dist.enabled:
+            if passages is not None:  # query side only: the passages are the index's stored vectors
+                with amp():
+                    q = model.embed(inputs.queries, query=True, device=device)  # (B, d)
+                    p = torch.from_numpy(passages.get(inputs.ids)).to(device)  # (P, d), no gradient
+                    loss = loss_of(q, p)
+                (scaler.scale(loss) if scaler else loss).backward()
+            elif dist.enabled:
                 with amp():
                     loss = loss_of(*_embed_share(model, inputs, dist, device))
                 (scaler.scale(loss) if scaler else loss).backward()
@@ -229,7 +239,10 @@ def train(
                 "guard": guard.state() if guard else None,
             }
             path = checkpoint_dir(out, step)
-            return save_checkpoint(path, model, config, optimizer, scheduler, step, extra, run.recipe.settings())
+            saved = save_checkpoint(path, model, config, optimizer, scheduler, step, extra, run.recipe.settings())
+            if config.update == "query":
+                write_note(saved, run.recipe)
+            return saved
 
         path = checkpoint_dir(out, step)
         if dist.main:
@@ -250,7 +263,10 @@ def train(
         if dist.main:
             if refresh_now:
                 with dist.alone():
-                    run.refresh(config, backend, path, step, last=step >= steps, device=device, shares=shares)
+                    if config.update == "query":
+                        run.apply_query(config, backend, path, step)
+                    else:
+                        run.refresh(config, backend, path, step, last=step >= steps, device=device, shares=shares)
                     if step < steps:
                         pool_table(run.pools)
                 update_state(path, {**run.state(), "refresh_pending": False})
@@ -306,7 +322,10 @@ def _finish_guard(
     if decision.replace and decision.chosen and config.refresh_at_end:
         if progress is not None:
             progress(TrainProgress(steps, steps, float("nan"), 0.0, 0.0, "refresh"))
-        run.refresh(config, backend, Path(decision.chosen), steps, last=True, device=device)
+        if config.update == "query":
+            run.apply_query(config, backend, Path(decision.chosen), steps)
+        else:
+            run.refresh(config, backend, Path(decision.chosen), steps, last=True, device=device)
     update_state(final, {**run.state(), "guard": guard.state()})
     return decision
 
@@ -364,6 +383,7 @@ class _Inputs:
 
     queries: list[str]
     passages: list[str]
+    ids: list[str]  # the passages' document ids, in column order
     positives: torch.Tensor  # (B,) query i's positive column
     groups: torch.Tensor  # (P,) the query each passage belongs to
     mask: torch.Tensor  # (B, P) labelled positives of query i that are not its target
@@ -404,6 +424,7 @@ def _batch_inputs(batch: list[Example], backend: Backend, config: TrainConfig, d
     return _Inputs(
         queries=[ex.query for ex in batch],
         passages=texts,
+        ids=ids,
         positives=torch.tensor(positives, device=device),
         groups=torch.tensor(groups, device=device),
         mask=mask.to(device),
