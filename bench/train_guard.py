@@ -42,6 +42,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "simans+multi": {"positives": "all", "positives_per_query": 2},
     "simans+distill": {"distill": 1.0},
     "simans+multi+distill": {"positives": "all", "positives_per_query": 2, "distill": 1.0},
+    "query": {"update": "query"},
+    "query+random": {"update": "query", "sampler": "random"},
 }
 INDEX = "corpus"
 
@@ -133,6 +135,11 @@ def one_run(work: Path, args: argparse.Namespace, arm: str, seed: int, base: dic
     chose_final = bool(decision and decision.replace and decision.chosen == str(result.final))
     if chose_final:
         raw = guarded
+    elif config.update == "query":  # the final query model applied: still no re-embedding
+        from hybrid.training.query_side import apply_query_model
+
+        apply_query_model(backend, INDEX, result.final, str(result.final))
+        raw = evaluate(backend, data, data / "qrels" / report)
     else:
         import torch
 
