@@ -77,6 +77,7 @@ class PassStats:
     total: int = 0  # documents this pass reads (found + to check), for progress
     done: int = 0
     seconds: float = 0.0
+    model_seconds: float = 0.0  # of ``seconds``, loading the encoder (first use, or a model swap)
     interrupted: bool = False  # stopped after the batch in hand
 
 
@@ -188,7 +189,7 @@ class _Run:
             for hits in es_sync.pages(self.client, target, query, self.job.batch_size):
                 batch = self._select(target, hits, stats)
                 if batch:
-                    vectors = self._encoder_for(recipe).encode_passages([p.doc for p in batch])
+                    vectors = self._encoder_for(recipe, stats).encode_passages([p.doc for p in batch])
                     if pending is not None:
                         _add(stats, pending.result())
                     pending = pool.submit(es_sync.write, self.client, self.timeout, target, batch, vectors)
@@ -222,11 +223,13 @@ class _Run:
             out.append(es_sync.pending(hit, doc))
         return out
 
-    def _encoder_for(self, recipe: VectorRecipe) -> Encoder:
+    def _encoder_for(self, recipe: VectorRecipe, stats: PassStats) -> Encoder:
         """The encoder of ``recipe``, loaded on first use and kept until the recipe changes."""
         key = recipe.vectors_key()
         if self._encoder is None or self._encoder[0] != key:
             from hybrid.encoder import Encoder, EncoderConfig
+
+            started = time.perf_counter()
 
             self._encoder = None  # a model swap: free the old weights before loading the new
             config = EncoderConfig(
@@ -237,6 +240,7 @@ class _Run:
                 device=self.job.device,
             )
             self._encoder = (key, Encoder(config))
+            stats.model_seconds += time.perf_counter() - started
         return self._encoder[1]
 
 

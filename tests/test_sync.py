@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,17 @@ def _doc(rng: random.Random, n: int, text: str | None = "") -> dict[str, Any]:
     return {"sku": f"sku-{n}", "headline": f"item {n}", "body": body}
 
 
+def forget_checks(client: Any, index: str) -> None:
+    """Delete what sync remembered about ``index`` in hybrid's bookkeeping index."""
+    from hybrid.backends.locks import LOCK_INDEX
+
+    uuid = next(iter(client.indices.get_settings(index=index, name="index.uuid").values()))["settings"]["index"]["uuid"]
+    for field in ("vector", FIELD, "hybrid_vector_v2"):
+        client.options(ignore_status=404).delete(index=LOCK_INDEX, id=f"sync:{uuid}:{field}")
+
+
 @pytest.fixture
-def shop(es_backend: Any, es_prefix: str, tiny_model: Path) -> str:
+def shop(es_backend: Any, es_prefix: str, tiny_model: Path) -> Iterator[str]:
     """An application index of 40 documents (one without text) adopted in place by the tiny model."""
     from elasticsearch import helpers
 
@@ -66,7 +76,8 @@ def shop(es_backend: Any, es_prefix: str, tiny_model: Path) -> str:
     adopt(client, name, fields.text, fields.title)
     encoder = Encoder(EncoderConfig(model=str(tiny_model), batch_size=8))
     run_index(IndexJob(corpus=None, index=name), es_backend, encoder, documents=ElasticSource(client, name, fields))
-    return name
+    yield name
+    forget_checks(client, name)
 
 
 def _all(client: Any, index: str) -> dict[str, dict[str, Any]]:
@@ -351,6 +362,7 @@ def test_hybrids_own_index_and_a_model_swap(
     assert (stats.found, stats.embedded) == (1, 1) and stats.version == es_backend.current(own)
     client.indices.refresh(index=own)
     assert missing_count(es_backend, own) == 0
+    forget_checks(client, str(es_backend.current(own)))
     vector = encoder.encode_passages([Document("extra", "The moon pulls the ocean.", "Tides")])
     score = es_backend.score(own, vector, [["extra"]])
     assert score[0]["extra"] == pytest.approx(1.0, abs=1e-3)
