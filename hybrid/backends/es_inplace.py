@@ -22,6 +22,7 @@ import numpy as np
 from hybrid.backends import es_bodies as bodies
 from hybrid.backends.base import check_vectors
 from hybrid.backends.es_bulk import bulk_write
+from hybrid.backends.es_hash import HASH_MAPPING, hash_field, text_hash
 from hybrid.backends.locks import ElasticLock
 from hybrid.config import IndexSpec
 from hybrid.errors import BackendError, ConfigError, CountMismatchError
@@ -113,6 +114,8 @@ class InPlaceWriter:
         self._written: set[str] = set()
         self.missing = 0
         self.lock: ElasticLock | None = None
+        # each vector goes with the hash of its text, so hybrid sync can tell when the text changed
+        self.client.indices.put_mapping(index=index, properties={hash_field(field): HASH_MAPPING})
         if resumed:
             self.client.indices.refresh(index=index)
 
@@ -146,7 +149,7 @@ class InPlaceWriter:
                 "_index": self.index,
                 "_id": doc.id,
                 "retry_on_conflict": 3,
-                "doc": {self.field: vec.tolist()},
+                "doc": {self.field: vec.tolist(), hash_field(self.field): text_hash(doc)},
             }
 
     def count(self) -> int:
