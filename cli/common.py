@@ -7,8 +7,9 @@ import inspect
 import logging
 import os
 import sys
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -75,6 +76,19 @@ class BackendOptions:
             client_key=self.es_client_key,
             request_timeout=self.es_timeout,
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as JSON values (paths as strings), for a worker process to rebuild."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> BackendOptions:
+        """The options :meth:`to_json` wrote: every path option becomes a ``Path`` again, so a
+        secret read from a file (``--es-password-file``) works in a worker as in the parent."""
+        hints = typing.get_type_hints(cls)
+        paths = {k for k, hint in hints.items() if Path in typing.get_args(hint) or hint is Path}
+        return cls(**{k: Path(v) if k in paths and v is not None else v for k, v in values.items()})
 
     def open(self) -> Backend:
         """Open the chosen backend; the embedded one finds Java 21+ starting from JAVA_HOME."""

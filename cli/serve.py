@@ -7,7 +7,6 @@ import os
 import signal
 import tempfile
 import threading
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -66,7 +65,7 @@ def serve(
         raise ConfigError("--workers, --batch-threads and --max-batch must be at least 1")
     settings: dict[str, Any] = {
         "index": index,
-        "conn": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(conn).items()},
+        "conn": conn.to_json(),
         "engine": {
             "max_batch": max_batch,
             "max_wait_ms": max_wait_ms,
@@ -149,9 +148,7 @@ def _app(settings: dict[str, Any], engine: Any) -> Any:
 def _engine(settings: dict[str, Any]) -> Any:
     from hybrid.serving.engine import Engine
 
-    conn = settings["conn"]
-    paths: dict[str, Any] = {k: Path(conn[k]) if conn[k] else None for k in ("store", "es_ca_certs")}
-    options = BackendOptions(**{**conn, **paths})
+    options = BackendOptions.from_json(settings["conn"])
     return Engine(options.open(), settings["index"], _engine_config(settings["engine"]), owns_backend=True)
 
 
