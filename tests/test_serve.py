@@ -144,7 +144,7 @@ def test_search_endpoints_match_the_library(served_index: tuple[Any, str], tiny_
 
         for bad in ({"query": "x", "k": 1001}, {"query": "x", "mode": "fuzzy"}, {"query": ""}, {"query": "x", "kk": 1}):
             response = client.post("/search", json=bad)
-            assert response.status_code == 400, (bad, response.text)
+            assert response.status_code == 422, (bad, response.text)
             assert "error" in response.json()
         assert client.post("/search", json={"query": "x" * 201}).status_code == 413
         assert client.post("/search/batch", json={"queries": ["x"] * 5}).status_code == 413
@@ -361,3 +361,76 @@ def test_given_up_requests_and_bad_queries_do_not_stop_the_engine(served_index: 
         assert len(again.hits[0]) == 2
     finally:
         engine.close()
+
+
+def _refused(response: httpx.Response, status: int, *words: str) -> str:
+    """The error message of a JSON error answer with ``status``; fails unless it names ``words``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json", response.text
+    body = response.json()
+    assert list(body) == ["error"] and "Traceback" not in body["error"], body
+    assert all(word in body["error"] for word in words), body
+    assert ("retry-after" in response.headers) == (status == 503)
+    return str(body["error"])
+
+
+def test_one_json_error_contract(served_index: tuple[Any, str]) -> None:
+    """Every answer that is not 2xx is JSON {"error": ...} naming what is wrong; numbers are
+    finite and in range, types strict, empty queries refused everywhere alike."""
+    backend, name = served_index
+    engine = Engine(backend, name, EngineConfig(max_wait_ms=5))
+    with running(create_app(engine)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        raw = {"content-type": "application/json"}
+        huge = b'{"query": "computer", "fusion": "linear", "bm25_weight": 1e999}'
+        _refused(client.post("/search", content=huge, headers=raw), 422, "bm25_weight", "finite")
+        nan = b'{"query": "computer", "bm25_weight": NaN}'
+        _refused(client.post("/search", content=nan, headers=raw), 422, "bm25_weight", "finite")
+        _refused(client.post("/search", json={"query": "x", "dense_weight": 1e300}), 422, "dense_weight")
+        _refused(client.post("/search", json={"query": "x", "k": "5"}), 422, "k:")
+        _refused(client.post("/search", json={"query": "x", "k": True}), 422, "k:")
+        _refused(client.post("/search", json={"query": "x", "bm25_weight": 0, "dense_weight": 0}), 422, "both 0")
+        for query in ("", "   \t"):
+            _refused(client.post("/search", json={"query": query}), 422, "query", "empty")
+            _refused(client.post("/search/batch", json={"queries": ["tides", query]}), 422, "queries.1", "empty")
+        _refused(client.post("/search", content=b'{"query": ', headers=raw), 400, "not valid JSON")
+        _refused(client.get("/no/such/route"), 404)
+        _refused(client.get("/search"), 405)
+        _refused(client.get("/docs/no-such-doc"), 404, "no-such-doc")
+
+        # the same keep-alive connection still answers, with scores free of float noise
+        linear = {"query": "computer", "fusion": "linear", "bm25_weight": 0.3, "dense_weight": 0.7}
+        hits = client.post("/search", json=linear).json()["hits"]
+        scores = [h["score"] for h in hits] + [s for h in hits for s in h["sources"].values()]
+        assert scores and all(s == float(f"{s:.7g}") for s in scores)
+        assert client.post("/search", json={"query": "x", "k": 2, "bm25_weight": 1}).status_code == 200
+
+        responses = client.get("/openapi.json").json()["paths"]["/search"]["post"]["responses"]
+        assert {"400", "401", "404", "413", "422", "503"} <= set(responses)
+        assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+        assert "Retry-After" in responses["503"]["headers"]
+
+
+@pytest.mark.es
+def test_unreachable_backend_is_503_json(es_backend: Any, es_prefix: str, tiny_encoder: Any, beir_small: Path) -> None:
+    """With Elasticsearch gone, /search, /search/batch, /docs/{id} and /readyz answer 503
+    JSON with Retry-After, never a plain-text 500 or an exception's chain."""
+    from elasticsearch import Elasticsearch
+
+    name = f"{es_prefix}-gone"
+    run_index(IndexJob(corpus=beir_small, index=name), es_backend, tiny_encoder)
+    engine = Engine(es_backend, name, EngineConfig(max_wait_ms=5, poll_s=0.2))
+    real = es_backend.client
+    with running(create_app(engine)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/readyz").status_code == 200
+        es_backend.client = Elasticsearch(f"http://127.0.0.1:{_free_port()}", request_timeout=5, max_retries=0)
+        try:
+            for mode in ("bm25", "dense", "hybrid"):
+                _refused(client.post("/search", json={"query": "tides", "mode": mode}), 503, "not reachable")
+            _refused(client.post("/search/batch", json={"queries": ["tides", "bees"]}), 503, "not reachable")
+            _refused(client.get("/docs/d1"), 503, "not reachable")
+            message = _refused(client.get("/readyz"), 503, "not reachable")
+            assert "Error" not in message and "127.0.0.1" not in message
+        finally:
+            es_backend.client.close()
+            es_backend.client = real
+        assert client.post("/search", json={"query": "tides"}).status_code == 200

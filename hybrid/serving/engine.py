@@ -216,8 +216,9 @@ class Engine:
                 self.last_error = str(exc)
                 log.warning("could not switch to the new version of %s: %s", self.index, exc)
             except Exception as exc:  # a connection error: report through /readyz, keep going
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("watching %s failed: %s", self.index, self.last_error)
+                # /readyz shows this to clients: the exception's own text stays in the log
+                self.last_error = f"could not check '{self.index}' for a new version ({type(exc).__name__})"
+                log.warning("watching %s failed: %s: %s", self.index, type(exc).__name__, exc)
 
     # -- requests -------------------------------------------------------------
     def submit(self, queries: Sequence[str], config: SearchConfig) -> Future[Answer]:
