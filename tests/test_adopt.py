@@ -115,6 +115,32 @@ def test_adopt_errors_are_one_line(es_url: str, es_prefix: str, beir_small: Path
         assert message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.es
+def test_a_field_no_document_has_is_refused_before_writing(
+    es_url: str, es_backend: Any, es_prefix: str, app_index: tuple[str, dict[str, Any]]
+) -> None:
+    source, _ = app_index
+    before = _snapshot(es_backend.client, source)
+    name = f"{es_prefix}-new"
+    base = ["index", "--from-es", source, "-i", name, "--es-url", es_url, "-q"]
+    cases = [
+        (["--text-field", "nosuch.field"], "--text-field 'nosuch.field'"),
+        (["--text-field", "body.content", "--title-field", "title"], "--title-field 'title'"),
+        (["--text-field", "body.content", "--id-field", "uuid"], "--id-field 'uuid'"),
+    ]
+    for extra, message in cases:
+        result = runner.invoke(app, [*base, *extra])
+        assert result.exit_code == 1, result.output
+        line = result.output.strip()
+        assert line.startswith("Error: ") and "\n" not in line and message in line, line
+        assert "body.content, body.lang, headline, price, sku" in line, line
+        assert not es_backend.client.indices.get(index=f"{name}*", allow_no_indices=True), "something was written"
+    in_place = ["index", "--from-es", source, "-i", source, "--in-place", "--es-url", es_url, "-q"]
+    result = runner.invoke(app, [*in_place, "--text-field", "body.contents"])
+    assert result.exit_code == 1 and "--text-field 'body.contents'" in result.output, result.output
+    assert _snapshot(es_backend.client, source) == before  # not adopted: the mapping is untouched
+
+
 def _app_fields(client: Any, index: str) -> tuple[Any, dict[str, Any]]:
     """The application's own mapping fields and documents, without hybrid's vector fields."""
     mapping, docs = _snapshot(client, index)
