@@ -188,6 +188,10 @@ def index(
 
             source = SourceFields(text=str(text_field), title=title_field, id=id_field or "_id")
             client = backend.client  # type: ignore[attr-defined]
+            if in_place:  # before sampling fields: a disabled _source would look like missing fields
+                from hybrid.backends.es_inplace import check_adoptable
+
+                check_adoptable(client, from_es)
             documents = ElasticSource(client, from_es, source, batch=batch_size, slices=slices)
             if in_place:
                 if id_field not in (None, "_id"):

@@ -141,6 +141,31 @@ def test_a_field_no_document_has_is_refused_before_writing(
     assert _snapshot(es_backend.client, source) == before  # not adopted: the mapping is untouched
 
 
+@pytest.mark.es
+def test_in_place_refuses_a_partial_or_disabled_source(es_url: str, es_backend: Any, es_prefix: str) -> None:
+    """Updating a document rewrites it from _source: without _source it fails, and with
+    includes/excludes the left-out fields would be lost, so adoption in place is refused."""
+    client = es_backend.client
+    cases = [
+        ({"enabled": False}, "disables _source"),
+        ({"excludes": ["price"]}, "keeps only part of each document"),
+        ({"includes": ["body.*", "headline"]}, "keeps only part of each document"),
+    ]
+    for n, (source, reason) in enumerate(cases):
+        name = f"{es_prefix}-src{n}"
+        client.indices.create(index=name, mappings={**APP_MAPPING, "_source": source})
+        client.index(index=name, id="d1", document={"headline": "h", "body": {"content": "tides"}, "price": 2.0})
+        client.indices.refresh(index=name)
+        before = client.indices.get_mapping(index=name)
+        args = ["index", "--from-es", name, "-i", name, "--in-place", "--text-field", "body.content"]
+        result = runner.invoke(app, [*args, "--es-url", es_url, "-q"])
+        assert result.exit_code == 1, result.output
+        line = result.output.strip()
+        assert line.startswith("Error: ") and "\n" not in line, line
+        assert reason in line and f"--from-es {name} -i NEW_NAME" in line, line
+        assert client.indices.get_mapping(index=name) == before  # not adopted
+
+
 def _app_fields(client: Any, index: str) -> tuple[Any, dict[str, Any]]:
     """The application's own mapping fields and documents, without hybrid's vector fields."""
     mapping, docs = _snapshot(client, index)

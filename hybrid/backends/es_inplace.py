@@ -70,12 +70,32 @@ def write_state(client: Any, index: str, state: dict[str, Any]) -> None:
     client.indices.put_mapping(index=index, meta=meta)
 
 
-def adopt(client: Any, index: str, text_field: str, title_field: str | None) -> dict[str, Any]:
-    """Mark ``index`` as adopted in place (idempotent); returns its state."""
+def check_adoptable(client: Any, index: str) -> None:
+    """Raise :class:`ConfigError` unless ``index`` can take vectors in place: a concrete index
+    whose mapping keeps every document whole in ``_source``. An update rewrites a document
+    from its ``_source``: with ``_source`` disabled it fails, and with includes or excludes it
+    would silently drop the fields left out, the application's data."""
     if client.indices.exists_alias(name=index):
         raise ConfigError(f"'{index}' is an alias; --in-place adopts a concrete index")
     if not client.indices.exists(index=index):
         raise BackendError(f"index '{index}' not found on the cluster")
+    mapping = next(iter(client.indices.get_mapping(index=index).values()))["mappings"]
+    source = mapping.get("_source") or {}
+    if source.get("enabled") is False or str(source.get("enabled")).lower() == "false":
+        why = "its mapping disables _source, so its documents cannot be updated"
+    elif source.get("includes") or source.get("excludes"):
+        why = "its mapping keeps only part of each document in _source, so an update would drop the rest"
+    else:
+        return
+    raise ConfigError(
+        f"'{index}' cannot be adopted in place: {why}; copy it into a new index instead "
+        f"(leave out --in-place: hybrid index --from-es {index} -i NEW_NAME --text-field ...)"
+    )
+
+
+def adopt(client: Any, index: str, text_field: str, title_field: str | None) -> dict[str, Any]:
+    """Mark ``index`` as adopted in place (idempotent); returns its state."""
+    check_adoptable(client, index)
     state = read_state(client, index)
     if state is not None:
         if (state.get("text_field"), state.get("title_field")) != (text_field, title_field):
