@@ -191,7 +191,7 @@ def index(
             if in_place:  # before sampling fields: a disabled _source would look like missing fields
                 from hybrid.backends.es_inplace import check_adoptable
 
-                check_adoptable(client, from_es)
+                check_adoptable(client, from_es, str(text_field), title_field)
             documents = ElasticSource(client, from_es, source, batch=batch_size, slices=slices)
             if in_place:
                 if id_field not in (None, "_id"):

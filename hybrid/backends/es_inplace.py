@@ -70,9 +70,10 @@ def write_state(client: Any, index: str, state: dict[str, Any]) -> None:
     client.indices.put_mapping(index=index, meta=meta)
 
 
-def check_adoptable(client: Any, index: str) -> None:
+def check_adoptable(client: Any, index: str, text_field: str, title_field: str | None) -> dict[str, Any] | None:
     """Raise :class:`ConfigError` unless ``index`` can take vectors in place: a concrete index
-    whose mapping keeps every document whole in ``_source``. An update rewrites a document
+    whose mapping keeps every document whole in ``_source``, adopted before (if it was) with
+    the same fields; returns its state (None: not adopted yet). An update rewrites a document
     from its ``_source``: with ``_source`` disabled it fails, and with includes or excludes it
     would silently drop the fields left out, the application's data."""
     if client.indices.exists_alias(name=index):
@@ -86,23 +87,25 @@ def check_adoptable(client: Any, index: str) -> None:
     elif source.get("includes") or source.get("excludes"):
         why = "its mapping keeps only part of each document in _source, so an update would drop the rest"
     else:
-        return
-    raise ConfigError(
-        f"'{index}' cannot be adopted in place: {why}; copy it into a new index instead "
-        f"(leave out --in-place: hybrid index --from-es {index} -i NEW_NAME --text-field ...)"
-    )
+        why = None
+    if why is not None:
+        raise ConfigError(
+            f"'{index}' cannot be adopted in place: {why}; copy it into a new index instead "
+            f"(leave out --in-place: hybrid index --from-es {index} -i NEW_NAME --text-field ...)"
+        )
+    state = read_state(client, index)
+    if state is not None and (state.get("text_field"), state.get("title_field")) != (text_field, title_field):
+        raise ConfigError(
+            f"'{index}' was adopted with --text-field {state.get('text_field')} and --title-field "
+            f"{state.get('title_field')}; use the same fields"
+        )
+    return state
 
 
 def adopt(client: Any, index: str, text_field: str, title_field: str | None) -> dict[str, Any]:
     """Mark ``index`` as adopted in place (idempotent); returns its state."""
-    check_adoptable(client, index)
-    state = read_state(client, index)
+    state = check_adoptable(client, index, text_field, title_field)
     if state is not None:
-        if (state.get("text_field"), state.get("title_field")) != (text_field, title_field):
-            raise ConfigError(
-                f"'{index}' was adopted with --text-field {state.get('text_field')} and --title-field "
-                f"{state.get('title_field')}; use the same fields"
-            )
         return state
     state = {"text_field": text_field, "title_field": title_field, "active": None, "versions": {}}
     write_state(client, index, state)
