@@ -88,7 +88,8 @@ class BackendOptions:
         secret read from a file (``--es-password-file``) works in a worker as in the parent."""
         hints = typing.get_type_hints(cls)
         paths = {k for k, hint in hints.items() if Path in typing.get_args(hint) or hint is Path}
-        return cls(**{k: Path(v) if k in paths and v is not None else v for k, v in values.items()})
+        converted: dict[str, Any] = {k: Path(v) if k in paths and v is not None else v for k, v in values.items()}
+        return cls(**converted)
 
     def open(self) -> Backend:
         """Open the chosen backend; the embedded one finds Java 21+ starting from JAVA_HOME."""
