@@ -129,6 +129,36 @@ def test_quickstart_runs_on_the_shipped_demo(tmp_path: Path) -> None:
     assert result.stdout.count("hybrid") >= 2
 
 
+@pytest.mark.es
+def test_quickstart_redacts_the_password_in_its_url(es_url: str, es_prefix: str) -> None:
+    from hybrid.backends.elastic import ElasticBackend
+    from hybrid.config import ElasticConfig
+
+    secret = "s3cret-in-the-url"
+    with_password = es_url.replace("://", f"://someone:{secret}@", 1)  # security off: the node ignores it
+    name = f"{es_prefix}-qs"
+    try:
+        args = [
+            "quickstart",
+            "-i",
+            name,
+            "--limit",
+            "3",
+            "--query",
+            "bread",
+            "-k",
+            "1",
+            "-q",
+            "--es-url",
+            with_password,
+        ]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert secret not in result.output and "someone:***@" in result.stdout, result.stdout
+    finally:
+        ElasticBackend(ElasticConfig(url=es_url)).drop(name)
+
+
 def test_unreachable_cluster_is_one_line_without_tracebacks() -> None:
     import subprocess
     import sys
