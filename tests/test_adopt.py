@@ -222,6 +222,22 @@ def test_adopt_in_place(es_url: str, es_backend: Any, app_index: tuple[str, dict
 
 
 @pytest.mark.es
+def test_info_counts_documents_without_a_vector(
+    es_url: str, es_backend: Any, app_index: tuple[str, dict[str, Any]], tiny_model: Path
+) -> None:
+    source, docs = app_index
+    with_text = {i for i, d in docs.items() if "content" in d["body"]}
+    _adopt_in_place(es_backend, source, tiny_model)
+    result = runner.invoke(app, ["info", "-i", source, "--json", "--es-url", es_url])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["count"] == len(with_text) and info["extra"]["without_vector"] == len(docs) - len(with_text)
+    table = runner.invoke(app, ["info", "-i", source, "--es-url", es_url])
+    assert table.exit_code == 0, table.output
+    assert f"{len(docs) - len(with_text)} more documents have no vector" in " ".join(table.output.split())
+
+
+@pytest.mark.es
 def test_in_place_refresh_while_serving(
     es_backend: Any, app_index: tuple[str, dict[str, Any]], tiny_model: Path, other_model: Path
 ) -> None:
