@@ -286,6 +286,29 @@ def test_serve_refuses_short_token(tmp_path: Path) -> None:
     assert done.returncode == 1 and "shorter than 16 characters" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--grace", "-1"),
+        ("--max-wait-ms", "nan"),
+        ("--poll", "0"),
+        ("--port", "70000"),
+        ("--max-batch-queries", "0"),
+        ("--max-k", "5000"),
+        ("--es-timeout", "nan"),
+    ],
+)
+def test_serve_options_are_range_checked(option: str, value: str, tmp_path: Path) -> None:
+    from hybrid.cli.app import app
+    from typer.testing import CliRunner
+
+    url = ["--es-url", "http://127.0.0.1:1"] if option == "--es-timeout" else ["--store", str(tmp_path)]
+    result = CliRunner().invoke(app, ["serve", "-i", "x", *url, option, value])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {option} must be"), result.output
+
+
 def test_cli_serve_with_two_worker_processes(tmp_path: Path, tiny_encoder: Any, beir_small: Path) -> None:
     """`--workers 2`: two uvicorn worker processes, each with its own engine, answer alike."""
     from hybrid.backends.embedded import EmbeddedBackend
