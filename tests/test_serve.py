@@ -236,6 +236,62 @@ def test_swap_to_another_model_while_serving(
         assert ids == [h.id for h in expected[(version, digest)][query]]
 
 
+@pytest.mark.es
+def test_requests_never_wait_on_a_model_load(
+    es_backend: Any, es_prefix: str, tiny_encoder: Any, other_model: Path, beir_small: Path
+) -> None:
+    """The index is rebuilt by a model the server has never seen, its old version deleted at
+    once (--grace 0): while the watcher loads the new model (slowed here to 6 s), requests are
+    answered or refused with 503 + Retry-After at once, never held for the load; then the
+    server switches."""
+    from hybrid.serving.engine import _open_encoder
+
+    name = f"{es_prefix}-swap"
+    run_index(IndexJob(corpus=beir_small, index=name), es_backend, tiny_encoder)
+    loads: list[str] = []
+
+    def slow_factory(recipe: Any, model: str) -> Any:
+        loads.append(model)
+        if len(loads) > 1:
+            time.sleep(6)  # a big model's load and ONNX export
+        return _open_encoder(recipe, model)
+
+    engine = Engine(es_backend, name, EngineConfig(max_wait_ms=2, poll_s=0.05), encoder_factory=slow_factory)
+    es_backend.retirement.grace_s = 0
+    timings: list[tuple[float, int, str]] = []
+    stop = threading.Event()
+
+    def loop(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                response = client.post("/search", json={"query": QUERIES[0], "mode": "dense", "k": 3})
+                version = response.json().get("version", "") if response.status_code == 200 else ""
+                timings.append((time.monotonic() - started, response.status_code, version))
+                if response.status_code == 503:
+                    assert response.headers["retry-after"] and "retry shortly" in response.json()["error"]
+                time.sleep(0.02)
+
+    with running(create_app(engine)) as url:
+        thread = threading.Thread(target=loop, args=(url,))
+        thread.start()
+        try:
+            time.sleep(0.5)
+            other = Encoder(EncoderConfig(model=str(other_model), batch_size=8))
+            run_index(IndexJob(corpus=beir_small, index=name, recreate=True), es_backend, other)
+            second = es_backend.current(name)
+            deadline = time.monotonic() + 90
+            while not any(v == second for *_, v in timings[-3:]) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            thread.join(timeout=60)
+    assert len(loads) == 2 and any(v == second for *_, v in timings), timings[-5:]
+    assert {status for _, status, _ in timings} <= {200, 503}
+    slowest = max(seconds for seconds, _, _ in timings)
+    assert slowest < 3, f"a request waited {slowest:.1f} s: it was held for the model load"
+
+
 def test_cli_serve_process(tmp_path: Path, tiny_encoder: Any, beir_small: Path) -> None:
     """`hybrid serve` as a real process: ready, answers, stops on SIGTERM (exiting normally, so
     its JVM's class-sharing archive is written); a bad index is one line."""
