@@ -34,6 +34,22 @@ def default_store() -> Path:
     return Path(base) / "hybrid"
 
 
+# Writers keep a swapped-out version this long: a running `hybrid serve` needs the time to
+# load (and export) the new version's model before it can switch to it.
+DEFAULT_GRACE_S = 120.0
+
+
+def say_grace(grace: float) -> None:
+    """Tell the user why a writer has not exited yet."""
+    err_console.print(
+        f"keeping the previous version {grace:g} s (--grace) so servers can switch to the new one, then "
+        "deleting it; --grace 0 deletes at once",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Index name (an alias on Elasticsearch).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 

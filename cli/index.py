@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from .common import (
+    DEFAULT_GRACE_S,
     BackendOptions,
     IndexOpt,
     QuietOpt,
@@ -18,6 +19,7 @@ from .common import (
     console,
     err_console,
     handle_errors,
+    say_grace,
 )
 
 if TYPE_CHECKING:
@@ -127,8 +129,13 @@ def index(
     ] = False,
     grace: Annotated[
         float,
-        typer.Option("--grace", help="Keep the swapped-out version this many seconds for searches in flight."),
-    ] = 0.0,
+        typer.Option(
+            "--grace",
+            envvar="HYBRID_GRACE",
+            help="Keep each swapped-out version this many seconds, so a running hybrid serve can load "
+            "the new model and switch before it is deleted (0: at once; the command waits for it to exit).",
+        ),
+    ] = DEFAULT_GRACE_S,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final stats as JSON.")] = False,
     conn: BackendOptions = BackendOptions(),
     quiet: QuietOpt = False,
@@ -222,6 +229,8 @@ def index(
         if drop_old and previous and previous != stats.version:
             _drop_previous(backend, index, previous, grace)
     finally:
+        if backend.retirement.pending:
+            say_grace(grace)
         backend.close()
     report(stats, index, backend.kind, as_json)
 

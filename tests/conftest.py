@@ -28,6 +28,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # The tests' JVMs leave the user's class-sharing cache alone (tests/test_java.py turns
     # it on for its own processes, in a temporary cache).
     os.environ.setdefault("HYBRID_JVM_CDS", "0")
+    # Writers delete a swapped-out version at once in tests (the CLI keeps it 120 s by default,
+    # and waits for the deletion before exiting); tests of the grace itself pass --grace.
+    os.environ.setdefault("HYBRID_GRACE", "0")
 
 
 @pytest.fixture(scope="session")
