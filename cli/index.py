@@ -124,7 +124,7 @@ def index(
         typer.Option(
             "--drop-old",
             help="--in-place with --recreate: after the switch (and --grace), remove the previous vector "
-            "field's values from the documents.",
+            "field's values from the documents (always done now; kept for scripts that pass it).",
         ),
     ] = False,
     grace: Annotated[
@@ -224,29 +224,14 @@ def index(
                 model_hash=recipe.model_hash,
             )
         encoder = Encoder(config)
-        previous = backend.current(index) if drop_old else None
+        # --drop-old is what every in-place switch now does: the backend drops the previous
+        # field's vectors once --grace has passed
         stats = run_with_progress(job, backend, encoder, quiet, documents)
-        if drop_old and previous and previous != stats.version:
-            _drop_previous(backend, index, previous, grace)
     finally:
         if backend.retirement.pending:
             say_grace(grace)
         backend.close()
     report(stats, index, backend.kind, as_json)
-
-
-def _drop_previous(backend: Backend, index: str, previous: str, grace: float) -> None:
-    """Remove the vectors of the field that served before the switch, after the grace period."""
-    import time
-
-    from hybrid.backends.es_inplace import drop_field, split
-
-    parts = split(previous)
-    if parts is None:
-        return  # not in place: the old version is a whole index, retired by the backend
-    time.sleep(grace)
-    dropped = drop_field(backend.client, parts[0], parts[1])  # type: ignore[attr-defined]
-    err_console.print(f"removed {parts[1]} from {dropped:,} documents", markup=False, highlight=False)
 
 
 def _existing_recipe(backend: Backend, index: str) -> VectorRecipe | None:

@@ -238,6 +238,36 @@ def test_info_counts_documents_without_a_vector(
 
 
 @pytest.mark.es
+def test_in_place_refreshes_keep_at_most_two_vector_fields(
+    es_backend: Any, app_index: tuple[str, dict[str, Any]], tiny_model: Path, other_model: Path
+) -> None:
+    """Every in-place re-embedding adds a field; the one it replaces is emptied once the grace
+    has passed (here 0, then 1 s), with no --drop-old."""
+    source, docs = app_index
+    with_text = sum(1 for d in docs.values() if "content" in d["body"])
+    client, fields = _adopt_in_place(es_backend, source, tiny_model)
+
+    def having(field: str) -> int:
+        return int(client.count(index=source, query={"exists": {"field": field}})["count"])
+
+    def refresh(model: Path) -> None:
+        encoder = Encoder(EncoderConfig(model=str(model), batch_size=8))
+        documents = ElasticSource(client, source, fields)
+        run_index(IndexJob(corpus=None, index=source, recreate=True), es_backend, encoder, documents=documents)
+
+    refresh(other_model)  # grace 0: v1 is emptied as v2 becomes active
+    assert es_backend.current(source) == f"{source}@hybrid_vector_v2"
+    assert (having("hybrid_vector_v1"), having("hybrid_vector_v2")) == (0, with_text)
+    es_backend.retirement.grace_s = 1.0
+    refresh(tiny_model)
+    assert (having("hybrid_vector_v2"), having("hybrid_vector_v3")) == (with_text, with_text)  # in its grace
+    es_backend.retirement.wait()
+    assert (having("hybrid_vector_v2"), having("hybrid_vector_v3")) == (0, with_text)
+    hits = Searcher(es_backend, source).search(["ocean tides"], SearchConfig(mode="dense", k=3))[0]
+    assert len(hits) == 3
+
+
+@pytest.mark.es
 def test_in_place_refresh_while_serving(
     es_backend: Any, app_index: tuple[str, dict[str, Any]], tiny_model: Path, other_model: Path
 ) -> None:

@@ -13,6 +13,7 @@ accept it like an alias or a physical index.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ from hybrid.types import Document
 
 if TYPE_CHECKING:
     from hybrid.backends.elastic import ElasticBackend
+
+log = logging.getLogger(__name__)
 
 META_KEY = "hybrid_in_place"
 FIELD_PREFIX = "hybrid_vector_v"
@@ -192,6 +195,7 @@ class InPlaceWriter:
         state["active"] = self.field
         write_state(self.client, self.index, state)  # one mapping update: searches switch at once
         self.backend.forget(self.index)
+        retire_stale_fields(self.backend, self.index, self.field)
         return count
 
     def close(self) -> None:
@@ -240,6 +244,30 @@ def drop_field(client: Any, index: str, field: str, timeout: float = 120.0) -> i
     done = bulk_write(client, timeout, actions, len(ids), index, missing=lambda _id: None)
     client.indices.refresh(index=index)
     return done
+
+
+def retire_stale_fields(backend: ElasticBackend, index: str, keep: str) -> list[str]:
+    """Drop the vectors of every field of ``index`` but ``keep`` (the active one) once the
+    backend's grace has passed (``backend.retirement``; at once when it is 0), so the documents
+    carry at most the active and the previous field's vectors, for a server to switch.
+
+    :meth:`InPlaceWriter.commit` calls it; a caller that switched fields another way (a
+    trainer's refresh) may call it too. Returns the fields scheduled."""
+    state = read_state(backend.client, index) or {}
+    stale = [f for f, v in state.get("versions", {}).items() if f != keep and not v.get("dropped")]
+
+    def drop() -> None:
+        for field in stale:
+            try:
+                dropped = drop_field(backend.client, index, field)
+            except Exception as exc:  # a timer thread: the writer has moved on; say so, never crash
+                log.warning("could not drop %s from '%s' (hybrid index --drop-old retries): %s", field, index, exc)
+                return
+            log.info("dropped %s from %d documents of '%s'", field, dropped, index)
+
+    if stale:
+        backend.retirement.retire(drop)
+    return stale
 
 
 def open_in_place(backend: ElasticBackend, spec: IndexSpec, state: dict[str, Any], recreate: bool) -> InPlaceWriter:
