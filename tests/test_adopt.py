@@ -293,6 +293,8 @@ def test_in_place_refresh_while_serving(
     stop = threading.Event()
 
     engine = Engine(es_backend, source, EngineConfig(poll_s=0.05))
+    # v1 keeps its vectors longer than the server may take to switch (the deadline below)
+    es_backend.retirement.grace_s = 75
     with running(create_app(engine)) as url:
         thread = threading.Thread(target=query_loop, args=(url, queries, 0, stop, seen, errors))
         thread.start()
@@ -302,6 +304,8 @@ def test_in_place_refresh_while_serving(
         run_index(job, es_backend, second, documents=ElasticSource(client, source, fields))
         v2 = f"{source}@hybrid_vector_v2"
         assert es_backend.current(source) == v2
+        # in its grace the old field still answers for its own model
+        pinned = Searcher(es_backend, v1, Encoder(EncoderConfig(model=str(tiny_model)))).search(queries, config)
         expected[(v2, model_hash(other_model))] = Searcher(es_backend, source).search(queries, config)
         deadline = time.monotonic() + 60
         while not any(v == v2 for v, *_ in seen[-3:]) and time.monotonic() < deadline:
@@ -312,11 +316,12 @@ def test_in_place_refresh_while_serving(
     assert {(v, h) for v, h, _, _ in seen} == set(expected)
     for version, digest, query, ids in seen:
         assert ids == [h.id for h in expected[(version, digest)][query]]
-    # the old field still answers for its own model, and the application's data is as it was
-    pinned = Searcher(es_backend, v1, Encoder(EncoderConfig(model=str(tiny_model)))).search(queries, config)
+    # after its grace the old field is emptied; the application's data is as it was
     assert [[h.id for h in row] for row in pinned] == [
         [h.id for h in row] for row in expected[(v1, model_hash(tiny_model))]
     ]
+    es_backend.retirement.wait()
+    assert client.count(index=source, query={"exists": {"field": "hybrid_vector_v1"}})["count"] == 0
     assert _app_fields(client, source) == before
 
 
