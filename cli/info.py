@@ -58,6 +58,15 @@ def info(
         )
     else:
         table.add_row("model hash", "not recorded (made by an older hybrid; rebuild with --recreate)")
+    missing = data.extra.get("without_vector")
+    if isinstance(missing, int) and missing:
+        table.add_row(
+            "without vector",
+            f"{missing:,} more documents have no vector (no text in the text field, or written after "
+            "the last embedding); count includes only those with one",
+        )
     for key, value in data.extra.items():
+        if key == "without_vector":
+            continue  # said above, in words
         table.add_row(key, json.dumps(value, indent=1, default=str) if isinstance(value, dict) else str(value))
     console.print(table)

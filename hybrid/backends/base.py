@@ -68,6 +68,11 @@ class Retirement:
         timer.start()
         self._timers.append(timer)
 
+    @property
+    def pending(self) -> bool:
+        """Some swapped-out version is still waiting for its deletion."""
+        return any(timer.is_alive() for timer in self._timers)
+
     def wait(self) -> None:
         for timer in self._timers:
             timer.join()

@@ -263,6 +263,10 @@ class ElasticBackend:
         physical, meta = layout.physical, layout.meta
         target = inplace.split(physical)[0] if inplace.split(physical) else physical  # type: ignore[index]
         mapping = self.client.indices.get_mapping(index=target)[target]["mappings"]
+        in_place = layout.vector_field != "vector"
+        # a user's index with hybrid's vectors added: its documents can change between reads, and
+        # those without the text field (or written since the last embedding) have no vector
+        unembedded = {"without_vector": self._without_vector(layout)} if in_place else {}
         return IndexInfo(
             name=name,
             backend=self.kind,
@@ -276,8 +280,8 @@ class ElasticBackend:
                 "cluster_version": self.cluster_version(),
                 "lexical": meta.get("lexical", {}),
                 "vectors": meta.get("vectors", {}),
-                # a user's index with hybrid's vectors added: its documents can change between reads
-                "in_place": layout.vector_field != "vector",
+                "in_place": in_place,
+                **unembedded,
             },
             recipe=meta.get("recipe"),
         )
@@ -288,6 +292,11 @@ class ElasticBackend:
             query = {"exists": {"field": layout.vector_field}}
             return int(self.client.count(index=layout.index, query=query)["count"])
         return int(self.client.count(index=name)["count"])
+
+    def _without_vector(self, layout: _Layout) -> int:
+        """Documents of an index adopted in place that its active vector field leaves out."""
+        query = {"bool": {"must_not": [{"exists": {"field": layout.vector_field}}]}}
+        return int(self.client.count(index=layout.index, query=query)["count"])
 
     def _layout(self, name: str) -> _Layout:
         """Where ``name``'s current version keeps text and vectors, cached per name (searches

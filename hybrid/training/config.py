@@ -76,6 +76,30 @@ class TrainConfig:
     reembed: bool = False  # re-embed the index with --model first when another model made it
 
     def __post_init__(self) -> None:
+        # Every number is checked where it is read, flags and config files alike: keep_checkpoints
+        # 0 would delete the checkpoint just saved, log_every 0 divides by zero.
+        flagged = {"seed", "save_every", "refresh_every", "query_max_length", "passage_max_length", "steps"}
+        flagged |= {"batch_size", "grad_accum", "lr", "temperature", "epochs", "grad_cache_chunk"}
+        at_least = {"save_every": 0, "keep_checkpoints": 1, "log_every": 1, "refresh_every": 0, "bm25_depth": 1}
+        at_least |= {"knn_depth": 1, "query_max_length": 1, "passage_max_length": 1, "seed": 0}
+        at_least |= {"steps": 1, "batch_size": 1, "grad_accum": 1, "grad_cache_chunk": 1}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            where = f"{name} (--{name.replace('_', '-')})" if name in flagged else name
+            if value is None and name in ("steps", "grad_cache_chunk"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{where} must be a whole number of at least {low}, got {value!r}")
+        positive = ("lr", "temperature", "max_grad_norm", "epochs")
+        for name in (*positive, "weight_decay", "warmup"):
+            value = getattr(self, name)
+            where = f"{name} (--{name.replace('_', '-')})" if name in flagged else name
+            if value is None and name == "epochs":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{where} must be a finite number, got {value!r}")
+            if value < 0 or (value == 0 and name in positive):
+                raise ConfigError(f"{where} must be {'above' if name in positive else 'at least'} 0, got {value!r}")
         if self.qrels is None and self.answers is None and self.pools is None:
             raise ConfigError("train needs --qrels, --answers or --pools")
         if self.steps is not None and self.epochs is not None:
