@@ -201,7 +201,7 @@ def check_query_model(index: str, recorded: VectorRecipe | None, model_hash_: st
     extra = f", queried by {recorded.query_model} (hash {recorded.query_hash})" if recorded.query_model else ""
     raise ModelMismatchError(
         f"index '{index}' was embedded by {recorded.model} (hash {recorded.model_hash}){extra} but {action} "
-        f"would use {model} (hash {model_hash_}): a query model only fits the vectors it was made for. "
+        f"would use {model} (hash {model_hash_}): vectors of two models do not mix. "
         f"{DEFAULT_HINT}"
     )
 
