@@ -70,6 +70,10 @@ class TrainConfig:
     device: str | None = None
     remine: bool = False  # mine fresh pools even when --pools is given
     reembed: bool = False  # re-embed the index with --model first when another model made it
+    # Bytes a training step may take (RAM on CPU, device memory on CUDA); the GradCache chunk
+    # and gradient checkpointing are chosen to fit it. None: no bound (the CLI passes a share
+    # of the machine). A config file may write it as "6GiB".
+    max_memory: int | None = None
 
     def __post_init__(self) -> None:
         if self.qrels is None and self.answers is None and self.pools is None:
@@ -101,6 +105,12 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"unknown precision '{self.precision}'; choose auto, fp32, bf16 or fp16")
+        if isinstance(self.max_memory, str):
+            from hybrid.training.memory import parse_size
+
+            object.__setattr__(self, "max_memory", parse_size(self.max_memory))
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ConfigError("--max-memory must be above zero, e.g. 6GiB")
 
     def guard_config(self) -> GuardConfig:
         """The guard's options (see :mod:`hybrid.training.selection`)."""
