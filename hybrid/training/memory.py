@@ -73,9 +73,13 @@ def format_size(size: float, up: bool = False) -> str:
     """``6.0GiB``, ``812MiB``: the unit a person would write; with ``up`` rounded up, so that
     the text passed back as a budget gives at least ``size``."""
     whole = math.ceil if up else round
+    if size >= 1 << 40:
+        return f"{whole(size / (1 << 40) * 10) / 10:.1f}TiB"
     if size >= GiB:
         return f"{whole(size / GiB * 10) / 10:.1f}GiB"
-    return f"{whole(size / MiB)}MiB"
+    if size >= MiB:
+        return f"{whole(size / MiB)}MiB"
+    return f"{whole(size / KiB)}KiB"
 
 
 def default_budget(machine: int) -> int:

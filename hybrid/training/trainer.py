@@ -180,7 +180,7 @@ def train(
         if dist.main and (step % config.log_every == 0 or step == steps):
             elapsed = round(time.perf_counter() - started, 1)
             record = {"step": step, "loss": round(loss_value, 6), "lr": lr, "examples_per_s": round(rate, 2)}
-            if result.estimate is None:
+            if result.estimate is None and step < steps:
                 estimate = result.estimate = time_estimate(step, steps, train_seconds, rate, first_step)
                 record["eta_s"] = estimate["eta_s"]
             write_log(out, {**record, "elapsed_s": elapsed})
@@ -334,7 +334,13 @@ def time_estimate(step: int, steps: int, seconds: float, rate: float, first: int
     this process took ``seconds`` for (training steps only: refreshes and the guard add to it)."""
     per_step = seconds / max(1, step - first)
     eta = per_step * (steps - step)
-    return {"step": step, "examples_per_s": round(rate, 2), "step_s": round(per_step, 2), "eta_s": round(eta, 1)}
+    return {
+        "step": step,
+        "examples_per_s": round(rate, 2),
+        "step_s": round(per_step, 2),
+        "eta_s": round(eta, 1),
+        "train_s": round(seconds, 1),
+    }
 
 
 def _pool_data(run: RunState, config: TrainConfig) -> PoolData:
