@@ -183,6 +183,7 @@ def train(
             if result.estimate is None and step < steps:
                 estimate = result.estimate = time_estimate(step, steps, train_seconds, rate, first_step)
                 record["eta_s"] = estimate["eta_s"]
+                log.info("step %d: %.2f examples/s; the steps left take about %.0f s", step, rate, estimate["eta_s"])
             write_log(out, {**record, "elapsed_s": elapsed})
         if progress is not None and dist.main:
             progress(TrainProgress(step, steps, loss_value, lr, rate, estimate=estimate))
