@@ -12,6 +12,7 @@ from . import negatives as negatives_cmd
 from . import quickstart as quickstart_cmd
 from . import search as search_cmd
 from . import serve as serve_cmd
+from . import sync as sync_cmd
 from . import train as train_cmd
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.command("index")(index_cmd.index)
 app.command("search")(search_cmd.search)
 app.command("serve")(serve_cmd.serve)
 app.command("info")(info_cmd.info)
+app.command("sync")(sync_cmd.sync)
 app.command("quickstart")(quickstart_cmd.quickstart)
 app.command("eval")(evaluate_cmd.evaluate)
 app.command("mine")(mine_cmd.mine)

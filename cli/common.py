@@ -7,8 +7,9 @@ import inspect
 import logging
 import os
 import sys
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -31,6 +32,22 @@ def default_store() -> Path:
     """Where the embedded backend keeps indexes when --store is not given."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "hybrid"
+
+
+# Writers keep a swapped-out version this long: a running `hybrid serve` needs the time to
+# load (and export) the new version's model before it can switch to it.
+DEFAULT_GRACE_S = 120.0
+
+
+def say_grace(grace: float) -> None:
+    """Tell the user why a writer has not exited yet."""
+    err_console.print(
+        f"keeping the previous version {grace:g} s (--grace) so servers can switch to the new one, then "
+        "deleting it; --grace 0 deletes at once",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Index name (an alias on Elasticsearch).")]
@@ -75,6 +92,20 @@ class BackendOptions:
             client_key=self.es_client_key,
             request_timeout=self.es_timeout,
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as JSON values (paths as strings), for a worker process to rebuild."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> BackendOptions:
+        """The options :meth:`to_json` wrote: every path option becomes a ``Path`` again, so a
+        secret read from a file (``--es-password-file``) works in a worker as in the parent."""
+        hints = typing.get_type_hints(cls)
+        paths = {k for k, hint in hints.items() if Path in typing.get_args(hint) or hint is Path}
+        converted: dict[str, Any] = {k: Path(v) if k in paths and v is not None else v for k, v in values.items()}
+        return cls(**converted)
 
     def open(self) -> Backend:
         """Open the chosen backend; the embedded one finds Java 21+ starting from JAVA_HOME."""

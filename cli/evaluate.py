@@ -55,9 +55,7 @@ def evaluate(
     run_format: Annotated[
         str | None, typer.Option("--run-format", help="trec, msmarco or dpr (default: dpr with answers, else trec).")
     ] = None,
-    run: Annotated[
-        Path | None, typer.Option("--run", help="Where to write the run file (default: a temp file).")
-    ] = None,
+    run: Annotated[Path | None, typer.Option("--run", help="Where to write the run file (default: not kept).")] = None,
     relevance_level: Annotated[
         int | None,
         typer.Option(
@@ -134,7 +132,8 @@ def evaluate(
     console.print(table)
     for warning in report.warnings:
         err_console.print(f"Warning: {warning}", markup=False)
-    console.print(f"run: {report.run_file}", markup=False, highlight=False)
+    if report.run_file is not None:
+        console.print(f"run: {report.run_file}", markup=False, highlight=False)
     if as_json is not None:
         as_json.parent.mkdir(parents=True, exist_ok=True)
         as_json.write_text(json.dumps(report.to_dict(), indent=1) + "\n")

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from .common import (
+    DEFAULT_GRACE_S,
     BackendOptions,
     IndexOpt,
     QuietOpt,
@@ -18,6 +19,7 @@ from .common import (
     console,
     err_console,
     handle_errors,
+    say_grace,
 )
 
 if TYPE_CHECKING:
@@ -122,13 +124,18 @@ def index(
         typer.Option(
             "--drop-old",
             help="--in-place with --recreate: after the switch (and --grace), remove the previous vector "
-            "field's values from the documents.",
+            "field's values from the documents (always done now; kept for scripts that pass it).",
         ),
     ] = False,
     grace: Annotated[
         float,
-        typer.Option("--grace", help="Keep the swapped-out version this many seconds for searches in flight."),
-    ] = 0.0,
+        typer.Option(
+            "--grace",
+            envvar="HYBRID_GRACE",
+            help="Keep each swapped-out version this many seconds, so a running hybrid serve can load "
+            "the new model and switch before it is deleted (0: at once; the command waits for it to exit).",
+        ),
+    ] = DEFAULT_GRACE_S,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final stats as JSON.")] = False,
     conn: BackendOptions = BackendOptions(),
     quiet: QuietOpt = False,
@@ -188,6 +195,10 @@ def index(
 
             source = SourceFields(text=str(text_field), title=title_field, id=id_field or "_id")
             client = backend.client  # type: ignore[attr-defined]
+            if in_place:  # before sampling fields: a disabled _source would look like missing fields
+                from hybrid.backends.es_inplace import check_adoptable
+
+                check_adoptable(client, from_es, str(text_field), title_field)
             documents = ElasticSource(client, from_es, source, batch=batch_size, slices=slices)
             if in_place:
                 if id_field not in (None, "_id"):
@@ -213,27 +224,14 @@ def index(
                 model_hash=recipe.model_hash,
             )
         encoder = Encoder(config)
-        previous = backend.current(index) if drop_old else None
+        # --drop-old is what every in-place switch now does: the backend drops the previous
+        # field's vectors once --grace has passed
         stats = run_with_progress(job, backend, encoder, quiet, documents)
-        if drop_old and previous and previous != stats.version:
-            _drop_previous(backend, index, previous, grace)
     finally:
+        if backend.retirement.pending:
+            say_grace(grace)
         backend.close()
     report(stats, index, backend.kind, as_json)
-
-
-def _drop_previous(backend: Backend, index: str, previous: str, grace: float) -> None:
-    """Remove the vectors of the field that served before the switch, after the grace period."""
-    import time
-
-    from hybrid.backends.es_inplace import drop_field, split
-
-    parts = split(previous)
-    if parts is None:
-        return  # not in place: the old version is a whole index, retired by the backend
-    time.sleep(grace)
-    dropped = drop_field(backend.client, parts[0], parts[1])  # type: ignore[attr-defined]
-    err_console.print(f"removed {parts[1]} from {dropped:,} documents", markup=False, highlight=False)
 
 
 def _existing_recipe(backend: Backend, index: str) -> VectorRecipe | None:

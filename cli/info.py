@@ -42,6 +42,14 @@ def info(
     if recipe:
         table.add_row("model hash", str(recipe.get("model_hash")))
         table.add_row("model path", str(recipe.get("model_path")))
+        if recipe.get("query_model_hash"):
+            table.add_row(
+                "query model",
+                f"{recipe.get('query_model_path')} (hash {recipe.get('query_model_hash')}, "
+                f"query version {recipe.get('query_version')})",
+            )
+        else:
+            table.add_row("query model", "the passage model")
         table.add_row(
             "embedding",
             f"pooling={recipe.get('pooling')} normalize={recipe.get('normalize')} "
@@ -50,6 +58,15 @@ def info(
         )
     else:
         table.add_row("model hash", "not recorded (made by an older hybrid; rebuild with --recreate)")
+    missing = data.extra.get("without_vector")
+    if isinstance(missing, int) and missing:
+        table.add_row(
+            "without vector",
+            f"{missing:,} more documents have no vector (no text in the text field, or written after "
+            "the last embedding); count includes only those with one",
+        )
     for key, value in data.extra.items():
+        if key == "without_vector":
+            continue  # said above, in words
         table.add_row(key, json.dumps(value, indent=1, default=str) if isinstance(value, dict) else str(value))
     console.print(table)

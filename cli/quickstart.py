@@ -68,7 +68,7 @@ def quickstart(
                 print_hits(hits, mode, as_json=False)
     finally:
         backend.close()
-    where = f"--es-url {es.url}" if es else f"--store {conn.store}" if conn.store else ""
+    where = f"--es-url {es.display_url}" if es else f"--store {conn.store}" if conn.store else ""
     console.print(f'\nNext: hybrid search "your question" --index {index} {where}'.rstrip())
 
 

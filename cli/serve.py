@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import tempfile
 import threading
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -60,13 +60,14 @@ def serve(
     """Serve BM25, dense and hybrid search over HTTP (OpenAPI at /api-docs), following index swaps."""
     import uvicorn
 
-    if not 1 <= max_k <= 1000:
-        raise ConfigError("--max-k must be between 1 and 1000")
-    if workers < 1 or batch_threads < 1 or max_batch < 1:
-        raise ConfigError("--workers, --batch-threads and --max-batch must be at least 1")
+    _check_ranges(
+        {"--port": port, "--workers": workers, "--max-batch": max_batch, "--batch-threads": batch_threads}
+        | {"--max-k": max_k, "--max-batch-queries": max_batch_queries}
+        | {"--max-wait-ms": max_wait_ms, "--poll": poll, "--grace": grace}
+    )
     settings: dict[str, Any] = {
         "index": index,
-        "conn": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(conn).items()},
+        "conn": conn.to_json(),
         "engine": {
             "max_batch": max_batch,
             "max_wait_ms": max_wait_ms,
@@ -125,6 +126,28 @@ def serve(
         Path(path).unlink(missing_ok=True)
 
 
+# (lowest, highest) of each option; the float ones must be finite too
+_RANGES: dict[str, tuple[float, float]] = {
+    "--port": (0, 65535),  # 0: any free port
+    "--workers": (1, 256),
+    "--max-batch": (1, 4096),
+    "--batch-threads": (1, 256),
+    "--max-k": (1, 1000),
+    "--max-batch-queries": (1, 100_000),
+    "--max-wait-ms": (0, 10_000),
+    "--poll": (0.01, 86_400),
+    "--grace": (0, 86_400),
+}
+
+
+def _check_ranges(values: dict[str, float]) -> None:
+    """One line naming the first option outside its range (or not a finite number)."""
+    for option, value in values.items():
+        low, high = _RANGES[option]
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ConfigError(f"{option} must be between {low:g} and {high:g}, got {value:g}")
+
+
 def _stop(signum: int, frame: object) -> None:
     if _stopping.is_set():
         return  # a second SIGTERM would cut the engine's close short
@@ -149,9 +172,7 @@ def _app(settings: dict[str, Any], engine: Any) -> Any:
 def _engine(settings: dict[str, Any]) -> Any:
     from hybrid.serving.engine import Engine
 
-    conn = settings["conn"]
-    paths: dict[str, Any] = {k: Path(conn[k]) if conn[k] else None for k in ("store", "es_ca_certs")}
-    options = BackendOptions(**{**conn, **paths})
+    options = BackendOptions.from_json(settings["conn"])
     return Engine(options.open(), settings["index"], _engine_config(settings["engine"]), owns_backend=True)
 
 

@@ -16,12 +16,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hybrid.errors import ConfigError
 
 from .common import (
+    DEFAULT_GRACE_S,
     BackendOptions,
     QuietOpt,
     backend_options,
     console,
     err_console,
     handle_errors,
+    say_grace,
 )
 
 if TYPE_CHECKING:
@@ -129,6 +131,14 @@ def train(
         float | None,
         Opt("--distill", help="Weight of KL to the base model's pool scores, against drift (0: off) (0)."),
     ] = None,
+    update: Annotated[
+        str | None,
+        Opt(
+            "--update",
+            help="both: train and re-embed; query: train the query side against the index's vectors, "
+            "applied without re-embedding (both).",
+        ),
+    ] = None,
     guard: Annotated[
         bool | None,
         Opt(
@@ -172,8 +182,14 @@ def train(
     device: Annotated[str | None, Opt("--device", help="cpu, cuda … (cuda when present).")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue from the newest checkpoint in --out.")] = False,
     grace: Annotated[
-        float, Opt("--grace", help="Keep each swapped-out index version this many seconds after a refresh (0).")
-    ] = 0.0,
+        float,
+        Opt(
+            "--grace",
+            envvar="HYBRID_GRACE",
+            help="Keep each swapped-out version this many seconds, so a running hybrid serve can load "
+            "the new model and switch before it is deleted (0: at once; the command waits for it to exit).",
+        ),
+    ] = DEFAULT_GRACE_S,
     nproc: Annotated[
         int,
         Opt("--nproc", help="Processes (GPUs) to train with: relaunches under torchrun (1: this process)."),
@@ -231,6 +247,7 @@ def train(
         "positives": positives,
         "positives_per_query": positives_per_query,
         "distill": distill,
+        "update": update,
         "guard": guard,
         "dev_share": dev_share,
         "guard_depth": guard_depth,
@@ -300,6 +317,8 @@ def train(
                     config, backend, resume=resume, progress=show, allow_config_change=allow_config_change, dist=dist
                 )
     finally:
+        if backend.retirement.pending:
+            say_grace(grace)
         backend.close()
         dist.stop()
     if not dist.main:

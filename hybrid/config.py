@@ -56,8 +56,8 @@ class ElasticConfig:
                 raise ConfigError(f"{label} file not found: {path}")
         if self.client_key is not None and not self.client_key.is_file():
             raise ConfigError(f"client key file not found: {self.client_key}")
-        if self.request_timeout <= 0:
-            raise ConfigError("--es-timeout must be positive")
+        if not self.request_timeout > 0 or self.request_timeout == float("inf"):  # NaN fails the first
+            raise ConfigError("--es-timeout must be a positive number of seconds")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,12 @@ class VectorRecipe:
     query_prefix: str = ""
     passage_prefix: str = ""
     files: tuple[tuple[Any, ...], ...] = ()  # fingerprint at recording time: a fast re-check
+    # A query model trained against these very vectors (``hybrid train --update query``):
+    # queries are embedded by it, passages stay the passage model's. None: the passage model.
+    query_model: str | None = None
+    query_model_path: str | None = None
+    query_model_hash: str | None = None
+    query_version: int = 0  # 1, 2, ... for each query model applied to the same vectors
 
     def settings(self) -> EncoderSettings:
         """The encoder settings to embed passages and queries for this version with."""
@@ -107,6 +113,33 @@ class VectorRecipe:
         values = {k: v for k, v in data.items() if k in known}
         values["files"] = tuple(tuple(f) for f in values.get("files", ()))
         return cls(**values)
+
+    @property
+    def query_hash(self) -> str:
+        """The hash of the model that embeds queries for these vectors."""
+        return self.query_model_hash or self.model_hash
+
+    def query_model_dir(self) -> Path:
+        """The directory of the model that embeds queries, checked to hold the recorded weights."""
+        if not self.query_model_path:
+            return self.model_dir()
+        path = Path(self.query_model_path)
+        if not (path / "config.json").is_file() or model_hash(path) != self.query_model_hash:
+            raise ModelError(
+                f"the query model of this index version ({self.query_model}, hash {self.query_model_hash}) is gone "
+                f"from {self.query_model_path} or holds other weights; restore it"
+            )
+        return path
+
+    def with_query_model(self, model: str, model_dir: Path) -> VectorRecipe:
+        """This recipe with ``model_dir`` embedding its queries: the next query version."""
+        return replace(
+            self,
+            query_model=model,
+            query_model_path=str(model_dir.resolve()),
+            query_model_hash=model_hash(model_dir),
+            query_version=self.query_version + 1,
+        )
 
     def model_dir(self) -> Path:
         """The model directory, checked to still hold the weights that made the vectors."""
@@ -157,6 +190,19 @@ def check_model(
     raise ModelMismatchError(
         f"index '{index}' was embedded by {recorded.model} (hash {recorded.model_hash}) but {action} would use "
         f"{model} (hash {model_hash_}): vectors of two models do not mix. {hint}"
+    )
+
+
+def check_query_model(index: str, recorded: VectorRecipe | None, model_hash_: str, model: str, action: str) -> None:
+    """Refuse to embed ``index``'s queries with a model made for other vectors: its own query
+    model, or the passage model that made the vectors, are the ones that fit."""
+    if recorded is None or model_hash_ in (recorded.model_hash, recorded.query_hash):
+        return
+    extra = f", queried by {recorded.query_model} (hash {recorded.query_hash})" if recorded.query_model else ""
+    raise ModelMismatchError(
+        f"index '{index}' was embedded by {recorded.model} (hash {recorded.model_hash}){extra} but {action} "
+        f"would use {model} (hash {model_hash_}): a query model only fits the vectors it was made for. "
+        f"{DEFAULT_HINT}"
     )
 
 

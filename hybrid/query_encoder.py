@@ -19,7 +19,7 @@ import numpy as np
 from hybrid import onnx_encoder
 from hybrid.encoder import EncoderSettings, resolve_model
 from hybrid.errors import ModelError
-from hybrid.manifest import VectorRecipe, check_model
+from hybrid.manifest import VectorRecipe, check_query_model
 
 if TYPE_CHECKING:
     from hybrid.backends.base import Backend
@@ -57,8 +57,8 @@ def open_query_encoder(
     if recipe is not None:
         settings = recipe.settings()
         if model is None:
-            model = str(recipe.model_dir())  # checks the weights are still the recorded ones
-            known_hash = recipe.model_hash
+            model = str(recipe.query_model_dir())  # checks the weights are still the recorded ones
+            known_hash = recipe.query_hash
     _, name = resolve_model(model)
     encoder: QueryEncoder | None = None
     if onnx_encoder.available() and not (batch and _cuda()):
@@ -75,7 +75,7 @@ def open_query_encoder(
 
         encoder = Encoder(EncoderConfig(model=model, settings=settings, model_hash=known_hash))
     if recipe is not None:
-        check_model(index, recipe, encoder.model_hash, name, "searching it")
+        check_query_model(index, recipe, encoder.model_hash, name, "searching it")
     return encoder
 
 
@@ -96,7 +96,7 @@ def encoder_for_index(backend: Backend, index: str, model: str | None = None, ba
 
 def check_encoder(backend: Backend, index: str, encoder: QueryEncoder, action: str = "searching it") -> None:
     """Refuse ``encoder`` for ``index`` unless it is the model that made the index's vectors."""
-    check_model(index, index_recipe(backend, index), encoder.model_hash, encoder.name, action)
+    check_query_model(index, index_recipe(backend, index), encoder.model_hash, encoder.name, action)
 
 
 __all__ = [

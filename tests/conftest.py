@@ -25,6 +25,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # here, not in pyproject.toml: CI keys its cached virtualenv on that file
     config.addinivalue_line("markers", "cluster: starts its own 3-node Elasticsearch cluster (tests/es_node.py)")
     config.addinivalue_line("markers", "kills: SIGKILLs hybrid's own processes at seeded random moments")
+    # Writers delete a swapped-out version at once in tests (the CLI keeps it 120 s by default,
+    # and waits for the deletion before exiting); tests of the grace itself pass --grace.
+    os.environ.setdefault("HYBRID_GRACE", "0")
 
 
 @pytest.fixture(scope="session")

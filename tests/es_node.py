@@ -7,6 +7,7 @@ as an unprivileged user on 127.0.0.1 at a free port. Usage::
     python tests/es_node.py start --version 9.2.8 --state /tmp/es9.json   # prints the URL
     python tests/es_node.py stop --state /tmp/es9.json
     python tests/es_node.py start --nodes 3 --state /tmp/cluster.json  # URLs comma-separated
+    python tests/es_node.py start --secure --state /tmp/sec.json  # HTTPS, a user, a CA: see the state
 """
 
 from __future__ import annotations
@@ -448,6 +449,9 @@ def main() -> int:
     parser.add_argument("--version", default=ES9)
     parser.add_argument("--nodes", type=int, default=1, help="more than 1: a cluster on loopback")
     parser.add_argument("--state", type=Path, help="JSON file holding the running node's state")
+    parser.add_argument(
+        "--secure", action="store_true", help="security and TLS on; the state file (0600) holds the password"
+    )
     args = parser.parse_args()
     if args.action == "fetch":
         print(unpack(args.version, cache_dir()))
@@ -455,9 +459,17 @@ def main() -> int:
     if args.state is None:
         parser.error("--state is required")
     if args.action == "start":
-        state = start(args.version) if args.nodes == 1 else start_cluster(args.version, args.nodes)
-        args.state.write_text(json.dumps(state))
+        if args.secure and args.nodes != 1:
+            parser.error("--secure starts one node; leave out --nodes")
+        one = args.nodes == 1
+        state = start(args.version, secure=args.secure) if one else start_cluster(args.version, args.nodes)
+        # the state may hold the node's password: readable by its owner only
+        fd = os.open(args.state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(state, out)
         print(state["url"])
+        if args.secure:
+            print(f"user {state['user']}, CA {state['ca']}, password under 'password' in {args.state}")
         return 0
     stop(json.loads(args.state.read_text()))
     args.state.unlink(missing_ok=True)

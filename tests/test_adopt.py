@@ -115,6 +115,57 @@ def test_adopt_errors_are_one_line(es_url: str, es_prefix: str, beir_small: Path
         assert message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.es
+def test_a_field_no_document_has_is_refused_before_writing(
+    es_url: str, es_backend: Any, es_prefix: str, app_index: tuple[str, dict[str, Any]]
+) -> None:
+    source, _ = app_index
+    before = _snapshot(es_backend.client, source)
+    name = f"{es_prefix}-new"
+    base = ["index", "--from-es", source, "-i", name, "--es-url", es_url, "-q"]
+    cases = [
+        (["--text-field", "nosuch.field"], "--text-field 'nosuch.field'"),
+        (["--text-field", "body.content", "--title-field", "title"], "--title-field 'title'"),
+        (["--text-field", "body.content", "--id-field", "uuid"], "--id-field 'uuid'"),
+    ]
+    for extra, message in cases:
+        result = runner.invoke(app, [*base, *extra])
+        assert result.exit_code == 1, result.output
+        line = result.output.strip()
+        assert line.startswith("Error: ") and "\n" not in line and message in line, line
+        assert "body.content, body.lang, headline, price, sku" in line, line
+        assert not es_backend.client.indices.get(index=f"{name}*", allow_no_indices=True), "something was written"
+    in_place = ["index", "--from-es", source, "-i", source, "--in-place", "--es-url", es_url, "-q"]
+    result = runner.invoke(app, [*in_place, "--text-field", "body.contents"])
+    assert result.exit_code == 1 and "--text-field 'body.contents'" in result.output, result.output
+    assert _snapshot(es_backend.client, source) == before  # not adopted: the mapping is untouched
+
+
+@pytest.mark.es
+def test_in_place_refuses_a_partial_or_disabled_source(es_url: str, es_backend: Any, es_prefix: str) -> None:
+    """Updating a document rewrites it from _source: without _source it fails, and with
+    includes/excludes the left-out fields would be lost, so adoption in place is refused."""
+    client = es_backend.client
+    cases = [
+        ({"enabled": False}, "disables _source"),
+        ({"excludes": ["price"]}, "keeps only part of each document"),
+        ({"includes": ["body.*", "headline"]}, "keeps only part of each document"),
+    ]
+    for n, (source, reason) in enumerate(cases):
+        name = f"{es_prefix}-src{n}"
+        client.indices.create(index=name, mappings={**APP_MAPPING, "_source": source})
+        client.index(index=name, id="d1", document={"headline": "h", "body": {"content": "tides"}, "price": 2.0})
+        client.indices.refresh(index=name)
+        before = client.indices.get_mapping(index=name)
+        args = ["index", "--from-es", name, "-i", name, "--in-place", "--text-field", "body.content"]
+        result = runner.invoke(app, [*args, "--es-url", es_url, "-q"])
+        assert result.exit_code == 1, result.output
+        line = result.output.strip()
+        assert line.startswith("Error: ") and "\n" not in line, line
+        assert reason in line and f"--from-es {name} -i NEW_NAME" in line, line
+        assert client.indices.get_mapping(index=name) == before  # not adopted
+
+
 def _app_fields(client: Any, index: str) -> tuple[Any, dict[str, Any]]:
     """The application's own mapping fields and documents, without hybrid's vector fields."""
     mapping, docs = _snapshot(client, index)
@@ -171,6 +222,52 @@ def test_adopt_in_place(es_url: str, es_backend: Any, app_index: tuple[str, dict
 
 
 @pytest.mark.es
+def test_info_counts_documents_without_a_vector(
+    es_url: str, es_backend: Any, app_index: tuple[str, dict[str, Any]], tiny_model: Path
+) -> None:
+    source, docs = app_index
+    with_text = {i for i, d in docs.items() if "content" in d["body"]}
+    _adopt_in_place(es_backend, source, tiny_model)
+    result = runner.invoke(app, ["info", "-i", source, "--json", "--es-url", es_url])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["count"] == len(with_text) and info["extra"]["without_vector"] == len(docs) - len(with_text)
+    table = runner.invoke(app, ["info", "-i", source, "--es-url", es_url])
+    assert table.exit_code == 0, table.output
+    assert f"{len(docs) - len(with_text)} more documents have no vector" in " ".join(table.output.split())
+
+
+@pytest.mark.es
+def test_in_place_refreshes_keep_at_most_two_vector_fields(
+    es_backend: Any, app_index: tuple[str, dict[str, Any]], tiny_model: Path, other_model: Path
+) -> None:
+    """Every in-place re-embedding adds a field; the one it replaces is emptied once the grace
+    has passed (here 0, then 1 s), with no --drop-old."""
+    source, docs = app_index
+    with_text = sum(1 for d in docs.values() if "content" in d["body"])
+    client, fields = _adopt_in_place(es_backend, source, tiny_model)
+
+    def having(field: str) -> int:
+        return int(client.count(index=source, query={"exists": {"field": field}})["count"])
+
+    def refresh(model: Path) -> None:
+        encoder = Encoder(EncoderConfig(model=str(model), batch_size=8))
+        documents = ElasticSource(client, source, fields)
+        run_index(IndexJob(corpus=None, index=source, recreate=True), es_backend, encoder, documents=documents)
+
+    refresh(other_model)  # grace 0: v1 is emptied as v2 becomes active
+    assert es_backend.current(source) == f"{source}@hybrid_vector_v2"
+    assert (having("hybrid_vector_v1"), having("hybrid_vector_v2")) == (0, with_text)
+    es_backend.retirement.grace_s = 1.0
+    refresh(tiny_model)
+    assert (having("hybrid_vector_v2"), having("hybrid_vector_v3")) == (with_text, with_text)  # in its grace
+    es_backend.retirement.wait()
+    assert (having("hybrid_vector_v2"), having("hybrid_vector_v3")) == (0, with_text)
+    hits = Searcher(es_backend, source).search(["ocean tides"], SearchConfig(mode="dense", k=3))[0]
+    assert len(hits) == 3
+
+
+@pytest.mark.es
 def test_in_place_refresh_while_serving(
     es_backend: Any, app_index: tuple[str, dict[str, Any]], tiny_model: Path, other_model: Path
 ) -> None:
@@ -196,6 +293,8 @@ def test_in_place_refresh_while_serving(
     stop = threading.Event()
 
     engine = Engine(es_backend, source, EngineConfig(poll_s=0.05))
+    # v1 keeps its vectors longer than the server may take to switch (the deadline below)
+    es_backend.retirement.grace_s = 75
     with running(create_app(engine)) as url:
         thread = threading.Thread(target=query_loop, args=(url, queries, 0, stop, seen, errors))
         thread.start()
@@ -205,6 +304,8 @@ def test_in_place_refresh_while_serving(
         run_index(job, es_backend, second, documents=ElasticSource(client, source, fields))
         v2 = f"{source}@hybrid_vector_v2"
         assert es_backend.current(source) == v2
+        # in its grace the old field still answers for its own model
+        pinned = Searcher(es_backend, v1, Encoder(EncoderConfig(model=str(tiny_model)))).search(queries, config)
         expected[(v2, model_hash(other_model))] = Searcher(es_backend, source).search(queries, config)
         deadline = time.monotonic() + 60
         while not any(v == v2 for v, *_ in seen[-3:]) and time.monotonic() < deadline:
@@ -215,11 +316,12 @@ def test_in_place_refresh_while_serving(
     assert {(v, h) for v, h, _, _ in seen} == set(expected)
     for version, digest, query, ids in seen:
         assert ids == [h.id for h in expected[(version, digest)][query]]
-    # the old field still answers for its own model, and the application's data is as it was
-    pinned = Searcher(es_backend, v1, Encoder(EncoderConfig(model=str(tiny_model)))).search(queries, config)
+    # after its grace the old field is emptied; the application's data is as it was
     assert [[h.id for h in row] for row in pinned] == [
         [h.id for h in row] for row in expected[(v1, model_hash(tiny_model))]
     ]
+    es_backend.retirement.wait()
+    assert client.count(index=source, query={"exists": {"field": "hybrid_vector_v1"}})["count"] == 0
     assert _app_fields(client, source) == before
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hybrid.cli.app import app
@@ -129,6 +130,36 @@ def test_quickstart_runs_on_the_shipped_demo(tmp_path: Path) -> None:
     assert result.stdout.count("hybrid") >= 2
 
 
+@pytest.mark.es
+def test_quickstart_redacts_the_password_in_its_url(es_url: str, es_prefix: str) -> None:
+    from hybrid.backends.elastic import ElasticBackend
+    from hybrid.config import ElasticConfig
+
+    secret = "s3cret-in-the-url"
+    with_password = es_url.replace("://", f"://someone:{secret}@", 1)  # security off: the node ignores it
+    name = f"{es_prefix}-qs"
+    try:
+        args = [
+            "quickstart",
+            "-i",
+            name,
+            "--limit",
+            "3",
+            "--query",
+            "bread",
+            "-k",
+            "1",
+            "-q",
+            "--es-url",
+            with_password,
+        ]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert secret not in result.output and "someone:***@" in result.stdout, result.stdout
+    finally:
+        ElasticBackend(ElasticConfig(url=es_url)).drop(name)
+
+
 def test_unreachable_cluster_is_one_line_without_tracebacks() -> None:
     import subprocess
     import sys
@@ -232,3 +263,25 @@ def test_client_errors_mid_command_are_one_line(capsys: pytest.CaptureFixture[st
     ]
     with pytest.raises(ValueError, match="a bug"):
         handle_errors(lambda: (_ for _ in ()).throw(raised[2]))()
+
+
+def test_writers_keep_a_swapped_out_version_120_s_by_default(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Long enough for a running server to load the new model and switch; 0 stays possible."""
+    import typer.main
+
+    command: Any = typer.main.get_command(app)
+    for name in ("index", "train"):
+        grace = next(p for p in command.commands[name].params if p.name == "grace")
+        assert (grace.default, grace.envvar) == (120.0, "HYBRID_GRACE"), name
+    store = ["--store", str(tmp_path / "store"), "-q"]
+    args = ["index", str(FIXTURES / "beir-small"), "-i", "docs", "-m", str(tiny_model), *store]
+    assert runner.invoke(app, args).exit_code == 0
+    monkeypatch.delenv("HYBRID_GRACE")
+    rebuilt = runner.invoke(app, [*args, "--recreate", "--grace", "1"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "keeping the previous version 1 s (--grace)" in rebuilt.output
+    assert sorted(p.name for p in (tmp_path / "store" / "docs").iterdir() if p.name.startswith("docs-v")) == [
+        "docs-v000002"
+    ]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from hybrid.backends.base import version_name, version_number
@@ -19,6 +21,7 @@ def test_render_defaults() -> None:
     body = render_index_body(IndexSpec(name="docs", dims=384, model="m", normalized=True), {"model": "m"})
     index = body["settings"]["index"]
     assert index["refresh_interval"] == "-1"
+    assert index["auto_expand_replicas"] == "0-1" and "number_of_replicas" not in index
     assert index["similarity"]["default"] == {"type": "BM25", "k1": 0.9, "b": 0.4}
     assert index["analysis"]["analyzer"]["hybrid_standard"] == {"type": "standard", "stopwords": "_english_"}
     props = body["mappings"]["properties"]
@@ -50,6 +53,7 @@ def test_render_options() -> None:
     assert "analysis" not in index
     assert index["similarity"]["default"]["k1"] == 1.2
     assert (index["number_of_replicas"], index["number_of_shards"]) == (0, 2)
+    assert "auto_expand_replicas" not in index
     props = body["mappings"]["properties"]
     assert props["contents"]["analyzer"] == "english"
     assert props["vector"]["similarity"] == "max_inner_product"
@@ -90,3 +94,22 @@ def test_version_names_and_index_names() -> None:
     assert version_number("docs", "docs-v3") is None
     with pytest.raises(ConfigError, match="invalid index name 'Docs'"):
         IndexSpec(name="Docs", dims=3, model="m", normalized=True)
+
+
+@pytest.mark.es
+def test_a_new_index_is_green_on_one_node(es_backend: object, es_prefix: str, tiny_encoder: object) -> None:
+    """A single node holds no replica: hybrid's indices expand replicas 0-1, so they are green
+    there (and keep one replica on a cluster) instead of yellow for ever."""
+    from pathlib import Path
+
+    from hybrid.indexing import IndexJob, run_index
+    from tests.conftest import FIXTURES
+
+    backend: Any = es_backend
+    name = f"{es_prefix}-green"
+    run_index(IndexJob(corpus=Path(FIXTURES / "beir-small"), index=name), backend, tiny_encoder)  # type: ignore[arg-type]
+    physical = backend.current(name)
+    settings = backend.client.indices.get_settings(index=physical)[physical]["settings"]["index"]
+    assert settings["auto_expand_replicas"] == "0-1"
+    health = backend.client.cluster.health(index=physical, wait_for_status="green", timeout="20s")
+    assert health["status"] == "green" and not health["timed_out"]

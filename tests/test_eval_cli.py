@@ -175,3 +175,21 @@ def test_bm25_metrics_identical_on_es_and_embedded(
             assert value == pytest.approx(emb_scores[key], rel=1e-3)
     finally:
         ElasticBackend(ElasticConfig(url=es_url)).drop(name)
+
+
+def test_eval_without_run_leaves_nothing_behind(
+    tmp_path: Path, tiny_model: Path, beir_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    store = ["--store", str(tmp_path / "store")]
+    _index([str(beir_small), "-i", "docs", "-m", str(tiny_model), *store])
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    base = ["-i", "docs", "--queries", str(beir_small / "queries.jsonl"), "--qrels", str(beir_small / "qrels/test.tsv")]
+    for run_format in ("trec", "msmarco"):
+        result = runner.invoke(app, ["eval", *base, "--run-format", run_format, "--quiet", *store])
+        assert result.exit_code == 0, result.output
+        assert "ndcg@10" in result.stdout and "run:" not in result.stdout
+    assert sorted(scratch.iterdir()) == []

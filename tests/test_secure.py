@@ -10,6 +10,8 @@ expired key is not."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests import es_node
@@ -55,8 +58,6 @@ def least_privilege(name: str, without: str | None = None) -> dict[str, Any]:
 
 
 def _cli(args: list[str], tmp: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
     return subprocess.run(
         [sys.executable, "-m", "hybrid.cli", *args],
         capture_output=True,
@@ -160,3 +161,65 @@ def test_least_privilege_works_and_a_missing_privilege_is_named(
     assert failed.returncode == 1
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1 and "lacks a privilege" in lines[0] and "write" in lines[0], failed.stderr
+
+
+def test_serve_reads_secrets_from_files_in_one_process_and_in_workers(
+    secure: dict[str, Any], tiny_model: Path, beir_small: Path, tmp_path: Path
+) -> None:
+    """``hybrid serve`` takes --es-password-file (and HYBRID_ES_PASSWORD_FILE,
+    --es-api-key-file) like every other command, with one process and with --workers."""
+    from tests.test_serve import _free_port, wait_until_up
+
+    password_file = str(_key_file(tmp_path, secure["password"], "password"))
+    tls = ["--es-url", secure["url"], "--es-ca-certs", secure["ca"], "--es-user", secure["user"]]
+    built = _cli(
+        [
+            "index",
+            str(beir_small),
+            "-i",
+            "served",
+            "-m",
+            str(tiny_model),
+            "-q",
+            *tls,
+            "--es-password-file",
+            password_file,
+        ],
+        tmp_path,
+    )
+    assert built.returncode == 0, built.stderr
+    for extra, env in (
+        (["--es-password-file", password_file], {}),
+        (["--workers", "2"], {"HYBRID_ES_PASSWORD_FILE": password_file}),
+    ):
+        port = _free_port()
+        args = [sys.executable, "-m", "hybrid.cli", "serve", "-i", "served", "--port", str(port), *tls, *extra]
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env={**os.environ, **env}
+        )
+        try:
+            url = wait_until_up(proc, port, "/readyz")
+            answer = httpx.post(f"{url}/search", json={"query": "ocean tides", "k": 2}, timeout=60)
+            assert answer.status_code == 200 and len(answer.json()["hits"]) == 2, answer.text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            output = proc.communicate(timeout=60)[0]
+        assert "Traceback" not in output and secure["password"] not in output, output
+
+    bad_key = str(_key_file(tmp_path, "bm9wZTpub3Bl", "key"))
+    refused = _cli(
+        [
+            "serve",
+            "-i",
+            "served",
+            "--es-url",
+            secure["url"],
+            "--es-ca-certs",
+            secure["ca"],
+            "--es-api-key-file",
+            bad_key,
+        ],
+        tmp_path,
+    )
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1 and len(lines) == 1 and "refused the credentials" in lines[0], refused.stderr

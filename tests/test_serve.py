@@ -144,7 +144,7 @@ def test_search_endpoints_match_the_library(served_index: tuple[Any, str], tiny_
 
         for bad in ({"query": "x", "k": 1001}, {"query": "x", "mode": "fuzzy"}, {"query": ""}, {"query": "x", "kk": 1}):
             response = client.post("/search", json=bad)
-            assert response.status_code == 400, (bad, response.text)
+            assert response.status_code == 422, (bad, response.text)
             assert "error" in response.json()
         assert client.post("/search", json={"query": "x" * 201}).status_code == 413
         assert client.post("/search/batch", json={"queries": ["x"] * 5}).status_code == 413
@@ -236,6 +236,62 @@ def test_swap_to_another_model_while_serving(
         assert ids == [h.id for h in expected[(version, digest)][query]]
 
 
+@pytest.mark.es
+def test_requests_never_wait_on_a_model_load(
+    es_backend: Any, es_prefix: str, tiny_encoder: Any, other_model: Path, beir_small: Path
+) -> None:
+    """The index is rebuilt by a model the server has never seen, its old version deleted at
+    once (--grace 0): while the watcher loads the new model (slowed here to 6 s), requests are
+    answered or refused with 503 + Retry-After at once, never held for the load; then the
+    server switches."""
+    from hybrid.serving.engine import _open_encoder
+
+    name = f"{es_prefix}-swap"
+    run_index(IndexJob(corpus=beir_small, index=name), es_backend, tiny_encoder)
+    loads: list[str] = []
+
+    def slow_factory(recipe: Any, model: str) -> Any:
+        loads.append(model)
+        if len(loads) > 1:
+            time.sleep(6)  # a big model's load and ONNX export
+        return _open_encoder(recipe, model)
+
+    engine = Engine(es_backend, name, EngineConfig(max_wait_ms=2, poll_s=0.05), encoder_factory=slow_factory)
+    es_backend.retirement.grace_s = 0
+    timings: list[tuple[float, int, str]] = []
+    stop = threading.Event()
+
+    def loop(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                response = client.post("/search", json={"query": QUERIES[0], "mode": "dense", "k": 3})
+                version = response.json().get("version", "") if response.status_code == 200 else ""
+                timings.append((time.monotonic() - started, response.status_code, version))
+                if response.status_code == 503:
+                    assert response.headers["retry-after"] and "retry shortly" in response.json()["error"]
+                time.sleep(0.02)
+
+    with running(create_app(engine)) as url:
+        thread = threading.Thread(target=loop, args=(url,))
+        thread.start()
+        try:
+            time.sleep(0.5)
+            other = Encoder(EncoderConfig(model=str(other_model), batch_size=8))
+            run_index(IndexJob(corpus=beir_small, index=name, recreate=True), es_backend, other)
+            second = es_backend.current(name)
+            deadline = time.monotonic() + 90
+            while not any(v == second for *_, v in timings[-3:]) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            thread.join(timeout=60)
+    assert len(loads) == 2 and any(v == second for *_, v in timings), timings[-5:]
+    assert {status for _, status, _ in timings} <= {200, 503}
+    slowest = max(seconds for seconds, _, _ in timings)
+    assert slowest < 3, f"a request waited {slowest:.1f} s: it was held for the model load"
+
+
 def test_cli_serve_process(tmp_path: Path, tiny_encoder: Any, beir_small: Path) -> None:
     """`hybrid serve` as a real process: ready, answers, stops on SIGTERM (exiting normally, the
     index closed, no process left behind); a bad index is one line."""
@@ -279,6 +335,29 @@ def test_serve_refuses_short_token(tmp_path: Path) -> None:
         text=True,
     )
     assert done.returncode == 1 and "shorter than 16 characters" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--grace", "-1"),
+        ("--max-wait-ms", "nan"),
+        ("--poll", "0"),
+        ("--port", "70000"),
+        ("--max-batch-queries", "0"),
+        ("--max-k", "5000"),
+        ("--es-timeout", "nan"),
+    ],
+)
+def test_serve_options_are_range_checked(option: str, value: str, tmp_path: Path) -> None:
+    from hybrid.cli.app import app
+    from typer.testing import CliRunner
+
+    url = ["--es-url", "http://127.0.0.1:1"] if option == "--es-timeout" else ["--store", str(tmp_path)]
+    result = CliRunner().invoke(app, ["serve", "-i", "x", *url, option, value])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {option} must be"), result.output
 
 
 def test_cli_serve_with_two_worker_processes(tmp_path: Path, tiny_encoder: Any, beir_small: Path) -> None:
@@ -356,3 +435,76 @@ def test_given_up_requests_and_bad_queries_do_not_stop_the_engine(served_index: 
         assert len(again.hits[0]) == 2
     finally:
         engine.close()
+
+
+def _refused(response: httpx.Response, status: int, *words: str) -> str:
+    """The error message of a JSON error answer with ``status``; fails unless it names ``words``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json", response.text
+    body = response.json()
+    assert list(body) == ["error"] and "Traceback" not in body["error"], body
+    assert all(word in body["error"] for word in words), body
+    assert ("retry-after" in response.headers) == (status == 503)
+    return str(body["error"])
+
+
+def test_one_json_error_contract(served_index: tuple[Any, str]) -> None:
+    """Every answer that is not 2xx is JSON {"error": ...} naming what is wrong; numbers are
+    finite and in range, types strict, empty queries refused everywhere alike."""
+    backend, name = served_index
+    engine = Engine(backend, name, EngineConfig(max_wait_ms=5))
+    with running(create_app(engine)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        raw = {"content-type": "application/json"}
+        huge = b'{"query": "computer", "fusion": "linear", "bm25_weight": 1e999}'
+        _refused(client.post("/search", content=huge, headers=raw), 422, "bm25_weight", "finite")
+        nan = b'{"query": "computer", "bm25_weight": NaN}'
+        _refused(client.post("/search", content=nan, headers=raw), 422, "bm25_weight", "finite")
+        _refused(client.post("/search", json={"query": "x", "dense_weight": 1e300}), 422, "dense_weight")
+        _refused(client.post("/search", json={"query": "x", "k": "5"}), 422, "k:")
+        _refused(client.post("/search", json={"query": "x", "k": True}), 422, "k:")
+        _refused(client.post("/search", json={"query": "x", "bm25_weight": 0, "dense_weight": 0}), 422, "both 0")
+        for query in ("", "   \t"):
+            _refused(client.post("/search", json={"query": query}), 422, "query", "empty")
+            _refused(client.post("/search/batch", json={"queries": ["tides", query]}), 422, "queries.1", "empty")
+        _refused(client.post("/search", content=b'{"query": ', headers=raw), 400, "not valid JSON")
+        _refused(client.get("/no/such/route"), 404)
+        _refused(client.get("/search"), 405)
+        _refused(client.get("/docs/no-such-doc"), 404, "no-such-doc")
+
+        # the same keep-alive connection still answers, with scores free of float noise
+        linear = {"query": "computer", "fusion": "linear", "bm25_weight": 0.3, "dense_weight": 0.7}
+        hits = client.post("/search", json=linear).json()["hits"]
+        scores = [h["score"] for h in hits] + [s for h in hits for s in h["sources"].values()]
+        assert scores and all(s == float(f"{s:.7g}") for s in scores)
+        assert client.post("/search", json={"query": "x", "k": 2, "bm25_weight": 1}).status_code == 200
+
+        responses = client.get("/openapi.json").json()["paths"]["/search"]["post"]["responses"]
+        assert {"400", "401", "404", "413", "422", "503"} <= set(responses)
+        assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+        assert "Retry-After" in responses["503"]["headers"]
+
+
+@pytest.mark.es
+def test_unreachable_backend_is_503_json(es_backend: Any, es_prefix: str, tiny_encoder: Any, beir_small: Path) -> None:
+    """With Elasticsearch gone, /search, /search/batch, /docs/{id} and /readyz answer 503
+    JSON with Retry-After, never a plain-text 500 or an exception's chain."""
+    from elasticsearch import Elasticsearch
+
+    name = f"{es_prefix}-gone"
+    run_index(IndexJob(corpus=beir_small, index=name), es_backend, tiny_encoder)
+    engine = Engine(es_backend, name, EngineConfig(max_wait_ms=5, poll_s=0.2))
+    real = es_backend.client
+    with running(create_app(engine)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/readyz").status_code == 200
+        es_backend.client = Elasticsearch(f"http://127.0.0.1:{_free_port()}", request_timeout=5, max_retries=0)
+        try:
+            for mode in ("bm25", "dense", "hybrid"):
+                _refused(client.post("/search", json={"query": "tides", "mode": mode}), 503, "not reachable")
+            _refused(client.post("/search/batch", json={"queries": ["tides", "bees"]}), 503, "not reachable")
+            _refused(client.get("/docs/d1"), 503, "not reachable")
+            message = _refused(client.get("/readyz"), 503, "not reachable")
+            assert "Error" not in message and "127.0.0.1" not in message
+        finally:
+            es_backend.client.close()
+            es_backend.client = real
+        assert client.post("/search", json={"query": "tides"}).status_code == 200

@@ -188,6 +188,44 @@ def test_config_files_and_overrides(tmp_path: Path) -> None:
         merge({"index": "d", "queries": "q", "out": "o"}, {})
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("keep_checkpoints", 0, "keep_checkpoints must be a whole number of at least 1, got 0"),
+        ("log_every", 0, "log_every must be a whole number of at least 1, got 0"),
+        ("save_every", -5, "save_every (--save-every) must be a whole number of at least 0, got -5"),
+        ("save_every", "5", "save_every (--save-every) must be a whole number of at least 0, got '5'"),
+        ("bm25_depth", True, "bm25_depth must be a whole number of at least 1, got True"),
+        ("seed", -1, "seed (--seed) must be a whole number of at least 0"),
+        ("lr", float("nan"), "lr (--lr) must be a finite number, got nan"),
+        ("temperature", 0, "temperature (--temperature) must be above 0"),
+        ("max_grad_norm", float("inf"), "max_grad_norm must be a finite number"),
+        ("weight_decay", -0.1, "weight_decay must be at least 0"),
+        ("passage_max_length", 0, "passage_max_length (--passage-max-length) must be a whole number of at least 1"),
+    ],
+)
+def test_every_training_number_is_range_checked(option: str, value: Any, message: str) -> None:
+    """From a config file or a flag alike: keep_checkpoints 0 would delete every checkpoint,
+    log_every 0 divides by zero, a negative save_every is nonsense."""
+    base = {"index": "d", "queries": "q", "qrels": "r", "out": "o"}
+    with pytest.raises(ConfigError) as raised:
+        merge({**base, option: value}, {})
+    assert str(raised.value) == message or str(raised.value).startswith(message)
+    assert "\n" not in str(raised.value)
+
+
+def test_training_range_errors_are_one_line_from_flags(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    args = ["train", "-i", "x", "--queries", "q", "--qrels", "r", "--out", "o", "--store", str(tmp_path / "s")]
+    done = subprocess.run(
+        [sys.executable, "-m", "hybrid.cli", *args, "--save-every", "-5"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "Error: save_every (--save-every) must be a whole number of at least 0, got -5"
+
+
 def test_checkpoints_load_in_sentence_transformers(
     embedded_backend: Any, tiny_encoder: Any, tiny_model: Path, beir_small: Path, tmp_path: Path
 ) -> None:

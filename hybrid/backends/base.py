@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from hybrid.config import IndexSpec
 from hybrid.errors import BackendError, DimensionMismatchError
 from hybrid.types import Document, Hit, IndexInfo
+
+if TYPE_CHECKING:
+    from hybrid.manifest import VectorRecipe
 
 VERSION_DIGITS = 6
 
@@ -64,6 +67,11 @@ class Retirement:
         timer.daemon = True
         timer.start()
         self._timers.append(timer)
+
+    @property
+    def pending(self) -> bool:
+        """Some swapped-out version is still waiting for its deletion."""
+        return any(timer.is_alive() for timer in self._timers)
 
     def wait(self) -> None:
         for timer in self._timers:
@@ -178,6 +186,15 @@ class Backend(Protocol):
 
     def get(self, name: str, ids: Sequence[str]) -> dict[str, Document]:
         """Documents by id; ids not found are absent from the result."""
+        ...
+
+    def set_query_model(self, name: str, recipe: VectorRecipe) -> None:
+        """Record ``recipe`` for the current version: the same vectors (refused otherwise),
+        queried by a new query model. Nothing else changes; searches pick it up."""
+        ...
+
+    def version_recipe(self, physical: str) -> dict[str, Any] | None:
+        """The recipe version ``physical`` records now, read afresh (not from a cache)."""
         ...
 
     def iter_documents(self, name: str, batch: int = 1000) -> Iterator[list[Document]]:

@@ -179,6 +179,32 @@ class ElasticBackend:
         meta: dict[str, Any] = mapping.get("_meta", {}).get("hybrid", {})
         return meta
 
+    def set_query_model(self, name: str, recipe: VectorRecipe) -> None:
+        """Record ``recipe`` (the current vectors, a new query model) for the current version:
+        a mapping ``_meta`` update, no document is touched."""
+        physical = self._require(name)
+        parts = inplace.split(physical)
+        if parts is not None:
+            state = self._in_place(parts[0]) or {}
+            version = state.get("versions", {}).get(parts[1], {})
+            check_same_vectors(name, VectorRecipe.from_dict(version.get("recipe")), recipe)
+            version["recipe"] = recipe.to_dict()
+            inplace.write_state(self.client, parts[0], state)
+        else:
+            mapping = self.client.indices.get_mapping(index=physical)[physical]["mappings"]
+            meta = dict(mapping.get("_meta", {}))
+            hybrid_meta = dict(meta.get("hybrid", {}))
+            check_same_vectors(name, VectorRecipe.from_dict(hybrid_meta.get("recipe")), recipe)
+            meta["hybrid"] = {**hybrid_meta, "recipe": recipe.to_dict()}
+            self.client.indices.put_mapping(index=physical, meta=meta)
+        self.forget(parts[0] if parts else name)
+        self._meta_cache.pop(physical, None)
+
+    def version_recipe(self, physical: str) -> dict[str, Any] | None:
+        """The recipe a version records now, read afresh (a query model may have been applied)."""
+        recipe = self.meta(physical).get("recipe")
+        return dict(recipe) if isinstance(recipe, dict) else None
+
     # -- writing ------------------------------------------------------------
     def open_writer(
         self, spec: IndexSpec, *, recreate: bool = False, vectors_only: bool = False
@@ -237,6 +263,10 @@ class ElasticBackend:
         physical, meta = layout.physical, layout.meta
         target = inplace.split(physical)[0] if inplace.split(physical) else physical  # type: ignore[index]
         mapping = self.client.indices.get_mapping(index=target)[target]["mappings"]
+        in_place = layout.vector_field != "vector"
+        # a user's index with hybrid's vectors added: its documents can change between reads, and
+        # those without the text field (or written since the last embedding) have no vector
+        unembedded = {"without_vector": self._without_vector(layout)} if in_place else {}
         return IndexInfo(
             name=name,
             backend=self.kind,
@@ -250,8 +280,8 @@ class ElasticBackend:
                 "cluster_version": self.cluster_version(),
                 "lexical": meta.get("lexical", {}),
                 "vectors": meta.get("vectors", {}),
-                # a user's index with hybrid's vectors added: its documents can change between reads
-                "in_place": layout.vector_field != "vector",
+                "in_place": in_place,
+                **unembedded,
             },
             recipe=meta.get("recipe"),
         )
@@ -262,6 +292,11 @@ class ElasticBackend:
             query = {"exists": {"field": layout.vector_field}}
             return int(self.client.count(index=layout.index, query=query)["count"])
         return int(self.client.count(index=name)["count"])
+
+    def _without_vector(self, layout: _Layout) -> int:
+        """Documents of an index adopted in place that its active vector field leaves out."""
+        query = {"bool": {"must_not": [{"exists": {"field": layout.vector_field}}]}}
+        return int(self.client.count(index=layout.index, query=query)["count"])
 
     def _layout(self, name: str) -> _Layout:
         """Where ``name``'s current version keeps text and vectors, cached per name (searches

@@ -25,7 +25,8 @@ def render_index_body(spec: IndexSpec, meta: dict[str, Any], template_version: i
     settings = tpl["settings"]["index"]
     settings["refresh_interval"] = "-1"  # bulk load; restored on commit
     settings["similarity"]["default"].update(k1=spec.lexical.k1, b=spec.lexical.b)
-    if spec.replicas is not None:
+    if spec.replicas is not None:  # the user's count replaces the template's 0-1 (green on one node)
+        settings.pop("auto_expand_replicas", None)
         settings["number_of_replicas"] = spec.replicas
     if spec.shards is not None:
         settings["number_of_shards"] = spec.shards

@@ -13,6 +13,7 @@ accept it like an alias or a physical index.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ import numpy as np
 from hybrid.backends import es_bodies as bodies
 from hybrid.backends.base import check_vectors
 from hybrid.backends.es_bulk import bulk_write
+from hybrid.backends.es_hash import HASH_MAPPING, hash_field, text_hash
 from hybrid.backends.locks import ElasticLock
 from hybrid.config import IndexSpec
 from hybrid.errors import BackendError, ConfigError, CountMismatchError
@@ -29,6 +31,8 @@ from hybrid.types import Document
 
 if TYPE_CHECKING:
     from hybrid.backends.elastic import ElasticBackend
+
+log = logging.getLogger(__name__)
 
 META_KEY = "hybrid_in_place"
 FIELD_PREFIX = "hybrid_vector_v"
@@ -70,19 +74,42 @@ def write_state(client: Any, index: str, state: dict[str, Any]) -> None:
     client.indices.put_mapping(index=index, meta=meta)
 
 
-def adopt(client: Any, index: str, text_field: str, title_field: str | None) -> dict[str, Any]:
-    """Mark ``index`` as adopted in place (idempotent); returns its state."""
+def check_adoptable(client: Any, index: str, text_field: str, title_field: str | None) -> dict[str, Any] | None:
+    """Raise :class:`ConfigError` unless ``index`` can take vectors in place: a concrete index
+    whose mapping keeps every document whole in ``_source``, adopted before (if it was) with
+    the same fields; returns its state (None: not adopted yet). An update rewrites a document
+    from its ``_source``: with ``_source`` disabled it fails, and with includes or excludes it
+    would silently drop the fields left out, the application's data."""
     if client.indices.exists_alias(name=index):
         raise ConfigError(f"'{index}' is an alias; --in-place adopts a concrete index")
     if not client.indices.exists(index=index):
         raise BackendError(f"index '{index}' not found on the cluster")
+    mapping = next(iter(client.indices.get_mapping(index=index).values()))["mappings"]
+    source = mapping.get("_source") or {}
+    if source.get("enabled") is False or str(source.get("enabled")).lower() == "false":
+        why = "its mapping disables _source, so its documents cannot be updated"
+    elif source.get("includes") or source.get("excludes"):
+        why = "its mapping keeps only part of each document in _source, so an update would drop the rest"
+    else:
+        why = None
+    if why is not None:
+        raise ConfigError(
+            f"'{index}' cannot be adopted in place: {why}; copy it into a new index instead "
+            f"(leave out --in-place: hybrid index --from-es {index} -i NEW_NAME --text-field ...)"
+        )
     state = read_state(client, index)
+    if state is not None and (state.get("text_field"), state.get("title_field")) != (text_field, title_field):
+        raise ConfigError(
+            f"'{index}' was adopted with --text-field {state.get('text_field')} and --title-field "
+            f"{state.get('title_field')}; use the same fields"
+        )
+    return state
+
+
+def adopt(client: Any, index: str, text_field: str, title_field: str | None) -> dict[str, Any]:
+    """Mark ``index`` as adopted in place (idempotent); returns its state."""
+    state = check_adoptable(client, index, text_field, title_field)
     if state is not None:
-        if (state.get("text_field"), state.get("title_field")) != (text_field, title_field):
-            raise ConfigError(
-                f"'{index}' was adopted with --text-field {state.get('text_field')} and --title-field "
-                f"{state.get('title_field')}; use the same fields"
-            )
         return state
     state = {"text_field": text_field, "title_field": title_field, "active": None, "versions": {}}
     write_state(client, index, state)
@@ -113,6 +140,8 @@ class InPlaceWriter:
         self._written: set[str] = set()
         self.missing = 0
         self.lock: ElasticLock | None = None
+        # each vector goes with the hash of its text, so hybrid sync can tell when the text changed
+        self.client.indices.put_mapping(index=index, properties={hash_field(field): HASH_MAPPING})
         if resumed:
             self.client.indices.refresh(index=index)
 
@@ -146,7 +175,7 @@ class InPlaceWriter:
                 "_index": self.index,
                 "_id": doc.id,
                 "retry_on_conflict": 3,
-                "doc": {self.field: vec.tolist()},
+                "doc": {self.field: vec.tolist(), hash_field(self.field): text_hash(doc)},
             }
 
     def count(self) -> int:
@@ -169,6 +198,7 @@ class InPlaceWriter:
         state["active"] = self.field
         write_state(self.client, self.index, state)  # one mapping update: searches switch at once
         self.backend.forget(self.index)
+        retire_stale_fields(self.backend, self.index, self.field)
         return count
 
     def close(self) -> None:
@@ -217,6 +247,30 @@ def drop_field(client: Any, index: str, field: str, timeout: float = 120.0) -> i
     done = bulk_write(client, timeout, actions, len(ids), index, missing=lambda _id: None)
     client.indices.refresh(index=index)
     return done
+
+
+def retire_stale_fields(backend: ElasticBackend, index: str, keep: str) -> list[str]:
+    """Drop the vectors of every field of ``index`` but ``keep`` (the active one) once the
+    backend's grace has passed (``backend.retirement``; at once when it is 0), so the documents
+    carry at most the active and the previous field's vectors, for a server to switch.
+
+    :meth:`InPlaceWriter.commit` calls it; a caller that switched fields another way (a
+    trainer's refresh) may call it too. Returns the fields scheduled."""
+    state = read_state(backend.client, index) or {}
+    stale = [f for f, v in state.get("versions", {}).items() if f != keep and not v.get("dropped")]
+
+    def drop() -> None:
+        for field in stale:
+            try:
+                dropped = drop_field(backend.client, index, field)
+            except Exception as exc:  # a timer thread: the writer has moved on; say so, never crash
+                log.warning("could not drop %s from '%s' (hybrid index --drop-old retries): %s", field, index, exc)
+                return
+            log.info("dropped %s from %d documents of '%s'", field, dropped, index)
+
+    if stale:
+        backend.retirement.retire(drop)
+    return stale
 
 
 def open_in_place(backend: ElasticBackend, spec: IndexSpec, state: dict[str, Any], recreate: bool) -> InPlaceWriter:

@@ -21,6 +21,7 @@ from hybrid.errors import BackendError, ConfigError, IndexNotFoundError
 from hybrid.types import Document
 
 KEEP_ALIVE = "5m"
+SAMPLE = 100  # documents read up front to check that the given fields exist
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,16 @@ def field_value(source: dict[str, Any], path: str) -> str | None:
     return str(value)
 
 
+def _paths(source: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """Every dotted path to a value in ``source`` (objects inside lists are not descended)."""
+    for key, value in source.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _paths(value, f"{path}.")
+        else:
+            yield path
+
+
 class ElasticSource:
     """The documents of ``index`` on ``client``: iterable, with the corpus reader's counters."""
 
@@ -70,6 +81,31 @@ class ElasticSource:
         self.total = int(client.count(index=index)["count"])
         self.seen = 0
         self.skipped = 0
+        self.check_fields()
+
+    def check_fields(self, sample: int = SAMPLE) -> None:
+        """Raise :class:`ConfigError` naming the fields that do exist when the text, title or id
+        field is in none of the first ``sample`` documents: a misspelt path would otherwise
+        skip every document and write nothing."""
+        if self.total == 0:
+            return
+        # hybrid's own vector fields (an index adopted in place) are no candidates and heavy
+        page = self.client.search(
+            index=self.index, size=sample, sort=["_doc"], track_total_hits=False, source_excludes=["hybrid_vector_*"]
+        )
+        hits = page["hits"]["hits"]
+        sources = [hit.get("_source") or {} for hit in hits]
+        wanted = [("--text-field", self.fields.text), ("--title-field", self.fields.title)]
+        if self.fields.id != "_id":
+            wanted.append(("--id-field", self.fields.id))
+        for option, path in wanted:
+            if path and not any(field_value(source, path) is not None for source in sources):
+                present = sorted({name for source in sources for name in _paths(source)})
+                shown = ", ".join(present[:30]) + (", ..." if len(present) > 30 else "") or "none"
+                raise ConfigError(
+                    f"{option} '{path}' is in none of the {len(sources)} documents sampled from '{self.index}'; "
+                    f"the fields they have: {shown}"
+                )
 
     @property
     def progress(self) -> tuple[int, int]:

@@ -70,7 +70,7 @@ class EvalReport:
     queries: int
     timings: dict[str, float]
     warnings: list[str]
-    run_file: str
+    run_file: str | None  # None: no --run given, the run was not kept
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,27 +95,15 @@ def run_eval(
     # passage texts only for the DPR run (answer matching); a TREC run needs ids and scores
     run, texts, search_seconds = _search_all(job, searcher, queries, progress, with_texts=fmt == "dpr")
 
-    run_path = job.run_path or Path(tempfile.mkdtemp(prefix="hybrid-run-")) / f"run.{fmt}"
-    run_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    metrics: dict[str, float] = {}
-    per_query: dict[str, dict[str, float]] = {}
     level = job.relevance_level or (auto_relevance_level(qrels) if qrels else 1)
-    if qrels:
-        metrics, per_query = trec_metrics(
-            qrels, run, metrics_for_depth(job.search.k), relevance_level=level, java_home=job.java_home
-        )
-    if fmt == "dpr":
-        flags = write_dpr(run, run_path, {q.id: q.text for q in queries}, answers, texts, regex=job.regex)
-        acc, acc_q = dpr_accuracy(flags, job.dpr_ks)
-        metrics.update(acc)
-        for qid, values in acc_q.items():
-            per_query.setdefault(qid, {}).update(values)
-    elif fmt == "msmarco":
-        write_msmarco(run, run_path)
-        metrics["msmarco_mrr@10"], _ = msmarco_mrr10(qrels, run, level)
-    else:
-        write_trec(run, run_path, tag=f"hybrid-{job.search.mode}")
+    scored = _Scored(run, qrels, answers, texts, {q.id: q.text for q in queries}, level)
+    if job.run_path is not None:
+        job.run_path.parent.mkdir(parents=True, exist_ok=True)
+        metrics, per_query = _score_and_write(job, fmt, scored, job.run_path)
+    else:  # the run is only needed while scoring: nothing is left behind
+        with tempfile.TemporaryDirectory(prefix="hybrid-run-") as tmp:
+            metrics, per_query = _score_and_write(job, fmt, scored, Path(tmp) / f"run.{fmt}")
     for warning in warnings:
         log.warning(warning)
     return EvalReport(
@@ -134,8 +122,44 @@ def run_eval(
             "total_s": round(time.perf_counter() - started, 3),
         },
         warnings=warnings,
-        run_file=str(run_path),
+        run_file=str(job.run_path) if job.run_path is not None else None,
     )
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """What scoring a run needs besides the job."""
+
+    run: Any
+    qrels: Qrels
+    answers: dict[str, list[str]]
+    texts: Any
+    query_texts: dict[str, str]
+    level: int
+
+
+def _score_and_write(
+    job: EvalJob, fmt: str, s: _Scored, run_path: Path
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Write the run to ``run_path`` in ``fmt``; returns (metrics, per-query metrics)."""
+    metrics: dict[str, float] = {}
+    per_query: dict[str, dict[str, float]] = {}
+    if s.qrels:
+        metrics, per_query = trec_metrics(
+            s.qrels, s.run, metrics_for_depth(job.search.k), relevance_level=s.level, java_home=job.java_home
+        )
+    if fmt == "dpr":
+        flags = write_dpr(s.run, run_path, s.query_texts, s.answers, s.texts, regex=job.regex)
+        acc, acc_q = dpr_accuracy(flags, job.dpr_ks)
+        metrics.update(acc)
+        for qid, values in acc_q.items():
+            per_query.setdefault(qid, {}).update(values)
+    elif fmt == "msmarco":
+        write_msmarco(s.run, run_path)
+        metrics["msmarco_mrr@10"], _ = msmarco_mrr10(s.qrels, s.run, s.level)
+    else:
+        write_trec(s.run, run_path, tag=f"hybrid-{job.search.mode}")
+    return metrics, per_query
 
 
 def _search_all(

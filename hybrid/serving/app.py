@@ -2,10 +2,10 @@
 
 Endpoints: ``POST /search``, ``POST /search/batch``, ``GET /docs/{id}``, ``GET /livez``,
 ``GET /readyz``, ``GET /metrics`` (Prometheus); OpenAPI at ``/openapi.json`` and its UI at
-``/api-docs`` (``/docs/{id}`` is the document route). Errors are JSON ``{"error": ...}``
-with 400 (bad parameters), 401 (token), 404 (no such document), 413 (request too large)
-or 503 (not ready). Every search response names the index version it searched and the
-weights hash of the model that embedded its queries.
+``/api-docs`` (``/docs/{id}`` is the document route). Every answer that is not 2xx is JSON
+``{"error": ...}`` (:mod:`hybrid.serving.errors` lists the statuses). Every search response
+names the index version it searched and the weights hash of the model that embedded its
+queries.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request models declared inside
@@ -13,23 +13,25 @@ weights hash of the model that embedded its queries.
 
 import asyncio
 import hmac
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from hybrid.errors import ConfigError, HybridError
 from hybrid.fusion import FusionConfig
 from hybrid.search import SearchConfig
+from hybrid.serving import errors
 from hybrid.serving.engine import Answer, Engine
+from hybrid.serving.errors import NotReady, TooLarge
 from hybrid.types import Hit
 
 log = logging.getLogger(__name__)
 
 Field = Literal["title", "text"]
+MAX_WEIGHT = 1e6  # weights and rrf_k beyond this only overflow fused scores
+SCORE_DIGITS = 7  # significant digits of a score in an answer: float noise left out
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,9 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-    from pydantic import BaseModel, ConfigDict
+    from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
     from pydantic import Field as PField
+    from starlette.exceptions import HTTPException
 
     limits = limits if limits is not None else ServeLimits()
     max_k = limits.max_k
@@ -76,19 +79,29 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
     errors_total = Counter("hybrid_errors", "Failed requests by kind", ["kind"], registry=registry)
     engine._on_batch = batch_sizes.observe  # the engine reports each batch it runs
 
+    class ErrorBody(BaseModel):
+        error: str
+
     class SearchOptions(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        # strict: "5" and true are not a k; no NaN or infinity anywhere
+        model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
         mode: Literal["bm25", "dense", "hybrid"] = "hybrid"
         k: int = PField(10, ge=1, le=max_k)
         fusion: Literal["rrf", "linear"] = "rrf"
-        rrf_k: float = PField(60.0, ge=0)
+        rrf_k: float = PField(60.0, ge=0, le=MAX_WEIGHT)
         norm: Literal["minmax", "zscore"] = "minmax"
-        bm25_weight: float = PField(0.5, ge=0)
-        dense_weight: float = PField(0.5, ge=0)
+        bm25_weight: float = PField(0.5, ge=0, le=MAX_WEIGHT)
+        dense_weight: float = PField(0.5, ge=0, le=MAX_WEIGHT)
         depth: int = PField(100, ge=1, le=max_k)
         num_candidates: int | None = PField(None, ge=1, le=10_000)
         fields: list[Field] = PField(default_factory=_all_fields)
+
+        @model_validator(mode="after")
+        def _some_weight(self) -> "SearchOptions":
+            if self.bm25_weight == 0 and self.dense_weight == 0:
+                raise ValueError("bm25_weight and dense_weight are both 0: every fused score would be 0")
+            return self
 
         def config(self) -> SearchConfig:
             fusion = FusionConfig(
@@ -107,11 +120,13 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
                 texts=bool(self.fields),
             )
 
+    Query = Annotated[str, AfterValidator(_not_blank)]
+
     class SearchRequest(SearchOptions):
-        query: str = PField(min_length=1)
+        query: Query
 
     class BatchRequest(SearchOptions):
-        queries: list[str] = PField(min_length=1)
+        queries: list[Query] = PField(min_length=1)
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
@@ -129,10 +144,11 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
         lifespan=lifespan,
         docs_url="/api-docs",
         redoc_url=None,
+        responses=errors.openapi_responses(ErrorBody),
     )
 
     def error(status: int, message: str) -> Any:
-        return JSONResponse({"error": message}, status_code=status)
+        return JSONResponse({"error": message}, status_code=status, headers=errors.headers(status))
 
     app.add_middleware(
         _Guard,
@@ -144,47 +160,37 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> Any:
         errors_total.labels("bad_request").inc()
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return error(400, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request body")
+        return error(*_validation_message(exc.errors()))
 
-    def answer_with(kind: type[Exception], status: int, label: str) -> None:
-        async def handler(_: Request, exc: Exception) -> Any:
-            errors_total.labels(label).inc()
-            return error(status, str(exc))
-
-        app.add_exception_handler(kind, handler)
-
-    answer_with(ConfigError, 400, "bad_request")  # a subclass: found before HybridError
-    answer_with(HybridError, 503, "backend")
-    answer_with(_TooLarge, 413, "too_large")
-    answer_with(_NotReady, 503, "not_ready")
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> Any:  # unknown route, wrong method
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     async def run(queries: list[str], options: SearchOptions) -> tuple[Answer, float]:
         too_long = next((q for q in queries if len(q) > limits.max_query_chars), None)
         if too_long is not None:
-            raise _TooLarge(f"a query is {len(too_long)} characters; the limit is {limits.max_query_chars}")
+            raise TooLarge(f"a query is {len(too_long)} characters; the limit is {limits.max_query_chars}")
         if engine.generation is None:
-            raise _NotReady("the index is not loaded yet")
+            raise NotReady("the index is not loaded yet")
         config = options.config()
         start = time.perf_counter()
         future = engine.submit(queries, config)
         try:
             answer = await asyncio.wait_for(asyncio.wrap_future(future), limits.timeout_s)
         except TimeoutError:
-            raise _NotReady(f"no answer within {limits.timeout_s:g} s; the server is overloaded") from None
+            raise NotReady(f"no answer within {limits.timeout_s:g} s; the server is overloaded") from None
         elapsed = time.perf_counter() - start
         latency.labels(options.mode).observe(elapsed)
         return answer, elapsed
 
     def hit_json(hit: Hit, fields: list[Field]) -> dict[str, Any]:
-        row: dict[str, Any] = {"id": hit.id, "score": hit.score}
+        row: dict[str, Any] = {"id": hit.id, "score": _rounded(hit.score)}
         if "title" in fields:
             row["title"] = hit.title
         if "text" in fields:
             row["text"] = hit.text
         if hit.sources:
-            row["sources"] = hit.sources
+            row["sources"] = {side: _rounded(score) for side, score in hit.sources.items()}
         return row
 
     def provenance(answer: Answer, elapsed: float) -> dict[str, Any]:
@@ -210,7 +216,7 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
     async def search_batch(request: BatchRequest) -> JSONResponse:
         """Top-k hits for each of several queries, in order, from one version."""
         if len(request.queries) > limits.max_batch:
-            raise _TooLarge(f"{len(request.queries)} queries in one request; the limit is {limits.max_batch}")
+            raise TooLarge(f"{len(request.queries)} queries in one request; the limit is {limits.max_batch}")
         answer, elapsed = await run(request.queries, request)
         results = [{"hits": [hit_json(h, request.fields) for h in row]} for row in answer.hits]
         return JSONResponse({**provenance(answer, elapsed), "mode": request.mode, "results": results})
@@ -219,7 +225,7 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
     async def document(doc_id: str) -> Any:
         """One document by id."""
         if engine.generation is None:
-            raise _NotReady("the index is not loaded yet")
+            raise NotReady("the index is not loaded yet")
         generation, docs = await asyncio.to_thread(engine.get, [doc_id])
         doc = docs.get(doc_id)
         if doc is None:
@@ -243,7 +249,7 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
         try:
             info = await asyncio.to_thread(engine.backend.info, generation.version)
         except Exception as exc:  # unreachable backend or a deleted version: not ready
-            return error(503, f"backend not reachable: {type(exc).__name__}: {exc}")
+            return error(503, errors.readiness_problem(exc))
         dims = generation.searcher.encoder.dims
         if dims != info.dims:
             return error(503, f"model makes {dims}-d vectors but {generation.version} holds {info.dims}-d")
@@ -296,15 +302,23 @@ class _Guard:
         known = path in self.SEARCH or path in self.PROBES or path in self.OPEN
         route = path if known else "/docs/{id}" if path.startswith("/docs/") else "other"
         status = 500
+        started = False
 
         async def counted(message: Any) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
             await self._guarded(scope, receive, counted, path)
+        except Exception as exc:  # whatever a route raised: one JSON answer, never a traceback
+            code, message, kind = errors.classify(exc)
+            self.refused(kind)
+            if started:  # the answer had started: all that can be done is to log it
+                log.error("a response failed after it started", exc_info=exc)
+                return
+            await _reply(counted, code, message)
         finally:
             self.count(route, status)
 
@@ -351,8 +365,14 @@ class _Guard:
 
 async def _reply(send: Any, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     """A JSON error response sent straight through ASGI."""
-    body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(extra or [])]
+    body = errors.body(message)
+    retry = [(k.lower().encode(), v.encode()) for k, v in errors.headers(status).items()]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *retry,
+        *(extra or []),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -361,9 +381,22 @@ def _all_fields() -> list[Field]:
     return ["title", "text"]
 
 
-class _TooLarge(Exception):
-    """413."""
+def _not_blank(query: str) -> str:
+    if not query.strip():
+        raise ValueError("the query is empty or only whitespace")
+    return query
 
 
-class _NotReady(Exception):
-    """503."""
+def _rounded(score: float) -> float:
+    return float(f"{score:.{SCORE_DIGITS}g}")
+
+
+def _validation_message(problems: Any) -> tuple[int, str]:
+    """(status, one line) for a request the models refused: 400 when the body is not JSON,
+    else 422 naming the first field at fault."""
+    first = problems[0] if problems else {}
+    if first.get("type") == "json_invalid":
+        return 400, f"the request body is not valid JSON: {first.get('msg', '')}"
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    return 422, f"{where}: {message}" if where else message

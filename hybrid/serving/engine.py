@@ -11,8 +11,9 @@ A watcher thread polls the index; when the alias moves, the new version's model 
 (reused when the weights hash is the same) and the version opened and warmed *before* the
 engine switches to it, so requests keep being answered by the old generation until the
 new one is complete. The old generation is released after ``grace_s``; a request whose
-version was deleted under it (another process committed and cleaned up) is retried once on
-the current generation.
+version was deleted under it (a writer with no grace) is retried once on the current
+generation if its model is loaded, else refused at once (:class:`SwitchingError`): a batch
+thread never loads a model, which would hold every queued request for the load.
 
 Requests are queued; worker threads take what has queued up (at most ``max_batch``
 queries, waiting at most ``max_wait_ms`` for more after the first) and run each group of
@@ -149,9 +150,15 @@ class Engine:
         return self._generation
 
     # -- generations ----------------------------------------------------------
-    def refresh(self) -> Generation:
-        """Switch to the index's current version if it moved; returns the generation in use."""
-        with self._switch_lock:
+    def refresh(self, *, load: bool = True) -> Generation:
+        """Switch to the index's current version if it moved; returns the generation in use.
+
+        With ``load`` False (a batch thread) it neither loads a model nor waits for a switch in
+        progress: every request queued behind that thread would wait with it. It raises
+        :class:`SwitchingError` instead (the HTTP API answers 503 with Retry-After)."""
+        if not self._switch_lock.acquire(blocking=load):
+            raise SwitchingError(f"'{self.index}' is switching to a new version; retry shortly")
+        try:
             current = self._generation
             physical = self.backend.current(self.index)
             if physical is None:
@@ -159,15 +166,17 @@ class Engine:
             if current is not None and current.version == physical:
                 self._release_retired()
                 return current
-            generation = self._load(physical)
+            generation = self._load(physical, load)
             self._generation = generation
             if current is not None:
                 self._retired.append((time.monotonic(), current.version))
                 log.info("switched %s from %s to %s", self.index, current.version, generation.version)
             self._release_retired()
             return generation
+        finally:
+            self._switch_lock.release()
 
-    def _load(self, physical: str) -> Generation:
+    def _load(self, physical: str, load: bool = True) -> Generation:
         info = self.backend.info(physical)
         recipe = VectorRecipe.from_dict(info.recipe)
         # the weights and every query-side setting: the same weights with another pooling,
@@ -175,6 +184,8 @@ class Engine:
         key = f"{recipe.model_hash}|{recipe.settings()}" if recipe is not None else f"name:{info.model}"
         encoder = self._encoders.get(key)
         if encoder is None:
+            if not load:
+                raise SwitchingError(f"'{self.index}' moved to {physical}, whose model is loading; retry shortly")
             encoder = self._factory(recipe, info.model)
             self._encoders = {k: v for k, v in self._encoders.items() if self._in_use(k)}
             self._encoders[key] = encoder
@@ -216,8 +227,9 @@ class Engine:
                 self.last_error = str(exc)
                 log.warning("could not switch to the new version of %s: %s", self.index, exc)
             except Exception as exc:  # a connection error: report through /readyz, keep going
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("watching %s failed: %s", self.index, self.last_error)
+                # /readyz shows this to clients: the exception's own text stays in the log
+                self.last_error = f"could not check '{self.index}' for a new version ({type(exc).__name__})"
+                log.warning("watching %s failed: %s: %s", self.index, type(exc).__name__, exc)
 
     # -- requests -------------------------------------------------------------
     def submit(self, queries: Sequence[str], config: SearchConfig) -> Future[Answer]:
@@ -284,8 +296,9 @@ class Engine:
         try:
             return generation, generation.searcher.search(queries, config)
         except (IndexNotFoundError, BackendError):
-            # The version may have been deleted by the process that swapped the alias.
-            fresh = self.refresh()
+            # The version may have been deleted by the process that swapped the alias; switch
+            # only if the new version's model is loaded (the watcher loads it off this path).
+            fresh = self.refresh(load=False)
             if fresh.version == generation.version:
                 raise
             return fresh, fresh.searcher.search(queries, config)
@@ -295,6 +308,10 @@ class Engine:
         generation = self._generation
         assert generation is not None, "Engine.start() was not called"
         return generation, self.backend.get(generation.version, list(ids))
+
+
+class SwitchingError(HybridError):
+    """The index moved to a version this server cannot answer from yet (its model is loading)."""
 
 
 def _settle(future: Future[Answer], result: Answer | None = None, exception: BaseException | None = None) -> None:

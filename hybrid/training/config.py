@@ -15,6 +15,7 @@ from hybrid.training.selection import GuardConfig
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PositivesMode = Literal["one", "all"]
+UpdateMode = Literal["both", "query"]
 PATH_FIELDS = ("queries", "qrels", "answers", "pools", "out", "dev_queries", "dev_qrels")
 
 
@@ -63,6 +64,9 @@ class TrainConfig:
     knn_depth: int = 100
     dev_queries: Path | None = None  # the guard's dev set; also evaluated (dense nDCG@10) at each refresh
     dev_qrels: Path | None = None
+    # "query": train the query side alone against the index's stored vectors; applying it
+    # is a metadata update (a query version), no passage is re-embedded.
+    update: UpdateMode = "both"
     guard: bool = True  # a trained model replaces the index's only when it wins on dev
     dev_share: float = 0.1  # held out of the training queries as dev when no dev set is given
     guard_depth: int = 30  # BM25 and dense top-k per dev query that candidates rank
@@ -76,6 +80,30 @@ class TrainConfig:
     max_memory: int | None = None
 
     def __post_init__(self) -> None:
+        # Every number is checked where it is read, flags and config files alike: keep_checkpoints
+        # 0 would delete the checkpoint just saved, log_every 0 divides by zero.
+        flagged = {"seed", "save_every", "refresh_every", "query_max_length", "passage_max_length", "steps"}
+        flagged |= {"batch_size", "grad_accum", "lr", "temperature", "epochs", "grad_cache_chunk"}
+        at_least = {"save_every": 0, "keep_checkpoints": 1, "log_every": 1, "refresh_every": 0, "bm25_depth": 1}
+        at_least |= {"knn_depth": 1, "query_max_length": 1, "passage_max_length": 1, "seed": 0}
+        at_least |= {"steps": 1, "batch_size": 1, "grad_accum": 1, "grad_cache_chunk": 1}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            where = f"{name} (--{name.replace('_', '-')})" if name in flagged else name
+            if value is None and name in ("steps", "grad_cache_chunk"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{where} must be a whole number of at least {low}, got {value!r}")
+        positive = ("lr", "temperature", "max_grad_norm", "epochs")
+        for name in (*positive, "weight_decay", "warmup"):
+            value = getattr(self, name)
+            where = f"{name} (--{name.replace('_', '-')})" if name in flagged else name
+            if value is None and name == "epochs":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{where} must be a finite number, got {value!r}")
+            if value < 0 or (value == 0 and name in positive):
+                raise ConfigError(f"{where} must be {'above' if name in positive else 'at least'} 0, got {value!r}")
         if self.qrels is None and self.answers is None and self.pools is None:
             raise ConfigError("train needs --qrels, --answers or --pools")
         if self.steps is not None and self.epochs is not None:
@@ -92,6 +120,14 @@ class TrainConfig:
             raise ConfigError("the inbatch sampler needs in-batch negatives (--in-batch)")
         if (self.dev_queries is None) != (self.dev_qrels is None):
             raise ConfigError("give both --dev-queries and --dev-qrels, or neither")
+        if self.update not in ("both", "query"):
+            raise ConfigError(f"unknown --update '{self.update}'; choose both or query")
+        if self.update == "query" and self.refresh_every:
+            raise ConfigError(
+                "--update query keeps the index's vectors: there is nothing to refresh (drop --refresh-every)"
+            )
+        if self.update == "query" and (self.grad_cache_chunk or self.reembed):
+            raise ConfigError("--update query embeds queries only: --grad-cache-chunk and --reembed do not apply")
         problem = self.guard_config().check()
         if problem:
             raise ConfigError(problem)
@@ -109,8 +145,9 @@ class TrainConfig:
             from hybrid.training.memory import parse_size
 
             object.__setattr__(self, "max_memory", parse_size(self.max_memory))
-        if self.max_memory is not None and self.max_memory <= 0:
-            raise ConfigError("--max-memory must be above zero, e.g. 6GiB")
+        memory = self.max_memory
+        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int) or memory < 1):
+            raise ConfigError(f"max_memory (--max-memory) must be a size like 6GiB or a byte count, got {memory!r}")
 
     def guard_config(self) -> GuardConfig:
         """The guard's options (see :mod:`hybrid.training.selection`)."""

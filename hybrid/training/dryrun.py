@@ -28,6 +28,7 @@ from hybrid.training.distributed import Distributed
 from hybrid.training.guard import dev_split
 from hybrid.training.memory import MemoryPlan
 from hybrid.training.model import DualEncoder
+from hybrid.training.query_side import PassageVectors
 from hybrid.training.setup import RunState, pools_match, prepare_model, prepare_pools, start_run
 from hybrid.training.trainer import (
     _autocast,
@@ -67,7 +68,8 @@ def dry_run(config: TrainConfig, backend: Backend) -> dict[str, Any]:
         model = prepare_model(config, run, device)
         memory = memory_plan(config, model, Distributed(), device)
         plan = {**run.plan(config, data, steps), "processes": 1, "memory": memory.to_dict()}
-        plan["probe"] = _probe(config, backend, model, data, memory, steps, device)
+        passages = PassageVectors(backend, config.index, run.recipe.dims) if config.update == "query" else None
+        plan["probe"] = _probe(config, backend, model, data, (memory, passages), steps, device)
     finally:
         _clear(scratch)
         if made_out and config.out.is_dir() and not any(config.out.iterdir()):
@@ -105,7 +107,7 @@ def _probe(
     backend: Backend,
     model: DualEncoder,
     data: PoolData,
-    memory: MemoryPlan,
+    how: tuple[MemoryPlan, PassageVectors | None],
     steps: int,
     device: torch.device,
 ) -> dict[str, Any]:
@@ -116,6 +118,7 @@ def _probe(
     autocast = _autocast(config, device)
     scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
     dist = Distributed()
+    memory, passages = how
     model.train()
     times: list[float] = []
     while len(times) < min(2, steps) and not (times and times[0] > LONG_STEP_S):
@@ -124,7 +127,7 @@ def _probe(
             index = len(times) * config.grad_accum + micro
             torch.manual_seed(config.seed * 1_000_003 + index)
             inputs = _batch_inputs(data.batch(index, config.batch_size), backend, config, device)
-            micro_step(model, inputs, config, device, autocast, scaler, dist, memory.chunk)
+            micro_step(model, inputs, config, device, autocast, scaler, dist, memory.chunk, passages)
         optimizer_step(model, optimizer, scheduler, scaler, config, dist)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -35,6 +35,7 @@ from hybrid.training.selection import (
     interpolate,
     model_scores,
     next_alpha,
+    query_model_scores,
 )
 from hybrid.training.setup import recipe_encoder
 
@@ -61,6 +62,8 @@ class Guard:
         self.split, self.pool, self.base, self.base_dir, self.recipe = split, pool, base, base_dir, recipe
         self.scored: list[Scored] = []
         self.decision: Decision | None = None
+        # Query-only runs score candidates against the stored vectors (set by start/restore).
+        self.stored: tuple[Backend, str] | None = None
 
     @classmethod
     def start(cls, config: TrainConfig, backend: Backend, split: DevSplit, recipe: VectorRecipe) -> Guard:
@@ -77,7 +80,10 @@ class Guard:
         log.info(
             "guard: %d dev queries, %d dev documents, base nDCG@10 %.4f", len(pool.qids), len(pool.documents), base.ndcg
         )
-        return cls(split, pool, base, recipe.model_dir(), recipe)
+        query_only = config.update == "query"
+        guard = cls(split, pool, base, recipe.query_model_dir() if query_only else recipe.model_dir(), recipe)
+        guard.stored = (backend, config.index) if query_only else None
+        return guard
 
     @classmethod
     def restore(cls, config: TrainConfig, backend: Backend, state: dict[str, Any]) -> Guard:
@@ -92,6 +98,7 @@ class Guard:
         guard.scored = [Scored(**s) for s in state.get("scored", [])]
         if state.get("decision"):
             guard.decision = Decision(**state["decision"])
+        guard.stored = (backend, config.index) if config.update == "query" else None
         return guard
 
     def state(self) -> dict[str, Any]:
@@ -113,7 +120,10 @@ class Guard:
             if seen.name == name and seen.path == str(model_dir):
                 return seen
         encoder = recipe_encoder(model_dir, self.recipe, device)
-        figures = model_scores(self.pool, encoder)
+        if self.stored is not None:
+            figures = query_model_scores(self.pool, encoder, *self.stored)
+        else:
+            figures = model_scores(self.pool, encoder)
         del encoder
         scored = Scored(name, str(model_dir), float(figures.mean()), figures.tolist(), alpha=alpha, step=step)
         self.scored.append(scored)

@@ -219,6 +219,11 @@ def model_scores(pool: DevPool, encoder: Encoder) -> np.ndarray:
     return per_query_ndcg(pool, scored)
 
 
+def query_model_scores(pool: DevPool, encoder: Encoder, backend: Backend, index: str) -> np.ndarray:
+    """A candidate query model's dev ranking against the index's stored vectors (query-only runs)."""
+    return per_query_ndcg(pool, backend.score(index, encoder.encode_queries(pool.queries), pool.candidates))
+
+
 @dataclass
 class Scored:
     """One model the run could leave behind, with its dev figures."""

@@ -21,7 +21,7 @@ import torch
 from hybrid.backends.base import Backend
 from hybrid.encoder import Encoder, EncoderConfig, resolve_model
 from hybrid.errors import ConfigError
-from hybrid.manifest import VectorRecipe, check_model, model_hash
+from hybrid.manifest import VectorRecipe, check_model, check_query_model, model_hash
 from hybrid.mining import MineJob, read_pool_meta, read_pools, run_mine
 from hybrid.negatives import SamplerConfig
 from hybrid.training.checkpoint import STATE_FILE
@@ -98,6 +98,17 @@ class RunState:
         log(config.out, {"dev": {"step": step, "ndcg@10": score}})
         return score
 
+    def apply_query(self, config: TrainConfig, backend: Backend, model_dir: Path, step: int) -> None:
+        """Make ``model_dir`` (kept under OUT/models) the index's query model: a new query
+        version of the same vectors, nothing re-embedded."""
+        from hybrid.training.query_side import apply_query_model
+
+        kept = keep_model(model_dir, config.out / MODELS / model_dir.name)
+        self.recipe = apply_query_model(backend, config.index, kept, str(kept))
+        entry = {"step": step, "query_version": self.recipe.query_version, "model": str(kept), "documents": 0}
+        self.refreshes.append(entry)
+        log(config.out, {"query_model": entry})
+
     def refresh_encoder(self, config: TrainConfig, checkpoint: Path, device: torch.device) -> Encoder:
         """The encoder of ``checkpoint`` as a refresh runs it, from its copy under OUT/models
         (see :func:`keep_model`)."""
@@ -166,6 +177,12 @@ def start_run(config: TrainConfig, backend: Backend, previous: Path | None, devi
         sampler = sampler.resolved(recipe.normalize, config.temperature)
         return RunState(recipe=recipe, source=previous, sampler=sampler)
     recipe = _recipe(config, backend)
+    if config.update == "query":  # the index's own query side, against its own vectors
+        from hybrid.training.query_side import check_query_only
+
+        source = resolve_model(config.model)[0] if config.model else recipe.query_model_dir()
+        check_query_only(recipe, model_hash(source), str(source), config.index)
+        return RunState(recipe=recipe, source=source, sampler=sampler.resolved(recipe.normalize, config.temperature))
     source = resolve_model(config.model)[0] if config.model else recipe.model_dir()
     hint = "Leave out --model to train the index's model, or pass --reembed to re-embed the index with it first"
     if model_hash(source) != recipe.model_hash:
@@ -199,7 +216,8 @@ def prepare_model(config: TrainConfig, run: RunState, device: torch.device) -> D
         query_max_length=config.query_max_length or index.query_max_length,
         passage_max_length=config.passage_max_length or index.passage_max_length,
     )
-    model = DualEncoder(run.source, settings, shared=config.shared).to(device)
+    # Query-only: one tower, the query side; the passages are the index's stored vectors.
+    model = DualEncoder(run.source, settings, shared=config.shared or config.update == "query").to(device)
     if config.grad_checkpointing:
         enable_checkpointing(model.towers())
     return model
@@ -240,7 +258,7 @@ def _run_encoder(backend: Backend, index: str, recipe: VectorRecipe) -> Any:
     from hybrid.query_encoder import encoder_for_index
 
     encoder = encoder_for_index(backend, index, batch=True)
-    check_model(index, recipe, encoder.model_hash, encoder.name, "this run")
+    check_query_model(index, recipe, encoder.model_hash, encoder.name, "this run")
     return encoder
 
 
@@ -255,7 +273,7 @@ def _pool_identity(pools: Path) -> tuple[Any, Any]:
 
 def pools_match(pools: Path, backend: Backend, index: str, recipe: VectorRecipe) -> bool:
     version, hash_ = _pool_identity(pools)
-    return version == backend.info(index).version and hash_ in (None, recipe.model_hash)
+    return version == backend.info(index).version and hash_ in (None, recipe.model_hash, recipe.query_hash)
 
 
 def check_pools(pools: Path, backend: Backend, index: str, recipe: VectorRecipe) -> None:

@@ -36,6 +36,7 @@ from hybrid.training.gradcache import cached_backward
 from hybrid.training.guard import Guard, dev_split
 from hybrid.training.memory import Batch, MemoryPlan, ModelShape, enable_checkpointing, plan_memory
 from hybrid.training.model import DualEncoder, contrastive_loss, distill_loss, false_negative_mask
+from hybrid.training.query_side import PassageVectors, write_note
 from hybrid.training.refresh import encode_share
 from hybrid.training.selection import Decision
 from hybrid.training.setup import MODELS, RunState, check_config, keep_model, prepare_model, prepare_pools, start_run
@@ -97,6 +98,8 @@ def train(
     device = dist.device(config.device)
     dist.start(device)
     torch.set_num_threads(cpu_threads())  # this process's share; encoders built in training keep it
+    if dist.enabled and config.update == "query":
+        raise ConfigError("--update query trains in one process (its steps embed queries only)")
     if dist.enabled and config.grad_cache_chunk:
         raise ConfigError("--grad-cache-chunk works in one process; with several, each holds only its share")
     if dist.world > config.batch_size:
@@ -159,6 +162,7 @@ def train(
             run.evaluate_dev(config, backend, 0, None)
     run = dist.share(run if dist.main else None)
     examples, train_seconds, first_step = 0, 0.0, step
+    passages = PassageVectors(backend, config.index, run.recipe.dims) if config.update == "query" else None
     model.train()
     while step < steps:
         step_start = time.perf_counter()
@@ -167,7 +171,7 @@ def train(
             torch.manual_seed(config.seed * 1_000_003 + step * config.grad_accum + micro)  # dropout per step
             batch = data.batch(step * config.grad_accum + micro, config.batch_size)
             inputs = _batch_inputs(batch, backend, config, device)
-            loss = micro_step(model, inputs, config, device, autocast, scaler, dist, memory.chunk)
+            loss = micro_step(model, inputs, config, device, autocast, scaler, dist, memory.chunk, passages)
             loss_value += float(loss.detach())
             examples += len(batch)
         optimizer_step(model, optimizer, scheduler, scaler, config, dist)
@@ -202,7 +206,10 @@ def train(
                 "guard": guard.state() if guard else None,
             }
             path = checkpoint_dir(out, step)
-            return save_checkpoint(path, model, config, optimizer, scheduler, step, extra, run.recipe.settings())
+            saved = save_checkpoint(path, model, config, optimizer, scheduler, step, extra, run.recipe.settings())
+            if config.update == "query":
+                write_note(saved, run.recipe)
+            return saved
 
         path = checkpoint_dir(out, step)
         if dist.main:
@@ -223,7 +230,10 @@ def train(
         if dist.main:
             if refresh_now:
                 with dist.alone():
-                    run.refresh(config, backend, path, step, last=step >= steps, device=device, shares=shares)
+                    if config.update == "query":
+                        run.apply_query(config, backend, path, step)
+                    else:
+                        run.refresh(config, backend, path, step, last=step >= steps, device=device, shares=shares)
                     if step < steps:
                         pool_table(run.pools)
                 update_state(path, {**run.state(), "refresh_pending": False})
@@ -258,10 +268,14 @@ def memory_plan(config: TrainConfig, model: DualEncoder, dist: Distributed, devi
     shape = ModelShape.of(towers[0], sum(p.numel() for p in model.parameters() if p.requires_grad))
     queries = math.ceil(config.batch_size / dist.world)  # with several processes, this one's share
     per_query = config.positives_per_query + (0 if config.sampler.name == "inbatch" else config.sampler.n)
-    length = max(model.settings.query_max_length, model.settings.passage_max_length)
+    if config.update == "query":  # the passages are stored vectors: only queries run through the model
+        per_query, length = 0, model.settings.query_max_length
+    else:
+        length = max(model.settings.query_max_length, model.settings.passage_max_length)
     batch = Batch(queries=queries, passages=queries * per_query, length=length)
     chunk, ckpt = config.grad_cache_chunk, config.grad_checkpointing
-    plan = plan_memory(shape, batch, config.max_memory, device.type, chunk, ckpt, chunking=not dist.enabled)
+    chunking = not dist.enabled and config.update != "query"  # GradCache embeds both sides
+    plan = plan_memory(shape, batch, config.max_memory, device.type, chunk, ckpt, chunking=chunking)
     if plan.checkpointing and not config.grad_checkpointing:
         enable_checkpointing(towers)
     return plan
@@ -276,9 +290,11 @@ def micro_step(
     scaler: Any,
     dist: Distributed,
     chunk: int | None,
+    passages: PassageVectors | None = None,
 ) -> torch.Tensor:
-    """Forward and backward of one micro-batch (whole, in GradCache chunks, or this rank's
-    share); returns its loss, detached."""
+    """Forward and backward of one micro-batch (whole, in GradCache chunks, this rank's
+    share, or its queries alone against the index's stored ``passages``); returns its loss,
+    detached."""
 
     def amp() -> Any:
         return torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None)
@@ -286,6 +302,12 @@ def micro_step(
     def loss_of(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return inputs.loss(q, p, config) / config.grad_accum
 
+    if passages is not None:  # query side only: the passages are the index's stored vectors
+        with amp():
+            q = model.embed(inputs.queries, query=True, device=device)  # (B, d)
+            loss = loss_of(q, torch.from_numpy(passages.get(inputs.ids)).to(device))  # (P, d): no gradient
+        (scaler.scale(loss) if scaler else loss).backward()
+        return loss.detach()
     if chunk and not dist.enabled:
         return cached_backward(
             lambda texts, is_query: model.embed(texts, query=is_query, device=device),
@@ -377,7 +399,10 @@ def _finish_guard(
     if decision.replace and decision.chosen and config.refresh_at_end:
         if progress is not None:
             progress(TrainProgress(steps, steps, float("nan"), 0.0, 0.0, "refresh"))
-        run.refresh(config, backend, Path(decision.chosen), steps, last=True, device=device)
+        if config.update == "query":
+            run.apply_query(config, backend, Path(decision.chosen), steps)
+        else:
+            run.refresh(config, backend, Path(decision.chosen), steps, last=True, device=device)
     update_state(final, {**run.state(), "guard": guard.state()})
     return decision
 
@@ -435,6 +460,7 @@ class _Inputs:
 
     queries: list[str]
     passages: list[str]
+    ids: list[str]  # the passages' document ids, in column order
     positives: torch.Tensor  # (B,) query i's positive column
     groups: torch.Tensor  # (P,) the query each passage belongs to
     mask: torch.Tensor  # (B, P) labelled positives of query i that are not its target
@@ -475,6 +501,7 @@ def _batch_inputs(batch: list[Example], backend: Backend, config: TrainConfig, d
     return _Inputs(
         queries=[ex.query for ex in batch],
         passages=texts,
+        ids=ids,
         positives=torch.tensor(positives, device=device),
         groups=torch.tensor(groups, device=device),
         mask=mask.to(device),

@@ -231,6 +231,29 @@ class EmbeddedBackend:
 
         self.retirement.retire(delete)
 
+    def set_query_model(self, name: str, recipe: VectorRecipe) -> None:
+        """Record ``recipe`` (the current vectors, a new query model) for the current version."""
+        current = self.current(name)
+        if current is None:
+            raise IndexNotFoundError(f"index '{name}' not found in {self.root}")
+        path = self.index_dir(name) / current
+        meta = _read_meta(path)
+        check_same_vectors(name, VectorRecipe.from_dict(meta.get("recipe")), recipe)
+        meta["recipe"] = recipe.to_dict()
+        write_atomic(path / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        with self._lock:
+            for opened in self._open.values():
+                if opened.path == path:
+                    opened.meta = meta
+
+    def version_recipe(self, physical: str) -> dict[str, Any] | None:
+        """The recipe a version records now, read afresh (a query model may have been applied)."""
+        parts = split_version(physical)
+        if parts is None:
+            raise IndexNotFoundError(f"'{physical}' is not a version name")
+        recipe = _read_meta(self.index_dir(parts[0]) / physical).get("recipe")
+        return dict(recipe) if isinstance(recipe, dict) else None
+
     # -- reading ------------------------------------------------------------
     def info(self, name: str) -> IndexInfo:
         opened = self._version(name)
