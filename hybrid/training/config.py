@@ -90,7 +90,7 @@ class TrainConfig:
         for name, low in at_least.items():
             value = getattr(self, name)
             where = f"{name} (--{name.replace('_', '-')})" if name in flagged else name
-            if value is None and name in ("steps", "grad_cache_chunk"):
+            if value is None and name in ("steps", "grad_cache_chunk", "query_max_length", "passage_max_length"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{where} must be a whole number of at least {low}, got {value!r}")
