@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from hybrid.errors import ConfigError
 
 from .common import (
     DEFAULT_GRACE_S,
@@ -24,9 +27,24 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
+    from hybrid.training.config import TrainConfig
     from hybrid.training.distributed import Distributed
 
 Opt = typer.Option
+
+
+def _size_option(value: str | None) -> str | None:
+    """--max-memory checked as it is parsed: a size that is not one is a usage error."""
+    from hybrid.training.memory import parse_size
+
+    if value is not None:
+        try:
+            parse_size(value)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
 
 
 @handle_errors
@@ -179,6 +197,23 @@ def train(
     allow_config_change: Annotated[
         bool, Opt("--allow-config-change", help="With --resume: go on with options that differ from the run's.")
     ] = False,
+    max_memory: Annotated[
+        str | None,
+        Opt(
+            "--max-memory",
+            callback=_size_option,
+            help="Memory a training step may take, e.g. 6GiB or 800MiB; the GradCache chunk (and gradient "
+            "checkpointing, if needed) are chosen to fit it (40% of RAM or of free GPU memory, at most 8GiB).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        Opt(
+            "--dry-run",
+            help="Print the plan (steps, batch, chunk, memory, time from 1-2 timed steps) without training; "
+            "changes no index, writes no checkpoint (keeps mined pools in OUT/dry-run/pools).",
+        ),
+    ] = False,
     conn: BackendOptions = BackendOptions(),
     quiet: QuietOpt = False,
 ) -> None:
@@ -235,12 +270,17 @@ def train(
         "sampler_kernel": kernel,
         "sampler_scale": scale,
         "sampler_percpos": percpos,
+        "max_memory": max_memory,
     }
     if nproc > 1:
         raise typer.Exit(_relaunch(nproc))
     config = merge(load_config_file(config_file) if config_file else {}, overrides)
     dist = _distributed()
     quiet = quiet or not dist.main
+    config = _with_budget(config, dist)
+    if dry_run:
+        _dry_run(config, conn, resume, dist)
+        return
     backend = conn.open()
     backend.retirement.grace_s = grace
     try:
@@ -261,6 +301,8 @@ def train(
                 def show(p: TrainProgress) -> None:
                     if p.plan is not None:
                         bar.console.print(describe_plan(p.plan), markup=False, highlight=False)
+                    if p.estimate is not None:
+                        bar.console.print(describe_estimate(p.estimate), markup=False, highlight=False, soft_wrap=True)
                     bar.update(
                         task,
                         total=p.steps,
@@ -295,17 +337,104 @@ def train(
     for entry in result.refreshes:
         console.print("refresh " + json.dumps(entry), markup=False, highlight=False)
     console.print(f"{result.examples_per_s:.2f} training examples/s, {result.seconds:.0f} s in all", markup=False)
+    if result.estimate is not None:
+        console.print(
+            describe_outcome(result.estimate, result.train_seconds), markup=False, highlight=False, soft_wrap=True
+        )
 
 
 def describe_plan(plan: dict[str, Any]) -> str:
-    """One line: queries, steps, epochs and the sampler's effective candidates."""
+    """One line: queries, steps, epochs and the sampler's effective candidates; a second
+    with the memory plan, and a third with the probe's time when a dry run timed steps."""
     eff = plan["effective_candidates"]
-    return (
+    text = (
         f"{plan['queries']} training queries ({plan['queries_without_positive']} without a positive skipped), "
         f"{plan['steps']} steps = {plan['epochs']} epochs; the sampler draws from {eff['effective_median']:g} "
         f"effective candidates per query (p10 {eff['effective_p10']:g}, p90 {eff['effective_p90']:g}) "
         f"of {eff['pool_median']:g}"
     )
+    if plan.get("memory"):
+        from hybrid.training.memory import MemoryPlan
+
+        text += "\n" + MemoryPlan(**plan["memory"]).line()
+    probe = plan.get("probe")
+    if probe:
+        text += (
+            f"\ntime: {duration(probe['training_s'])} for {plan['steps']} steps of {plan['examples_per_step']} "
+            f"queries at {probe['examples_per_s']:g} queries/s (the last of {probe['steps_timed']} timed steps took "
+            f"{probe['step_s'][-1]:g} s); refreshes and the guard's dev scoring come on top"
+        )
+    return text
+
+
+def describe_estimate(estimate: dict[str, Any]) -> str:
+    """The time estimate made at the first log step, as one line."""
+    return (
+        f"after {estimate['step']} steps: {estimate['examples_per_s']:g} examples/s, {estimate['step_s']:g} s a step; "
+        f"about {duration(estimate['eta_s'])} of training steps left (refreshes and the guard come on top)"
+    )
+
+
+def describe_outcome(estimate: dict[str, Any], train_seconds: float) -> str:
+    """The estimate beside what the steps after it took."""
+    took = max(0.0, train_seconds - estimate["train_s"])
+    return (
+        f"time: at step {estimate['step']} the steps left were estimated at {duration(estimate['eta_s'])}; "
+        f"they took {duration(took)}"
+    )
+
+
+def duration(seconds: float) -> str:
+    """``2 h 05 min``, ``4 min 10 s``, ``12 s``."""
+    whole = round(seconds)
+    if whole >= 3600:
+        return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+    if whole >= 60:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{seconds:.1f} s" if seconds < 10 else f"{whole} s"
+
+
+def _with_budget(config: TrainConfig, dist: Distributed) -> TrainConfig:
+    """The config with ``max_memory`` resolved against this machine: a share of it when
+    none is given, the machine's own when more is asked (with a warning)."""
+    from hybrid.training.memory import machine_budget
+
+    budget, warning = machine_budget(config.max_memory, _machine_memory(dist.device(config.device)))
+    if warning and dist.main:
+        err_console.print(f"Warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+    return replace(config, max_memory=budget)
+
+
+def _machine_memory(device: torch.device) -> int:
+    """Bytes this process could train in: the CUDA device's free memory, else the RAM (or
+    the container's limit, when lower)."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return ram
+    return min(ram, int(limit)) if limit.isdigit() else ram
+
+
+def _dry_run(config: TrainConfig, conn: BackendOptions, resume: bool, dist: Distributed) -> None:
+    """Plan and time the run; print the plan and what the dry run left behind."""
+    from hybrid.training.dryrun import dry_run
+
+    if resume or dist.enabled:
+        raise ConfigError("--dry-run plans a new run in one process; leave out --resume and --nproc")
+    backend = conn.open()
+    try:
+        plan = dry_run(config, backend)
+    finally:
+        backend.close()
+    console.print(describe_plan(plan), markup=False, highlight=False, soft_wrap=True)
+    kept = plan["pools_kept"]
+    left = f"; pools mined for it are kept: pass --pools {kept} to reuse them" if kept else ""
+    console.print(f"dry run: nothing trained, the index and checkpoints untouched{left}", markup=False, soft_wrap=True)
 
 
 def _distributed() -> Distributed:

@@ -106,16 +106,62 @@ def test_gradcache_gradients_equal_the_uncached_ones(tiny_model: Path) -> None:
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 
-    # with dropout on, the second pass replays the first pass's masks: same seed, same gradients
+
+def test_the_budget_picks_the_chunk_and_gradcache_replays_dropout(tiny_model: Path, tmp_path: Path) -> None:
+    """With dropout on, each budget's chunk gives the gradients of the unchunked step that
+    draws the same dropout masks: every chunk's graph held at once, one backward. That holds
+    only if GradCache's second pass replays the first pass's random state (a replay with
+    fresh masks moves the gradients far past the tolerance)."""
+    from hybrid.encoder import load_settings
+    from hybrid.training.config import TrainConfig
+    from hybrid.training.distributed import Distributed
+    from hybrid.training.memory import Batch, ModelShape, plan_memory
+    from hybrid.training.model import DualEncoder
+    from hybrid.training.trainer import _Inputs, micro_step
+
+    torch.manual_seed(0)
+    model = DualEncoder(tiny_model, load_settings(tiny_model))
     model.train()
-    runs = []
-    for _ in range(2):
+    assert model.passage.config.hidden_dropout_prob > 0 and model.passage.config.attention_probs_dropout_prob > 0
+    device = torch.device("cpu")
+    queries = ["solar panels", "ocean tides", "honey bees"]
+    passages = [
+        f"passage number {i} about {w} " * (i + 1) for i, w in enumerate(["sun", "moon", "bees", "sea", "wax", "light"])
+    ]
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    none = torch.zeros(3, 6, dtype=torch.bool)
+    ids = [f"d{i}" for i in range(6)]
+    inputs = _Inputs(queries, passages, ids, torch.tensor([0, 2, 4]), groups, none, none, torch.zeros(6))
+    config = TrainConfig(index="idx", queries=tmp_path / "q.jsonl", qrels=tmp_path / "qrels.tsv", out=tmp_path)
+
+    shape = ModelShape.of(model.passage, sum(p.numel() for p in model.parameters()))
+    batch = Batch(queries=3, passages=6, length=64)
+    per_text = shape.per_text(64, checkpointing=False)
+    budgets = [shape.fixed("cpu") + texts * per_text for texts in (2, 4, 9)]
+    plans = [plan_memory(shape, batch, budget) for budget in budgets]
+    assert [(p.chunk, p.checkpointing) for p in plans] == [(2, False), (4, False), (None, False)]
+    assert all(p.estimate <= budget for p, budget in zip(plans, budgets, strict=True))
+
+    def loss_fn(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return inputs.loss(q, p, config)
+
+    for plan in plans:
+        chunk = plan.chunk or len(passages)
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(7)  # the masks drawn chunk by chunk, queries first, as GradCache's first pass draws them
+        q = torch.cat([model.embed(queries[i : i + chunk], True, device) for i in range(0, len(queries), chunk)])
+        p = torch.cat([model.embed(passages[i : i + chunk], False, device) for i in range(0, len(passages), chunk)])
+        want_loss = loss_fn(q, p)
+        want_loss.backward()
+        want = _grads(model)
         model.zero_grad(set_to_none=True)
         torch.manual_seed(7)
-        cached_backward(embed, queries, passages, loss_fn, 2, device, contextlib.nullcontext)
-        runs.append(_grads(model))
-    for a, b in zip(*runs, strict=True):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        loss = micro_step(model, inputs, config, device, None, None, Distributed(), plan.chunk)
+        assert float(loss) == pytest.approx(float(want_loss.detach()), abs=1e-6)
+        got = _grads(model)
+        assert len(got) == len(want) > 0
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 
 
 def test_length_grouped_embedding_equals_one_padded_batch(tiny_model: Path) -> None:

@@ -74,6 +74,10 @@ class TrainConfig:
     device: str | None = None
     remine: bool = False  # mine fresh pools even when --pools is given
     reembed: bool = False  # re-embed the index with --model first when another model made it
+    # Bytes a training step may take (RAM on CPU, device memory on CUDA); the GradCache chunk
+    # and gradient checkpointing are chosen to fit it. None: no bound (the CLI passes a share
+    # of the machine). A config file may write it as "6GiB".
+    max_memory: int | None = None
 
     def __post_init__(self) -> None:
         # Every number is checked where it is read, flags and config files alike: keep_checkpoints
@@ -137,6 +141,13 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"unknown precision '{self.precision}'; choose auto, fp32, bf16 or fp16")
+        if isinstance(self.max_memory, str):
+            from hybrid.training.memory import parse_size
+
+            object.__setattr__(self, "max_memory", parse_size(self.max_memory))
+        memory = self.max_memory
+        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int) or memory < 1):
+            raise ConfigError(f"max_memory (--max-memory) must be a size like 6GiB or a byte count, got {memory!r}")
 
     def guard_config(self) -> GuardConfig:
         """The guard's options (see :mod:`hybrid.training.selection`)."""

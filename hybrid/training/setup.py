@@ -27,6 +27,7 @@ from hybrid.negatives import SamplerConfig
 from hybrid.training.checkpoint import STATE_FILE
 from hybrid.training.config import PATH_FIELDS, TrainConfig
 from hybrid.training.data import PoolData
+from hybrid.training.memory import enable_checkpointing
 from hybrid.training.model import DualEncoder
 from hybrid.training.refresh import dev_ndcg, reembed
 from hybrid.training.selection import DevSplit
@@ -37,7 +38,7 @@ CONFIG_FILE = "train_config.json"
 MODELS = "models"  # OUT/models/<name>: the models index versions were embedded with (never pruned)
 # Options that may differ on resume without changing the run: where it lives, what runs it,
 # and what only matters at its start (the checkpoint holds the model and pools by then).
-_RUN_ONLY = {"out", "device", "model", "pools", "reembed", "remine"}
+_RUN_ONLY = {"out", "device", "model", "pools", "reembed", "remine", "max_memory"}  # memory: the machine's
 
 
 @dataclass
@@ -218,10 +219,7 @@ def prepare_model(config: TrainConfig, run: RunState, device: torch.device) -> D
     # Query-only: one tower, the query side; the passages are the index's stored vectors.
     model = DualEncoder(run.source, settings, shared=config.shared or config.update == "query").to(device)
     if config.grad_checkpointing:
-        for tower in model.towers():
-            tower.config.use_cache = False  # no KV cache in an encoder; also silences transformers' warning
-            enable = getattr(tower, "activation_checkpointing_enable", None) or tower.gradient_checkpointing_enable
-            enable()
+        enable_checkpointing(model.towers())
     return model
 
 

@@ -34,6 +34,7 @@ from hybrid.training.data import Example, PoolData, pool_table
 from hybrid.training.distributed import Distributed
 from hybrid.training.gradcache import cached_backward
 from hybrid.training.guard import Guard, dev_split
+from hybrid.training.memory import Batch, MemoryPlan, ModelShape, enable_checkpointing, plan_memory
 from hybrid.training.model import DualEncoder, contrastive_loss, distill_loss, false_negative_mask
 from hybrid.training.query_side import PassageVectors, write_note
 from hybrid.training.refresh import encode_share
@@ -53,6 +54,7 @@ class TrainProgress:
     examples_per_s: float
     phase: str = "training"  # training | refresh | plan (before the first step, with ``plan``)
     plan: dict[str, Any] | None = None
+    estimate: dict[str, Any] | None = None  # once, at the first log step: the time the steps left will take
 
 
 @dataclass
@@ -68,6 +70,8 @@ class TrainResult:
     plan: dict[str, Any] = field(default_factory=dict)
     guard: Decision | None = None  # what the guard chose (None: no guard ran)
     notes: list[str] = field(default_factory=list)  # what the run's summary must say (e.g. the guard fell back)
+    estimate: dict[str, Any] | None = None  # the time estimate made at the first log step (see TrainProgress)
+    train_seconds: float = 0.0  # in training steps (refreshes, mining and the guard excluded)
 
 
 def train(
@@ -148,7 +152,8 @@ def train(
     result = TrainResult(
         final=previous or out, steps=steps, refreshes=run.refreshes, best=run.best, dev=run.dev, notes=notes
     )
-    result.plan = {**run.plan(config, data, steps), "processes": dist.world}
+    memory = memory_plan(config, model, dist, device)
+    result.plan = {**run.plan(config, data, steps), "processes": dist.world, "memory": memory.to_dict()}
     if progress is not None and dist.main:
         progress(TrainProgress(step, steps, float("nan"), 0.0, 0.0, "plan", result.plan))
     if not state and dist.main:
@@ -156,7 +161,7 @@ def train(
         with dist.alone():
             run.evaluate_dev(config, backend, 0, None)
     run = dist.share(run if dist.main else None)
-    examples, train_seconds = 0, 0.0
+    examples, train_seconds, first_step = 0, 0.0, step
     passages = PassageVectors(backend, config.index, run.recipe.dims) if config.update == "query" else None
     model.train()
     while step < steps:
@@ -166,64 +171,26 @@ def train(
             torch.manual_seed(config.seed * 1_000_003 + step * config.grad_accum + micro)  # dropout per step
             batch = data.batch(step * config.grad_accum + micro, config.batch_size)
             inputs = _batch_inputs(batch, backend, config, device)
-
-            def amp() -> Any:
-                return torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None)
-
-            def loss_of(q: torch.Tensor, p: torch.Tensor, inputs: _Inputs = inputs) -> torch.Tensor:
-                return inputs.loss(q, p, config) / config.grad_accum
-
-            if passages is not None:  # query side only: the passages are the index's stored vectors
-                with amp():
-                    q = model.embed(inputs.queries, query=True, device=device)  # (B, d)
-                    p = torch.from_numpy(passages.get(inputs.ids)).to(device)  # (P, d), no gradient
-                    loss = loss_of(q, p)
-                (scaler.scale(loss) if scaler else loss).backward()
-            elif dist.enabled:
-                with amp():
-                    loss = loss_of(*_embed_share(model, inputs, dist, device))
-                (scaler.scale(loss) if scaler else loss).backward()
-            elif config.grad_cache_chunk:
-                loss = cached_backward(
-                    lambda texts, is_query: model.embed(texts, query=is_query, device=device),
-                    inputs.queries,
-                    inputs.passages,
-                    loss_of,
-                    config.grad_cache_chunk,
-                    device,
-                    amp,
-                    scaler.scale if scaler else (lambda value: value),
-                )
-            else:
-                with amp():
-                    q = model.embed(inputs.queries, query=True, device=device)  # (B, d)
-                    p = model.embed(inputs.passages, query=False, device=device)  # (P, d)
-                    loss = loss_of(q, p)
-                (scaler.scale(loss) if scaler else loss).backward()
+            loss = micro_step(model, inputs, config, device, autocast, scaler, dist, memory.chunk, passages)
             loss_value += float(loss.detach())
             examples += len(batch)
-        dist.sum_gradients([p for p in model.parameters() if p.requires_grad])
-        if scaler:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizer, scheduler, scaler, config, dist)
         step += 1
         result.losses.append(loss_value)
         train_seconds += time.perf_counter() - step_start
         rate = examples / max(train_seconds, 1e-9)  # training only, refreshes excluded
         lr = scheduler.get_last_lr()[0]
+        estimate = None
         if dist.main and (step % config.log_every == 0 or step == steps):
             elapsed = round(time.perf_counter() - started, 1)
             record = {"step": step, "loss": round(loss_value, 6), "lr": lr, "examples_per_s": round(rate, 2)}
+            if result.estimate is None and step < steps:
+                estimate = result.estimate = time_estimate(step, steps, train_seconds, rate, first_step)
+                record["eta_s"] = estimate["eta_s"]
+                log.info("step %d: %.2f examples/s; the steps left take about %.0f s", step, rate, estimate["eta_s"])
             write_log(out, {**record, "elapsed_s": elapsed})
         if progress is not None and dist.main:
-            progress(TrainProgress(step, steps, loss_value, lr, rate))
+            progress(TrainProgress(step, steps, loss_value, lr, rate, estimate=estimate))
         refresh_now = bool(config.refresh_every and step % config.refresh_every == 0 and step < steps)
         refresh_now = refresh_now or (step == steps and config.refresh_at_end and not guarded)
         if not (refresh_now or step == steps or (config.save_every and step % config.save_every == 0)):
@@ -286,7 +253,117 @@ def train(
     result.best = run.best
     result.seconds = time.perf_counter() - started
     result.examples_per_s = examples / max(train_seconds, 1e-9)
+    result.train_seconds = train_seconds
     return result
+
+
+def memory_plan(config: TrainConfig, model: DualEncoder, dist: Distributed, device: torch.device) -> MemoryPlan:
+    """How each step fits ``config.max_memory`` (see :mod:`hybrid.training.memory`); turns
+    gradient checkpointing on when the plan needs it.
+
+    Raises:
+        ConfigError: the budget is too small for one text per chunk.
+    """
+    towers = model.towers()
+    shape = ModelShape.of(towers[0], sum(p.numel() for p in model.parameters() if p.requires_grad))
+    queries = math.ceil(config.batch_size / dist.world)  # with several processes, this one's share
+    per_query = config.positives_per_query + (0 if config.sampler.name == "inbatch" else config.sampler.n)
+    if config.update == "query":  # the passages are stored vectors: only queries run through the model
+        per_query, length = 0, model.settings.query_max_length
+    else:
+        length = max(model.settings.query_max_length, model.settings.passage_max_length)
+    batch = Batch(queries=queries, passages=queries * per_query, length=length)
+    chunk, ckpt = config.grad_cache_chunk, config.grad_checkpointing
+    chunking = not dist.enabled and config.update != "query"  # GradCache embeds both sides
+    plan = plan_memory(shape, batch, config.max_memory, device.type, chunk, ckpt, chunking=chunking)
+    if plan.checkpointing and not config.grad_checkpointing:
+        enable_checkpointing(towers)
+    return plan
+
+
+def micro_step(
+    model: DualEncoder,
+    inputs: _Inputs,
+    config: TrainConfig,
+    device: torch.device,
+    autocast: torch.dtype | None,
+    scaler: Any,
+    dist: Distributed,
+    chunk: int | None,
+    passages: PassageVectors | None = None,
+) -> torch.Tensor:
+    """Forward and backward of one micro-batch (whole, in GradCache chunks, this rank's
+    share, or its queries alone against the index's stored ``passages``); returns its loss,
+    detached."""
+
+    def amp() -> Any:
+        return torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None)
+
+    def loss_of(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return inputs.loss(q, p, config) / config.grad_accum
+
+    if passages is not None:  # query side only: the passages are the index's stored vectors
+        with amp():
+            q = model.embed(inputs.queries, query=True, device=device)  # (B, d)
+            loss = loss_of(q, torch.from_numpy(passages.get(inputs.ids)).to(device))  # (P, d): no gradient
+        (scaler.scale(loss) if scaler else loss).backward()
+        return loss.detach()
+    if chunk and not dist.enabled:
+        return cached_backward(
+            lambda texts, is_query: model.embed(texts, query=is_query, device=device),
+            inputs.queries,
+            inputs.passages,
+            loss_of,
+            chunk,
+            device,
+            amp,
+            scaler.scale if scaler else (lambda value: value),
+        )
+    with amp():
+        if dist.enabled:
+            loss = loss_of(*_embed_share(model, inputs, dist, device))
+        else:
+            q = model.embed(inputs.queries, query=True, device=device)  # (B, d)
+            p = model.embed(inputs.passages, query=False, device=device)  # (P, d)
+            loss = loss_of(q, p)
+    (scaler.scale(loss) if scaler else loss).backward()
+    return loss.detach()
+
+
+def optimizer_step(
+    model: DualEncoder,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    config: TrainConfig,
+    dist: Distributed,
+) -> None:
+    """Gradients summed across processes, clipped, applied; the schedule advanced."""
+    dist.sum_gradients([p for p in model.parameters() if p.requires_grad])
+    if scaler:
+        scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def time_estimate(step: int, steps: int, seconds: float, rate: float, first: int = 0) -> dict[str, Any]:
+    """The time the steps after ``step`` will take at the pace of the ``step - first`` steps
+    this process took ``seconds`` for (training steps only: refreshes and the guard add to it)."""
+    per_step = seconds / max(1, step - first)
+    eta = per_step * (steps - step)
+    return {
+        "step": step,
+        "examples_per_s": round(rate, 2),
+        "step_s": round(per_step, 2),
+        "eta_s": round(eta, 1),
+        "train_s": round(seconds, 1),
+    }
 
 
 def _pool_data(run: RunState, config: TrainConfig) -> PoolData:
