@@ -208,7 +208,6 @@ def test_swap_to_another_model_while_serving(
     config = SearchConfig(mode="dense", k=3)
     expected = {(first, model_hash(tiny_model)): Searcher(backend, name).search(QUERIES, config)}
     engine = Engine(backend, name, EngineConfig(max_wait_ms=2, poll_s=0.05, grace_s=0.5))
-    seen: list[tuple[str, str, int, list[str]]] = []
     errors: list[str] = []
     stop = threading.Event()
 
@@ -508,3 +507,51 @@ def test_unreachable_backend_is_503_json(es_backend: Any, es_prefix: str, tiny_e
             es_backend.client.close()
             es_backend.client = real
         assert client.post("/search", json={"query": "tides"}).status_code == 200
+
+
+def test_serve_switches_the_query_model_under_load(
+    served_index: tuple[Any, str], tiny_model: Path, other_model: Path
+) -> None:
+    """A query version (hybrid train --update query) is picked up by a running server: same
+    physical version, new query model, 0 failed requests, and every answer names the query
+    model that embedded it."""
+    from hybrid.training.query_side import apply_query_model
+
+    backend, name = served_index
+    engine = Engine(backend, name, EngineConfig(max_wait_ms=5, poll_s=0.1))
+    limits = ServeLimits(max_batch=4, max_query_chars=200, max_body_bytes=20_000)
+    queries = [q for q in QUERIES if q.strip()]
+    errors: list[str] = []
+    hashes: list[str] = []
+    stop = threading.Event()
+    with running(create_app(engine, limits)) as url:
+
+        def loop() -> None:
+            with httpx.Client(base_url=url, timeout=60) as client:
+                while not stop.is_set():
+                    response = client.post("/search", json={"query": queries[0], "mode": "dense", "k": 3})
+                    if response.status_code != 200:
+                        errors.append(response.text)
+                    else:
+                        hashes.append(response.json()["query_model_hash"])
+
+        version = backend.current(name)
+        workers = [threading.Thread(target=loop) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        time.sleep(1.0)
+        # A model of the same shape applied as the query side of the same vectors (the
+        # guard and training are skipped here; tests/test_query_side.py covers them).
+        apply_query_model(backend, name, other_model, "other")
+        deadline = time.monotonic() + 60
+        while (not hashes or hashes[-1] != model_hash(other_model)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=30)
+    assert not errors, errors[:3]
+    assert backend.current(name) == version  # no new version, no copy
+    assert hashes[0] == model_hash(tiny_model) and hashes[-1] == model_hash(other_model)
+    switched = hashes.index(model_hash(other_model))
+    assert all(h == model_hash(other_model) for h in hashes[switched:])  # never back to the old one

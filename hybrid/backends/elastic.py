@@ -201,8 +201,12 @@ class ElasticBackend:
         self._meta_cache.pop(physical, None)
 
     def version_recipe(self, physical: str) -> dict[str, Any] | None:
-        """The recipe a version records now, read afresh (a query model may have been applied)."""
+        """The recipe a version records now, read afresh (a query model may have been applied);
+        what this process cached of the version is dropped when it differs."""
         recipe = self.meta(physical).get("recipe")
+        for key, layout in list(self._meta_cache.items()):
+            if layout.physical == physical and layout.meta.get("recipe") != recipe:
+                self._meta_cache.pop(key, None)
         return dict(recipe) if isinstance(recipe, dict) else None
 
     # -- writing ------------------------------------------------------------

@@ -200,6 +200,7 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
             "version": generation.version,
             "model": generation.model,
             "model_hash": generation.model_hash,
+            "query_model_hash": generation.query_hash,
             "took_ms": round(elapsed * 1000, 2),
         }
 
@@ -259,6 +260,7 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
             "version": generation.version,
             "model": generation.model,
             "model_hash": generation.model_hash,
+            "query_model_hash": generation.query_hash,
             "dims": dims,
             "count": info.count,
         }

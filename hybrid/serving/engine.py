@@ -65,6 +65,7 @@ class Generation:
     dims: int
     searcher: Searcher = field(repr=False)
     key: str = ""  # the encoder cache key: weights hash and query-side settings
+    query_hash: str | None = None  # the query model's (the passage model's unless a query version names one)
 
 
 @dataclass
@@ -163,12 +164,15 @@ class Engine:
             physical = self.backend.current(self.index)
             if physical is None:
                 raise IndexNotFoundError(f"index '{self.index}' not found")
-            if current is not None and current.version == physical:
+            # Read afresh: a query version changes the recipe of the same physical version.
+            fresh = VectorRecipe.from_dict(self.backend.version_recipe(physical))
+            query_hash = fresh.query_hash if fresh is not None else None
+            if current is not None and current.version == physical and current.query_hash == query_hash:
                 self._release_retired()
                 return current
             generation = self._load(physical, load)
             self._generation = generation
-            if current is not None:
+            if current is not None and current.version != physical:  # a new query model keeps the version
                 self._retired.append((time.monotonic(), current.version))
                 log.info("switched %s from %s to %s", self.index, current.version, generation.version)
             self._release_retired()
@@ -181,7 +185,7 @@ class Engine:
         recipe = VectorRecipe.from_dict(info.recipe)
         # the weights and every query-side setting: the same weights with another pooling,
         # normalisation, prefix or length make other query vectors
-        key = f"{recipe.model_hash}|{recipe.settings()}" if recipe is not None else f"name:{info.model}"
+        key = f"{recipe.query_hash}|{recipe.settings()}" if recipe is not None else f"name:{info.model}"
         encoder = self._encoders.get(key)
         if encoder is None:
             if not load:
@@ -198,6 +202,7 @@ class Engine:
             dims=info.dims,
             searcher=searcher,
             key=key,
+            query_hash=recipe.query_hash if recipe is not None else encoder.model_hash,
         )
 
     def _in_use(self, key: str | None) -> bool:

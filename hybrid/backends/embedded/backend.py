@@ -251,7 +251,13 @@ class EmbeddedBackend:
         parts = split_version(physical)
         if parts is None:
             raise IndexNotFoundError(f"'{physical}' is not a version name")
-        recipe = _read_meta(self.index_dir(parts[0]) / physical).get("recipe")
+        path = self.index_dir(parts[0]) / physical
+        meta = _read_meta(path)
+        with self._lock:  # what this process has open of the version sees it too
+            for opened in self._open.values():
+                if opened.path == path:
+                    opened.meta = meta
+        recipe = meta.get("recipe")
         return dict(recipe) if isinstance(recipe, dict) else None
 
     # -- reading ------------------------------------------------------------
