@@ -208,6 +208,7 @@ def test_swap_to_another_model_while_serving(
     config = SearchConfig(mode="dense", k=3)
     expected = {(first, model_hash(tiny_model)): Searcher(backend, name).search(QUERIES, config)}
     engine = Engine(backend, name, EngineConfig(max_wait_ms=2, poll_s=0.05, grace_s=0.5))
+    seen: list[tuple[str, str, int, list[str]]] = []
     errors: list[str] = []
     stop = threading.Event()
 
