@@ -16,7 +16,7 @@ from .common import console, err_console, handle_errors
 def negatives(
     pools: Annotated[Path, typer.Argument(help="Pool file from 'hybrid mine' (.jsonl.gz).")],
     sampler: Annotated[str, typer.Option("--sampler", help="simans, random, topk, percpos.")] = "simans",
-    n: Annotated[int, typer.Option("--negatives", help="Negatives per query.")] = 7,
+    n: Annotated[int, typer.Option("--negatives", help="Negatives per query.")] = 3,
     depth: Annotated[int, typer.Option("--pool-depth", help="Top-k of the pool sampled from.")] = 100,
     a: Annotated[float, typer.Option("--a", help="SimANS a.")] = 0.5,
     b: Annotated[float, typer.Option("--b", help="SimANS b (peak at s+ + b).")] = 0.0,

@@ -72,7 +72,7 @@ def train(
         bool | None, Opt("--remine", help="Mine fresh pools even when --pools is given (e.g. the index changed).")
     ] = None,
     sampler: Annotated[str | None, Opt("--sampler", help="simans, random, topk, percpos or inbatch (simans).")] = None,
-    negatives: Annotated[int | None, Opt("--negatives", help="Sampled negatives per query (7).")] = None,
+    negatives: Annotated[int | None, Opt("--negatives", help="Sampled negatives per query (3).")] = None,
     depth: Annotated[int | None, Opt("--pool-depth", help="Top-k of the pool sampled from (100).")] = None,
     a: Annotated[float | None, Opt("--a", help="SimANS a, the kernel's sharpness (0.5, as the paper).")] = None,
     b: Annotated[float | None, Opt("--b", help="SimANS b; peak at s+ + b (reference NQ: b=-1) (0).")] = None,
@@ -100,7 +100,7 @@ def train(
             help="GradCache: encode in chunks of this many texts, so the batch size is not bounded by memory (off).",
         ),
     ] = None,
-    lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (2e-5).")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (1e-4).")] = None,
     warmup: Annotated[float | None, Opt("--warmup", help="Warmup fraction of steps (0.1).")] = None,
     temperature: Annotated[float | None, Opt("--temperature", help="Softmax temperature (0.05).")] = None,
     in_batch: Annotated[

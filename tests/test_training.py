@@ -176,7 +176,7 @@ def test_config_files_and_overrides(tmp_path: Path) -> None:
     )
     config = merge(load_config_file(yaml_file), {"steps": 20, "sampler_n": 7, "lr": None})
     assert (config.steps, config.sampler.a, config.sampler.b, config.sampler.n) == (20, 0.7, -1.0, 7)
-    assert config.out == Path("run") and config.lr == 2e-5
+    assert config.out == Path("run") and config.lr == 1e-4
     toml_file = tmp_path / "train.toml"
     toml_file.write_text(
         'index = "docs"\nqueries = "q.jsonl"\nqrels = "r.tsv"\nout = "run"\n[sampler]\nname = "topk"\n'
