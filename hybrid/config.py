@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 VectorIndexType = Literal["hnsw", "int8_hnsw", "bbq_hnsw", "flat", "int8_flat"]
 EmbeddedVectorIndex = Literal["flat", "hnsw"]
 Stemmer = Literal["porter", "krovetz", "none"]
+Pooling = Literal["cls", "mean"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,25 @@ class ElasticConfig:
             raise ConfigError(f"client key file not found: {self.client_key}")
         if not self.request_timeout > 0 or self.request_timeout == float("inf"):  # NaN fails the first
             raise ConfigError("--es-timeout must be a positive number of seconds")
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """How a model turns text into vectors; saved beside the weights as JSON."""
+
+    pooling: Pooling = "mean"
+    normalize: bool = False
+    # Queries at the model's limit too: the encoder pads to a batch's longest query, so short
+    # queries pay nothing, and long ones (ArguAna's arguments) are not cut to a fragment.
+    query_max_length: int = 256
+    passage_max_length: int = 256
+    query_prefix: str = ""
+    passage_prefix: str = ""
+
+    @property
+    def similarity(self) -> str:
+        """The vector similarity this model is meant for: ``cosine`` or ``dot``."""
+        return "cosine" if self.normalize else "dot"
 
 
 @dataclass(frozen=True)

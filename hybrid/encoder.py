@@ -19,39 +19,20 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from hybrid.config import EncoderSettings, Pooling
 from hybrid.errors import ModelError
+from hybrid.manifest import VectorRecipe, make_recipe, model_hash
 from hybrid.types import Document
 
 if TYPE_CHECKING:
     import torch
 
-    from hybrid.manifest import VectorRecipe
 
 log = logging.getLogger(__name__)
 
 ENCODER_CONFIG_FILE = "hybrid_encoder.json"
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-Pooling = Literal["cls", "mean"]
 TextKind = Literal["query", "passage"]
-
-
-@dataclass(frozen=True)
-class EncoderSettings:
-    """How a model turns text into vectors; saved beside the weights as JSON."""
-
-    pooling: Pooling = "mean"
-    normalize: bool = False
-    # Queries at the model's limit too: the encoder pads to a batch's longest query, so short
-    # queries pay nothing, and long ones (ArguAna's arguments) are not cut to a fragment.
-    query_max_length: int = 256
-    passage_max_length: int = 256
-    query_prefix: str = ""
-    passage_prefix: str = ""
-
-    @property
-    def similarity(self) -> str:
-        """The vector similarity this model is meant for: ``cosine`` or ``dot``."""
-        return "cosine" if self.normalize else "dot"
 
 
 @dataclass(frozen=True)
@@ -231,15 +212,11 @@ class Encoder:
     def model_hash(self) -> str:
         """Content hash of the weights (see :mod:`hybrid.manifest`)."""
         if self._hash is None:
-            from hybrid.manifest import model_hash
-
             self._hash = model_hash(self.model_dir)
         return self._hash
 
     def recipe(self) -> VectorRecipe:
         """How this encoder makes passage vectors, for the index's metadata."""
-        from hybrid.manifest import make_recipe
-
         return make_recipe(self.name, self.model_dir, self.dims, self.settings)
 
     def encode_queries(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from hybrid.encoder import EncoderSettings
+from hybrid.config import EncoderSettings
 from hybrid.errors import ModelError, ModelMismatchError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")

@@ -1,7 +1,9 @@
-"""The README stays a front door: short, and every document it points to exists."""
+"""The house stays walkable: a short README whose links exist, and no import circles in
+the library or the CLI."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -26,3 +28,56 @@ def test_every_local_file_the_readme_links_exists() -> None:
     assert any(t.startswith("docs/") for t in local), "the README should point to docs/"
     missing = [t for t in local if not (REPO / t).exists()]
     assert missing == [], f"README.md links to files that do not exist: {missing}"
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted name -> file of every module of the library and the CLI (as installed)."""
+    found = {}
+    for folder, package in (("hybrid", "hybrid"), ("cli", "hybrid.cli")):
+        for path in (REPO / folder).rglob("*.py"):
+            parts = [p for p in path.relative_to(REPO / folder).with_suffix("").parts if p != "__init__"]
+            found[".".join([package, *parts])] = path
+    return found
+
+
+def _imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """Modules of ours that ``name`` imports, at module level or inside functions (imports
+    only for type checking, and a module's own parent packages, do not count)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, node.module] if node.module else base) if node.level else str(node.module)
+            out.add(module)
+            out.update(f"{module}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+    return {m for m in out if m in known and m != name and m not in ancestors}
+
+
+def test_no_import_circles() -> None:
+    known = _modules()
+    graph = {name: _imports(name, path, known) for name, path in known.items()}
+    circles = []
+    for start in graph:  # a path from a module back to itself
+        seen, frontier = set(), [(start, [start])]
+        while frontier:
+            node, trail = frontier.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    circles.append(" -> ".join([*trail, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    frontier.append((nxt, [*trail, nxt]))
+    assert circles == [], "import circles:\n" + "\n".join(sorted(set(circles))[:10])

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from hybrid.config import IndexSpec
 from hybrid.errors import BackendError, DimensionMismatchError
+from hybrid.manifest import VectorRecipe, check_same_vectors
 from hybrid.types import Document, Hit, IndexInfo
-
-if TYPE_CHECKING:
-    from hybrid.manifest import VectorRecipe
 
 VERSION_DIGITS = 6
 
@@ -90,6 +88,17 @@ def check_vectors(spec: IndexSpec, docs: Sequence[Document], vectors: np.ndarray
         )
     if not np.isfinite(vectors).all():
         raise BackendError("vectors contain NaN or infinity; nothing was written")
+
+
+def check_compatible(spec: IndexSpec, meta: dict[str, Any], name: str) -> None:
+    """Refuse to add vectors to a version whose dimension or recipe they do not share."""
+    dims = int(meta.get("dims", spec.dims))
+    if dims != spec.dims:
+        raise DimensionMismatchError(
+            f"index '{name}' holds {dims}-d vectors from {meta.get('model')} but the encoder "
+            f"makes {spec.dims}-d vectors; use the same model, or --recreate to rebuild"
+        )
+    check_same_vectors(name, VectorRecipe.from_dict(meta.get("recipe")), spec.recipe)
 
 
 class IndexWriter(Protocol):

@@ -19,7 +19,14 @@ import numpy as np
 
 from hybrid.backends import es_bodies as bodies
 from hybrid.backends import es_inplace as inplace
-from hybrid.backends.base import Retirement, check_vectors, split_version, version_name, version_number
+from hybrid.backends.base import (
+    Retirement,
+    check_compatible,
+    check_vectors,
+    split_version,
+    version_name,
+    version_number,
+)
 from hybrid.backends.es_bulk import bulk_write, reason
 from hybrid.backends.es_source import field_value
 from hybrid.backends.locks import ElasticLock
@@ -237,9 +244,9 @@ class ElasticBackend:
         versions = self.versions(spec.name)
         newest = versions[-1] if versions else None
         if current is not None and newest == current and not recreate:
-            _check_compatible(spec, self.meta(current), spec.name)
+            check_compatible(spec, self.meta(current), spec.name)
         if newest is not None and newest != current and not recreate:
-            _check_compatible(spec, self.meta(newest), spec.name)
+            check_compatible(spec, self.meta(newest), spec.name)
             return ElasticWriter(self, spec, newest, resumed=True)
         if current is not None and newest == current and not recreate:
             return ElasticWriter(self, spec, current, resumed=True)
@@ -621,16 +628,6 @@ class ElasticWriter:
         """Release the write lock (the client belongs to the backend)."""
         if self.lock is not None:
             self.lock.release()
-
-
-def _check_compatible(spec: IndexSpec, meta: dict[str, Any], name: str) -> None:
-    dims = int(meta.get("dims", spec.dims))
-    if dims != spec.dims:
-        raise DimensionMismatchError(
-            f"index '{name}' holds {dims}-d vectors from {meta.get('model')} but the encoder "
-            f"makes {spec.dims}-d vectors; use the same model, or --recreate to rebuild"
-        )
-    check_same_vectors(name, VectorRecipe.from_dict(meta.get("recipe")), spec.recipe)
 
 
 @dataclass(frozen=True)

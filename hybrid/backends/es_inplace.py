@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hybrid.backends import es_bodies as bodies
-from hybrid.backends.base import check_vectors
+from hybrid.backends.base import check_compatible, check_vectors
 from hybrid.backends.es_bulk import bulk_write
 from hybrid.backends.es_hash import HASH_MAPPING, hash_field, text_hash
 from hybrid.backends.locks import ElasticLock
@@ -275,13 +275,11 @@ def retire_stale_fields(backend: ElasticBackend, index: str, keep: str) -> list[
 
 def open_in_place(backend: ElasticBackend, spec: IndexSpec, state: dict[str, Any], recreate: bool) -> InPlaceWriter:
     """The writer for ``spec`` on an adopted index: resume the newest field, or start the next."""
-    from hybrid.backends.elastic import _check_compatible
-
     client = backend.client
     index = spec.name
     newest = newest_field(state)
     if newest is not None and not recreate:  # the unfinished next field, or more documents for the active one
-        _check_compatible(spec, state["versions"][newest], index)
+        check_compatible(spec, state["versions"][newest], index)
         return InPlaceWriter(backend, spec, index, newest, resumed=True)
     field = next_field(state)
     client.indices.put_mapping(index=index, properties={field: bodies.vector_mapping(spec)})
