@@ -335,7 +335,8 @@ def train(
     if result.best:
         console.print(f"best on dev: {result.best}", markup=False, highlight=False)
     for entry in result.refreshes:
-        console.print("refresh " + json.dumps(entry), markup=False, highlight=False)
+        kind = "query version" if "query_version" in entry else "refresh"
+        console.print(f"{kind} " + json.dumps(entry), markup=False, highlight=False)
     console.print(f"{result.examples_per_s:.2f} training examples/s, {result.seconds:.0f} s in all", markup=False)
     if result.estimate is not None:
         console.print(
