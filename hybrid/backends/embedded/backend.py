@@ -259,7 +259,9 @@ class EmbeddedBackend:
     def bm25(self, name: str, queries: Sequence[str], k: int, *, texts: bool = True) -> list[list[Hit]]:
         opened = self._version(name)
         ranked = opened.lucene.search(list(queries), k)
-        docs = opened.store.get(sorted({d for hits in ranked for d, _ in hits})) if texts else {}
+        if not texts:  # a hybrid search's side: many hits, built as cheaply as they come
+            return [[Hit(doc_id, score) for doc_id, score in hits] for hits in ranked]
+        docs = opened.store.get(sorted({d for hits in ranked for d, _ in hits}))
         return [[_hit(doc_id, score, docs) for doc_id, score in hits] for hits in ranked]
 
     def knn(

@@ -152,17 +152,18 @@ def anserini_ties(scores: np.ndarray) -> np.ndarray:
     rounded = ((whole + (scaled - whole >= 0.5)) / 10000.0).astype(np.float32)  # Math.round, then d2f
     out = rounded.copy()
     # Where a run may start: the score before is not lowered, so the test is on rounded values.
-    starts = np.flatnonzero(rounded[:-1] - rounded[1:] <= TIE) + 1
-    at = 0
-    while at < len(starts):
-        i, dup = int(starts[at]), 0
+    starts = (np.flatnonzero(rounded[:-1] - rounded[1:] <= TIE) + 1).tolist()
+    i = 0  # scores before i are final
+    for start in starts:
+        if start <= i:
+            continue  # inside the run just done
+        i, dup = start, 0
         while i < len(out):
             dup = dup + 1 if out[i - 1] - rounded[i] <= TIE else 0
             if dup == 0:
                 break
             out[i] = rounded[i] - STEP * np.float32(dup)
             i += 1
-        at = int(np.searchsorted(starts, i, side="right"))
     return out
 
 
