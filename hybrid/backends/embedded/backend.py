@@ -276,7 +276,12 @@ class EmbeddedBackend:
             )
         scores, rows = opened.faiss.search(vectors, k, num_candidates)
         row_ids = opened.store.ids_for_rows(sorted({int(r) for r in rows.ravel() if r >= 0}))
-        docs = opened.store.get(list(row_ids.values())) if texts else {}
+        if not texts:  # as in bm25: many hits, built as cheaply as they come
+            return [
+                [Hit(row_ids[r], s) for s, r in zip(qs.tolist(), qr.tolist(), strict=True) if r >= 0]
+                for qs, qr in zip(scores, rows, strict=True)
+            ]
+        docs = opened.store.get(list(row_ids.values()))
         return [
             [_hit(row_ids[int(r)], float(s), docs) for s, r in zip(qs, qr, strict=True) if r >= 0]
             for qs, qr in zip(scores, rows, strict=True)
