@@ -90,6 +90,22 @@ def test_a_large_batch_over_many_segments_matches(tmp_path: Path) -> None:
     assert sum(len(row) for row in got) > 3000
 
 
+def test_concurrent_batches_from_threads_get_their_own_results(tmp_path: Path, beir_small: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = _build(tmp_path / "lucene", _docs(beir_small / "corpus.jsonl"), LexicalSettings())
+    queries = [json.loads(line)["text"] for line in (beir_small / "queries.jsonl").open()] + HARD
+    batches = [queries[i:] + queries[:i] for i in range(len(queries))]  # each thread its own order
+    want = simple_search(path, LexicalSettings(), queries, 10)
+    searcher = LuceneSearcher(path, LexicalSettings(), None)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda batch: searcher.search(batch, 10), batches * 3))
+    searcher.close()
+    for i, got in enumerate(results):
+        shift = i % len(queries)
+        assert got == want[shift:] + want[:shift]
+
+
 def _java_ties(h: Handles, scores: list[float]) -> list[float]:
     """Anserini's ScoreTiesAdjusterReranker itself, on ``scores``."""
     holder = h.cls("io.anserini.search.ScoredDocs")
