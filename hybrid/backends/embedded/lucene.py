@@ -100,7 +100,8 @@ class LuceneSearcher:
         searcher = autoclass("org.apache.lucene.search.IndexSearcher")(
             jcast("org.apache.lucene.index.IndexReader", self._reader)
         )
-        searcher.setSimilarity(autoclass("org.apache.lucene.search.similarities.BM25Similarity")(lexical.k1, lexical.b))
+        bm25 = autoclass("org.apache.lucene.search.similarities.BM25Similarity")(float(lexical.k1), float(lexical.b))
+        searcher.setSimilarity(bm25)
         analyzer = autoclass("io.anserini.analysis.DefaultEnglishAnalyzer").fromArguments(
             lexical.stemmer, lexical.keep_stopwords, None
         )
