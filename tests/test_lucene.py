@@ -83,6 +83,7 @@ def test_a_large_batch_over_many_segments_matches(tmp_path: Path) -> None:
 
     docs = _docs(synthetic_corpus(tmp_path / "corpus.jsonl", 1500, seed=3))
     path = _build(tmp_path / "lucene", docs, LexicalSettings(), batch=100)
+    assert len(list(path.glob("*.si"))) > 1  # doc ids and the id sort across segments
     rng = random.Random(5)
     words = [w for d in docs[:50] for w in d.text.split()]
     queries = [" ".join(rng.choices(words, k=rng.randint(1, 6))) for _ in range(70)]
