@@ -1,15 +1,25 @@
 """Benchmark: `hybrid serve` under concurrent clients, and a version swap under load.
 
     python -m bench serve [--backends embedded,es] [--clients 1,4,16] [--seconds 15]
+                          [--dataset DIR] [--limit N] [--no-swap] [--store DIR --index NAME]
                           [--es-url URL] [--out bench/results/serve.json]
 
-SciFact (5,183 passages, ../shared/datasets/scifact) is indexed with `hybrid index`'s
-defaults on each backend (ES: a node started from tests/es_node.py unless --es-url), then
-`hybrid serve` runs as its own process on loopback. For each mode (bm25, dense, hybrid
-RRF) and each client count, that many concurrent clients (one asyncio process, each
-sending its next request when the last one returns, cycling through the 300 test queries)
-load the server for --seconds after a short warm-up: requests/s and p50/p95/p99 latency.
-Then a swap run: 4 clients send hybrid queries while `hybrid index --recreate` rebuilds the
+A dataset in BEIR layout (default SciFact, 5,183 passages, ../shared/datasets/scifact;
+--limit N: its first N passages) is indexed with `hybrid index`'s defaults on each
+backend (ES: a node started from tests/es_node.py unless --es-url; the index gets a name
+of its own and is dropped at the end; embedded: --store and --index name an index built
+before, from the same dataset, which is then used as it is and kept), then `hybrid serve`
+runs as its own process on loopback. For each client count and each mode (bm25, dense, hybrid RRF) in turn, that
+many concurrent clients (one asyncio process, each sending its next request when the last
+one returns, cycling through the test queries, else the dev queries) load the server for
+--seconds after a short warm-up: requests/s and p50/p95/p99 latency.
+
+The ceiling a server can reach is its query encoder's. The index's encoder, loaded as the
+server loads it, is timed alone in this process (batches of 32, the server's micro-batch,
+then one query at a time) before the first client count and after each, and each row
+reports its requests/s over the mean batched rate of the two timings around its client
+count: ratios of figures measured minutes apart at most. Then (unless --no-swap) a swap
+run: 4 clients send hybrid queries while `hybrid index --recreate` rebuilds the
 index in another process and the alias moves; it reports errors (the goal is 0) and the
 (version, model) pairs the responses named. Writes bench/results/serve.json.
 
@@ -33,6 +43,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,19 +56,55 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, SHARED, PeakAnon, machine, percentile, write_json
+from bench.common import REPO, SHARED, machine, percentile, write_json
 
 SCIFACT = SHARED / "scifact"
 MODES = ("bm25", "dense", "hybrid")
 HYBRID = [sys.executable, "-m", "hybrid.cli"]
 
 
-def test_queries() -> list[str]:
+def test_queries(dataset: Path = SCIFACT) -> list[str]:
+    """The dataset's test queries (its dev queries where the test split is withheld)."""
     from hybrid.corpus import read_qrels
 
-    wanted = set(read_qrels(SCIFACT / "qrels" / "test.tsv"))
-    rows = [json.loads(line) for line in (SCIFACT / "queries.jsonl").open()]
+    split = next(
+        dataset / "qrels" / f"{name}.tsv" for name in ("test", "dev") if (dataset / "qrels" / f"{name}.tsv").is_file()
+    )
+    wanted = set(read_qrels(split))
+    rows = [json.loads(line) for line in (dataset / "queries.jsonl").open()]
     return [r["text"] for r in rows if str(r["_id"]) in wanted]
+
+
+def query_encoder(where: list[str], index: str) -> Any:
+    """The index's query encoder, loaded as ``hybrid serve`` loads it."""
+    from hybrid.backends import open_backend
+    from hybrid.config import ElasticConfig
+    from hybrid.query_encoder import encoder_for_index
+
+    es = ElasticConfig(url=where[1]) if where[0] == "--es-url" else None
+    backend = open_backend(es, None if es else Path(where[1]))
+    try:
+        return encoder_for_index(backend, index, batch=True)
+    finally:
+        backend.close()
+
+
+def encoder_only(encoder: Any, queries: list[str], seconds: float) -> dict[str, float]:
+    """``encoder`` alone in this process: queries/s in batches of 32 (the server's
+    micro-batch) for half of ``seconds``, then one query at a time (with its p50)."""
+    out: dict[str, float] = {}
+    for size in (32, 1):
+        batches = [queries[i : i + size] for i in range(0, len(queries) - size + 1, size)]
+        encoder.encode_queries(batches[0])  # warm-up
+        took: list[float] = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds / 2:
+            began = time.perf_counter()
+            encoder.encode_queries(batches[len(took) % len(batches)])
+            took.append(time.perf_counter() - began)
+        out[f"batch{size}_qps"] = round(len(took) * size / (time.perf_counter() - start), 1)
+    out["batch1_p50_ms"] = round(percentile(took, 0.5) * 1000, 2)
+    return out
 
 
 def free_port() -> int:
@@ -66,7 +113,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-LIMIT: list[str] = []  # --limit N for smoke runs
+LIMIT: list[str] = []  # --limit N
+DATASET: list[Path] = [SCIFACT]  # --dataset
+INDEX: list[str] = ["scifact"]  # ES: a name of this run's own
 
 
 def run_cli(args: list[str], where: list[str]) -> float:
@@ -99,18 +148,6 @@ class Server:
             if time.monotonic() > deadline:
                 raise SystemExit("hybrid serve did not become ready")
             time.sleep(0.3)
-
-    def collector(self) -> str:
-        """Which collector the server's JVM runs, from its thread names: G1, Parallel, ZGC
-        and Shenandoah name their threads; the serial collector has none of its own."""
-        names = set()
-        for comm in Path(f"/proc/{self.proc.pid}/task").glob("*/comm"):
-            with contextlib.suppress(OSError):
-                names.add(comm.read_text().strip())
-        for prefix, name in THREAD_PREFIXES.items():
-            if any(n.startswith(prefix) for n in names):
-                return name
-        return "serial"
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -205,7 +242,7 @@ def swap_run(url: str, where: list[str], queries: list[str]) -> dict[str, Any]:
 
     def rebuild() -> None:
         time.sleep(3)
-        result["rebuild_s"] = round(run_cli(["index", str(SCIFACT), "-i", "scifact", "--recreate"], where), 1)
+        result["rebuild_s"] = round(run_cli(["index", str(DATASET[0]), "-i", INDEX[0], "--recreate"], where), 1)
 
     thread = threading.Thread(target=rebuild)
     thread.start()
@@ -234,106 +271,41 @@ def swap_run(url: str, where: list[str], queries: list[str]) -> dict[str, Any]:
 
 
 def bench_backend(kind: str, where: list[str], args: argparse.Namespace, queries: list[str]) -> dict[str, Any]:
-    print(f"== {kind}: indexing SciFact", flush=True)
-    index_s = run_cli(["index", str(SCIFACT), "-i", "scifact", "--recreate"], where)
-    server = Server(where, "scifact")
-    rows = []
+    """Index, then per client count the encoder alone and each mode served, in turn, so
+    that the ratios compare figures measured minutes apart at most on a shared machine."""
+    index_s = None
+    if not args.store:
+        print(f"== {kind}: indexing {DATASET[0].name}", flush=True)
+        index_s = round(run_cli(["index", str(DATASET[0]), "-i", INDEX[0], "--recreate"], where), 1)
+    encoder = query_encoder(where, INDEX[0])
+    timed = [encoder_only(encoder, queries, ENCODER_SECONDS)]
+    print(json.dumps({kind: {"encoder_only": timed[-1]}}), flush=True)
+    server = Server(where, INDEX[0])
+    rows, swap = [], None
     try:
-        for mode in MODES:
-            for clients in (int(c) for c in args.clients.split(",")):
-                row = asyncio.run(load(server.url, mode, clients, args.seconds, queries))
-                print(json.dumps({kind: {k: row[k] for k in ("mode", "clients", "rps", "p50_ms", "p99_ms")}}))
-                rows.append(row)
-        swap = swap_run(server.url, where, queries)
-        print(json.dumps({kind: {"swap": {k: swap[k] for k in ("requests", "errors", "pairs")}}}), flush=True)
+        for clients in (int(c) for c in args.clients.split(",")):
+            block = [asyncio.run(load(server.url, mode, clients, args.seconds, queries)) for mode in MODES]
+            timed.append(encoder_only(encoder, queries, ENCODER_SECONDS))
+            ceiling = (timed[-2]["batch32_qps"] + timed[-1]["batch32_qps"]) / 2  # around this block
+            for row in block:
+                row["over_encoder"] = round(row["rps"] / ceiling, 2)
+                print(json.dumps({kind: {k: row[k] for k in ("mode", "clients", "rps", "over_encoder", "p50_ms")}}))
+            print(json.dumps({kind: {"encoder_only": timed[-1]}}), flush=True)
+            rows.extend(block)
+        if args.swap:
+            swap = swap_run(server.url, where, queries)
+            print(json.dumps({kind: {"swap": {k: swap[k] for k in ("requests", "errors", "pairs")}}}), flush=True)
     finally:
         server.stop()
-    return {"index_s": round(index_s, 1), "rows": rows, "swap": swap}
+    return {"index_s": index_s, "encoder_only": timed, "rows": rows, "swap": swap}
 
 
-THREAD_PREFIXES = {"G1 ": "g1", "GC Thread": "parallel", "ZDriver": "z", "Shenandoah": "shenandoah"}
-# hybrid's own choice for a searching JVM, and G1 set the user's way (which wins)
-COLLECTOR_ENV = {"serial": {}, "g1": {"JAVA_TOOL_OPTIONS": "-XX:+UseG1GC"}}
-
-
-def collector_server(where: list[str], arm: str) -> Server:
-    """A server whose JVM runs ``arm``'s collector, or an exit."""
-    from hybrid.java import USER_OPTIONS
-
-    env = {k: v for k, v in os.environ.items() if k not in USER_OPTIONS}  # the caller's would decide
-    server = Server(where, "scifact", {**env, **COLLECTOR_ENV[arm]})
-    if (found := server.collector()) != arm:
-        server.stop()
-        raise SystemExit(f"the {arm} arm's server runs {found}")
-    return server
-
-
-def collector_arms(args: argparse.Namespace, queries: list[str], work: Path) -> dict[str, Any]:
-    """Fresh servers on one embedded index, one per collector, the arms taking turns."""
-    arms = args.collectors.split(",")
-    unknown = [a for a in arms if a not in COLLECTOR_ENV]
-    if unknown:
-        raise SystemExit(f"--collectors takes {', '.join(COLLECTOR_ENV)}, not {', '.join(unknown)}")
-    where = ["--store", str(work / "store")]
-    print("== embedded: indexing SciFact", flush=True)
-    run_cli(["index", str(SCIFACT), "-i", "scifact", "--recreate"], where)
-    server = collector_server(where, arms[0])  # untimed: the first search exports the ONNX query graph
-    for mode in MODES:
-        asyncio.run(load(server.url, mode, 1, 1, queries, warmup=0))
-    server.stop()
-    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
-    for round_ in range(args.rounds):
-        for arm in arms if round_ % 2 == 0 else arms[::-1]:
-            server = collector_server(where, arm)
-            peak = PeakAnon(server.proc.pid).start()  # the server's own pages: heaps, not mapped files
-            rows = []
-            try:
-                ready_anon = peak.sample()
-                collector = server.collector()
-                for mode in MODES:
-                    for clients in (int(c) for c in args.clients.split(",")):
-                        row = asyncio.run(load(server.url, mode, clients, args.seconds, queries))
-                        print(json.dumps({arm: {k: row[k] for k in ("mode", "clients", "rps", "p50_ms", "p99_ms")}}))
-                        rows.append(row)
-            finally:
-                peak.stop()
-                server.stop()
-            run = {
-                "round": round_,
-                "collector": collector,
-                "ready_anon_mib": round(ready_anon, 1),
-                "peak_anon_mib": round(peak.mib, 1),
-            }
-            print(json.dumps({arm: run}), flush=True)
-            runs[arm].append({**run, "rows": rows})
-    return {"arms": runs, "summary": collector_summary(runs)}
-
-
-def collector_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Medians over rounds per arm, and each arm over the first."""
-
-    def median(values: list[float]) -> float:
-        return round(percentile(values, 0.5), 2)  # of values with 1 decimal: no rounding of ties
-
-    out: dict[str, Any] = {}
-    for arm, arm_runs in runs.items():
-        cells: dict[str, list[float]] = {}
-        for run in arm_runs:
-            cells.setdefault("peak_anon_mib", []).append(run["peak_anon_mib"])
-            for r in run["rows"]:
-                for key in ("rps", "p50_ms", "p99_ms"):
-                    cells.setdefault(f"{r['mode']}/{r['clients']}/{key}", []).append(r[key])
-        out[arm] = {key: median(values) for key, values in cells.items()}
-    first = next(iter(out))
-    for arm in list(out)[1:]:
-        out[f"{first}_over_{arm}"] = {
-            key: round(value / out[arm][key], 2) for key, value in out[first].items() if out[arm][key]
-        }
-    return out
+ENCODER_SECONDS = 8.0  # per timing of the encoder alone, half batched, half one by one
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The two goals: 16-client throughput over 1-client, hybrid p50 over dense p50 (1 client)."""
+    """16-client throughput over 1-client; hybrid p50 over dense p50; at the most clients,
+    each mode's requests/s over the encoder alone and hybrid's over dense's."""
     rows = {(r["mode"], r["clients"]): r for r in result["rows"]}
     most = max(c for _, c in rows)
     out: dict[str, Any] = {}
@@ -344,56 +316,57 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         if ("hybrid", clients) in rows and ("dense", clients) in rows:
             ratio = rows[("hybrid", clients)]["p50_ms"] / rows[("dense", clients)]["p50_ms"]
             out[f"hybrid_over_dense_p50_at_{clients}"] = round(ratio, 2)
+    for mode in MODES:
+        if (mode, most) in rows and "over_encoder" in rows[(mode, most)]:
+            out[f"{mode}_over_encoder_at_{most}"] = rows[(mode, most)]["over_encoder"]
+    if ("hybrid", most) in rows and ("dense", most) in rows:
+        out[f"hybrid_over_dense_rps_at_{most}"] = round(rows[("hybrid", most)]["rps"] / rows[("dense", most)]["rps"], 2)
     return out
 
 
-def print_collectors(result: dict[str, Any]) -> None:
-    """Each (mode, clients) row: medians of each arm, and the first arm over the second."""
-    summary = result["summary"]
-    arms = list(result["arms"])
-    first, second = arms[0], arms[-1]
-    ratio = summary.get(f"{first}_over_{second}", {})
-    print(f"| mode | clients | req/s {first} | req/s {second} | ratio | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|")
-    errors: dict[str, dict[str, int]] = {arm: {} for arm in arms}
-    for arm in arms:
-        for run in result["arms"][arm]:
-            for r in run["rows"]:
-                key = f"{r['mode']}/{r['clients']}"
-                errors[arm][key] = errors[arm].get(key, 0) + r["errors"]
-    for key in errors[first]:
-        a, b = summary[first], summary[second]
-        print(
-            f"| {key.replace('/', ' | ')} | {a[key + '/rps']} | {b[key + '/rps']} | {ratio.get(key + '/rps')} "
-            f"| {a[key + '/p50_ms']} / {b[key + '/p50_ms']} | {a[key + '/p99_ms']} / {b[key + '/p99_ms']} "
-            f"| {errors[first][key]} / {errors[second][key]} |"
-        )
-    for arm in arms:
-        runs = result["arms"][arm]
-        peaks = ", ".join(str(r["peak_anon_mib"]) for r in runs)
-        ready = ", ".join(str(r["ready_anon_mib"]) for r in runs)
-        print(
-            f"{arm}: peak anonymous MiB {summary[arm]['peak_anon_mib']} (rounds {peaks}; ready {ready}), "
-            f"collector {', '.join(r['collector'] for r in runs)}"
-        )
-    print(f"{first} over {second}, peak anonymous memory: {ratio.get('peak_anon_mib')}")
+# issue #23's goals: (summary key, at least / at most, value)
+TARGETS = (
+    ("dense_over_encoder_at_16", ">=", 0.8),
+    ("hybrid_over_encoder_at_16", ">=", 0.6),
+    ("hybrid_over_dense_rps_at_16", ">=", 0.75),
+    ("hybrid_over_dense_p50_at_1", "<=", 1.5),
+)
+
+
+def targets(summary: dict[str, Any]) -> list[str]:
+    """One line per goal whose figure this run has: the figure, the goal, met or not."""
+    lines = []
+    for key, sense, goal in TARGETS:
+        if key in summary:
+            met = summary[key] >= goal if sense == ">=" else summary[key] <= goal
+            lines.append(f"{key} = {summary[key]} (goal {sense} {goal}): {'met' if met else 'NOT met'}")
+    return lines
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print("| backend | mode | clients | req/s | p50 ms | p95 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| backend | mode | clients | req/s | over encoder | p50 ms | p95 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for kind, result in results["backends"].items():
         for r in result["rows"]:
             print(
-                f"| {kind} | {r['mode']} | {r['clients']} | {r['rps']} | {r['p50_ms']} | {r['p95_ms']} "
-                f"| {r['p99_ms']} | {r['errors']} |"
+                f"| {kind} | {r['mode']} | {r['clients']} | {r['rps']} | {r.get('over_encoder')} | {r['p50_ms']} "
+                f"| {r['p95_ms']} | {r['p99_ms']} | {r['errors']} |"
             )
     for kind, result in results["backends"].items():
-        swap = result["swap"]
-        print(
-            f"{kind}: swap under load: {swap['requests']} requests, {swap['errors']} errors, "
-            f"(version, model) pairs {swap['pairs']}; rebuild {swap.get('rebuild_s')} s; {summary(result)}"
+        timings = "; ".join(
+            f"{e['batch32_qps']} q/s in batches of 32, {e['batch1_qps']} one by one (p50 {e['batch1_p50_ms']} ms)"
+            for e in result["encoder_only"]
         )
+        print(f"{kind}: encoder alone, before the first client count and after each: {timings}")
+        swap = result["swap"]
+        if swap is not None:
+            print(
+                f"{kind}: swap under load: {swap['requests']} requests, {swap['errors']} errors, "
+                f"(version, model) pairs {swap['pairs']}; rebuild {swap.get('rebuild_s')} s"
+            )
+        print(f"{kind}: {result['summary']}")
+        for line in targets(result["summary"]):
+            print(f"{kind}: {line}")
 
 
 def main() -> int:
@@ -401,45 +374,75 @@ def main() -> int:
     parser.add_argument("--backends", default="embedded,es")
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--limit", type=int, default=None, help="index only this many passages (smoke runs)")
+    parser.add_argument("--dataset", type=Path, default=SCIFACT, help="BEIR layout; default SciFact")
+    parser.add_argument("--limit", type=int, default=None, help="index only this many passages")
+    parser.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True, help="the swap run")
+    parser.add_argument("--store", type=Path, default=None, help="embedded: an existing store (with --index)")
+    parser.add_argument("--index", default="scifact", help="with --store: the index in it")
     parser.add_argument("--es-url", default=None, help="existing node; default: start ES 9 from tests/es_node.py")
     parser.add_argument("--collectors", default=None, help="compare the server JVM's collectors, e.g. serial,g1")
     parser.add_argument("--rounds", type=int, default=2, help="with --collectors: rounds of the arms")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/serve.json (serve_gc.json)")
     args = parser.parse_args()
+    if args.store and args.swap:
+        parser.error("--store takes --no-swap: the swap run would rebuild that index")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    queries = test_queries()
+    DATASET[0] = args.dataset
+    queries = test_queries(args.dataset)
     if args.limit:
         LIMIT.extend(["--limit", str(args.limit)])
     if args.collectors:
-        out = args.out or REPO / "bench" / "results" / "serve_gc.json"
-        work = Path(tempfile.mkdtemp(prefix="hybrid-bench-serve-"))
-        result = {"machine": machine(), "seconds": args.seconds, "queries": len(queries)}
-        result.update(collector_arms(args, queries, work))
-        write_json(out, result)
-        print_collectors(result)
+        from bench.serve_gc import compare_collectors
+
+        compare_collectors(args, queries)
         return 0
     args.out = args.out or REPO / "bench" / "results" / "serve.json"
-    results: dict[str, Any] = {"machine": machine(), "seconds": args.seconds, "queries": len(queries), "backends": {}}
-    work = Path(tempfile.mkdtemp(prefix="hybrid-bench-serve-"))
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "seconds": args.seconds,
+        "dataset": args.dataset.name,
+        "limit": args.limit,
+        "store": str(args.store) if args.store else None,
+        "queries": len(queries),
+        "backends": {},
+    }
     for kind in args.backends.split(","):
-        if kind == "embedded":
-            results["backends"][kind] = bench_backend(kind, ["--store", str(work / "store")], args, queries)
-        else:
-            from tests import es_node
-
-            node = None if args.es_url else es_node.start(es_node.ES9)
-            url = args.es_url or str(node["url"])  # type: ignore[index]
-            try:
-                results["backends"][kind] = bench_backend(kind, ["--es-url", url], args, queries)
-            finally:
-                if node is not None:
-                    es_node.stop(node)
+        results["backends"][kind] = run_backend(kind, args, queries)
         for result in results["backends"].values():
             result["summary"] = summary(result)
         write_json(args.out, results)
     print_table(results)
     return 0
+
+
+def run_backend(kind: str, args: argparse.Namespace, queries: list[str]) -> dict[str, Any]:
+    """:func:`bench_backend` on a store of its own (removed after) or on an ES node, under an
+    index name of this run's own that is dropped after."""
+    if kind == "embedded" and args.store:
+        INDEX[0] = args.index
+        return bench_backend(kind, ["--store", str(args.store)], args, queries)
+    if kind == "embedded":
+        work = Path(tempfile.mkdtemp(prefix="hybrid-bench-serve-"))
+        INDEX[0] = "scifact"
+        try:
+            return bench_backend(kind, ["--store", str(work / "store")], args, queries)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    from hybrid.backends.elastic import ElasticBackend
+    from hybrid.config import ElasticConfig
+    from tests import es_node
+
+    node = None if args.es_url else es_node.start(es_node.ES9)
+    url = args.es_url or str(node["url"])  # type: ignore[index]
+    INDEX[0] = f"hybrid-bench-serve-{os.getpid()}"  # the node may be shared
+    try:
+        return bench_backend(kind, ["--es-url", url], args, queries)
+    finally:
+        backend = ElasticBackend(ElasticConfig(url=url))
+        backend.drop(INDEX[0])
+        backend.close()
+        if node is not None:
+            es_node.stop(node)
 
 
 if __name__ == "__main__":

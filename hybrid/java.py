@@ -161,12 +161,3 @@ _CHOOSES_COLLECTOR = re.compile(
 def _user_collector() -> bool:
     """Whether the user's JVM options may already choose a garbage collector."""
     return any(_CHOOSES_COLLECTOR.search(os.environ.get(name, "")) for name in USER_OPTIONS)
-
-
-def searched() -> None:
-    """Kept for ``hybrid.backends.embedded.lucene``, which still calls it; does nothing.
-
-    It marked a process whose class list was worth archiving for JVM class-data sharing,
-    which was removed: the archive was written by a detached ``java -Xshare:dump`` that
-    outlived the command. Delete this once lucene.py no longer calls it.
-    """

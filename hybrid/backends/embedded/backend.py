@@ -288,7 +288,9 @@ class EmbeddedBackend:
     def bm25(self, name: str, queries: Sequence[str], k: int, *, texts: bool = True) -> list[list[Hit]]:
         opened = self._version(name)
         ranked = opened.lucene.search(list(queries), k)
-        docs = opened.store.get(sorted({d for hits in ranked for d, _ in hits})) if texts else {}
+        if not texts:  # a hybrid search's side: many hits, built as cheaply as they come
+            return [[Hit(doc_id, score) for doc_id, score in hits] for hits in ranked]
+        docs = opened.store.get(sorted({d for hits in ranked for d, _ in hits}))
         return [[_hit(doc_id, score, docs) for doc_id, score in hits] for hits in ranked]
 
     def knn(
@@ -303,7 +305,12 @@ class EmbeddedBackend:
             )
         scores, rows = opened.faiss.search(vectors, k, num_candidates)
         row_ids = opened.store.ids_for_rows(sorted({int(r) for r in rows.ravel() if r >= 0}))
-        docs = opened.store.get(list(row_ids.values())) if texts else {}
+        if not texts:  # as in bm25: many hits, built as cheaply as they come
+            return [
+                [Hit(row_ids[r], s) for s, r in zip(qs.tolist(), qr.tolist(), strict=True) if r >= 0]
+                for qs, qr in zip(scores, rows, strict=True)
+            ]
+        docs = opened.store.get(list(row_ids.values()))
         return [
             [_hit(row_ids[int(r)], float(s), docs) for s, r in zip(qs, qr, strict=True) if r >= 0]
             for qs, qr in zip(scores, rows, strict=True)
