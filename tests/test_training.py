@@ -343,3 +343,18 @@ def test_pool_data_reads_a_mapped_table_built_once(tmp_path: Path) -> None:
     assert not stale.exists()
     table_path(pools).write_bytes(b"not arrow")
     assert len(PoolData(pools, sampler, seed=3)) == 1  # a damaged table is built again
+
+
+def test_models_folder_keeps_only_what_the_index_or_a_kept_checkpoint_names(
+    embedded_backend: Any, tiny_encoder: Any, tiny_model: Path, beir_small: Path, tmp_path: Path
+) -> None:
+    """Every refresh kept a full model copy under OUT/models that nothing removed."""
+    run_index(IndexJob(corpus=beir_small, index="idx"), embedded_backend, tiny_encoder)
+    config = _config(
+        "idx", beir_small, tmp_path / "run", tiny_model, refresh_every=1, refresh_at_end=True, keep_checkpoints=1
+    )
+    train(config, embedded_backend)
+    models = sorted(p.name for p in (tmp_path / "run" / "models").iterdir())
+    assert models == ["checkpoint-0000004"]  # the current version's model, which is also the kept checkpoint
+    recipe = embedded_backend.info("idx").recipe
+    assert recipe is not None and recipe["model_path"].endswith("models/checkpoint-0000004")

@@ -24,7 +24,7 @@ from hybrid.errors import ConfigError
 from hybrid.manifest import VectorRecipe, check_model, check_query_model, model_hash
 from hybrid.mining import MineJob, read_pool_meta, read_pools, run_mine
 from hybrid.negatives import SamplerConfig
-from hybrid.training.checkpoint import STATE_FILE
+from hybrid.training.checkpoint import STATE_FILE, completed
 from hybrid.training.config import PATH_FIELDS, TrainConfig
 from hybrid.training.data import PoolData
 from hybrid.training.memory import enable_checkpointing
@@ -35,7 +35,7 @@ from hybrid.training.selection import DevSplit
 logger = logging.getLogger(__name__)
 LOG_FILE = "train_log.jsonl"
 CONFIG_FILE = "train_config.json"
-MODELS = "models"  # OUT/models/<name>: the models index versions were embedded with (never pruned)
+MODELS = "models"  # OUT/models/<name>: the models index versions were embedded with (see prune_models)
 # Options that may differ on resume without changing the run: where it lives, what runs it,
 # and what only matters at its start (the checkpoint holds the model and pools by then).
 _RUN_ONLY = {"out", "device", "model", "pools", "reembed", "remine", "max_memory"}  # memory: the machine's
@@ -108,6 +108,7 @@ class RunState:
         entry = {"step": step, "query_version": self.recipe.query_version, "model": str(kept), "documents": 0}
         self.refreshes.append(entry)
         log(config.out, {"query_model": entry})
+        prune_models(config.out, self.recipe)
 
     def refresh_encoder(self, config: TrainConfig, checkpoint: Path, device: torch.device) -> Encoder:
         """The encoder of ``checkpoint`` as a refresh runs it, from its copy under OUT/models
@@ -152,6 +153,7 @@ class RunState:
         }
         self.refreshes.append(entry)
         log(config.out, {"refresh": entry})
+        prune_models(config.out, self.recipe)
         scores = [d["ndcg@10"] for d in self.dev]
         if score is not None and score >= max(scores):
             best = config.out / "best"
@@ -300,6 +302,20 @@ def mine_job(config: TrainConfig, out: Path, split: DevSplit | None = None) -> M
         knn_depth=config.knn_depth,
         recreate=True,
     )
+
+
+def prune_models(out: Path, recipe: VectorRecipe) -> None:
+    """Keep in OUT/models only the models the index's current version names (passage and
+    query model) and those of checkpoints still kept: each refresh used to add a full model
+    copy that nothing ever removed."""
+    folder = out / MODELS
+    if not folder.is_dir():
+        return
+    named = {Path(p).resolve() for p in (recipe.model_path, recipe.query_model_path) if p}
+    kept = {p.name for p in completed(out)}
+    for model in folder.iterdir():
+        if model.resolve() not in named and model.name not in kept:
+            shutil.rmtree(model, ignore_errors=True)
 
 
 def keep_model(source: Path, target: Path) -> Path:

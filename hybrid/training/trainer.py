@@ -38,8 +38,17 @@ from hybrid.training.memory import Batch, MemoryPlan, ModelShape, enable_checkpo
 from hybrid.training.model import DualEncoder, contrastive_loss, distill_loss, false_negative_mask
 from hybrid.training.query_side import PassageVectors, write_note
 from hybrid.training.refresh import encode_share
-from hybrid.training.selection import Decision
-from hybrid.training.setup import MODELS, RunState, check_config, keep_model, prepare_model, prepare_pools, start_run
+from hybrid.training.selection import CANDIDATES_DIR, Decision
+from hybrid.training.setup import (
+    MODELS,
+    RunState,
+    check_config,
+    keep_model,
+    prepare_model,
+    prepare_pools,
+    prune_models,
+    start_run,
+)
 from hybrid.training.setup import log as write_log
 
 log = logging.getLogger(__name__)
@@ -239,6 +248,7 @@ def train(
                 update_state(path, {**run.state(), "refresh_pending": False})
             protect = ({run.best} if run.best else set()) | (guard.protected() if guard else set())
             prune(out, config.keep_checkpoints, protect)
+            prune_models(out, run.recipe)
         run = dist.share(run if dist.main else None)  # the others wait for the checkpoint and refresh
         if refresh_now:
             model.train()
@@ -404,6 +414,7 @@ def _finish_guard(
         else:
             run.refresh(config, backend, Path(decision.chosen), steps, last=True, device=device)
     update_state(final, {**run.state(), "guard": guard.state()})
+    shutil.rmtree(config.out / CANDIDATES_DIR, ignore_errors=True)  # the chosen one was kept under OUT/models
     return decision
 
 
