@@ -82,6 +82,7 @@ def collector_arms(args: argparse.Namespace, queries: list[str], work: Path) -> 
                 for mode in MODES:
                     for clients in (int(c) for c in args.clients.split(",")):
                         row = asyncio.run(load(server.url, mode, clients, args.seconds, queries))
+                        row.pop("latencies")
                         print(json.dumps({arm: {k: row[k] for k in ("mode", "clients", "rps", "p50_ms", "p99_ms")}}))
                         rows.append(row)
             finally:
