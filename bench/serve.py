@@ -22,7 +22,8 @@ count: ratios of figures measured minutes apart at most. Then (unless --no-swap)
 run: 4 clients send hybrid queries while `hybrid index --recreate -m MODEL` rebuilds the
 index in another process with a model the server has never seen (MiniLM's weights nudged),
 and the alias moves; it reports errors (the goal is 0), the (version, model) pairs the
-responses named, and p99 and max latency during the swap next to 5 s of steady state before it. Writes bench/results/serve.json.
+responses named, and p99 and max latency during the swap next to 5 s of steady state
+before it. Writes bench/results/serve.json.
 
     python -m bench serve --collectors serial,g1 [--rounds 2] [--out bench/results/serve_gc.json]
 

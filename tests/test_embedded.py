@@ -71,3 +71,17 @@ def test_hnsw_option_finds_the_exact_neighbours_on_small_data(
     assert hnsw == [h.id for h in flat_backend.knn("idx", q, 5)[0]]
     backend.close()
     flat_backend.close()
+
+
+def test_a_first_version_keeps_no_writer_waiting(tmp_path: Path, tiny_encoder: Any, beir_small: Path) -> None:
+    """Nothing is swapped out by an index's first version: a writer with a grace period must
+    not wait it out (hybrid index sat for 120 s after building a new index)."""
+    backend = EmbeddedBackend(tmp_path / "store")
+    backend.retirement.grace_s = 120
+    run_index(IndexJob(corpus=beir_small, index="idx"), backend, tiny_encoder)
+    assert not backend.retirement.pending
+    run_index(IndexJob(corpus=beir_small, index="idx", recreate=True), backend, tiny_encoder)
+    assert backend.retirement.pending  # the first version now waits out its grace
+    for timer in backend.retirement._timers:  # not 120 s of this test
+        timer.cancel()
+    backend.close()

@@ -229,7 +229,8 @@ class EmbeddedBackend:
             for old in stale:
                 shutil.rmtree(base / old, ignore_errors=True)
 
-        self.retirement.retire(delete)
+        if stale:  # a first version retires nothing: no reason to keep the writer waiting
+            self.retirement.retire(delete)
 
     def set_query_model(self, name: str, recipe: VectorRecipe) -> None:
         """Record ``recipe`` (the current vectors, a new query model) for the current version."""
