@@ -62,8 +62,8 @@ def info(
     if isinstance(missing, int) and missing:
         table.add_row(
             "without vector",
-            f"{missing:,} more documents have no vector (no text in the text field, or written after "
-            "the last embedding); count includes only those with one",
+            f"{missing:,} documents have no vector (no text in the text field, or written after the last "
+            f"embedding): hybrid sync -i {index} embeds them",
         )
     for key, value in data.extra.items():
         if key == "without_vector":

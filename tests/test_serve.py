@@ -556,3 +556,20 @@ def test_serve_switches_the_query_model_under_load(
     assert hashes[0] == model_hash(tiny_model) and hashes[-1] == model_hash(other_model)
     switched = hashes.index(model_hash(other_model))
     assert all(h == model_hash(other_model) for h in hashes[switched:])  # never back to the old one
+
+
+@pytest.mark.es
+def test_metrics_count_documents_another_writer_added(
+    es_backend: Any, es_prefix: str, tiny_encoder: Any, beir_small: Path
+) -> None:
+    """A document written through the alias by another process has no vector: /metrics and
+    hybrid info say how many (hybrid sync embeds them)."""
+    name = f"{es_prefix}-idx"
+    run_index(IndexJob(corpus=beir_small, index=name), es_backend, tiny_encoder)
+    es_backend.client.index(index=name, id="other", document={"id": "other", "text": "written by someone else"})
+    es_backend.client.indices.refresh(index=name)
+    assert es_backend.info(name).extra["without_vector"] == 1
+    engine = Engine(es_backend, name, EngineConfig(max_wait_ms=5, poll_s=0.2))
+    with running(create_app(engine)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        metrics = client.get("/metrics").text
+    assert "hybrid_documents_without_vector 1.0" in metrics

@@ -275,9 +275,9 @@ class ElasticBackend:
         target = inplace.split(physical)[0] if inplace.split(physical) else physical  # type: ignore[index]
         mapping = self.client.indices.get_mapping(index=target)[target]["mappings"]
         in_place = layout.vector_field != "vector"
-        # a user's index with hybrid's vectors added: its documents can change between reads, and
-        # those without the text field (or written since the last embedding) have no vector
-        unembedded = {"without_vector": self._without_vector(layout)} if in_place else {}
+        # Documents another writer added (to a user's index adopted in place, or through the
+        # alias of hybrid's own) have no vector until hybrid sync embeds them.
+        unembedded = {"without_vector": self._without_vector(layout)}
         return IndexInfo(
             name=name,
             backend=self.kind,
@@ -305,7 +305,7 @@ class ElasticBackend:
         return int(self.client.count(index=name)["count"])
 
     def _without_vector(self, layout: _Layout) -> int:
-        """Documents of an index adopted in place that its active vector field leaves out."""
+        """Documents the version's active vector field leaves out (see :func:`hybrid.sync.missing_count`)."""
         query = {"bool": {"must_not": [{"exists": {"field": layout.vector_field}}]}}
         return int(self.client.count(index=layout.index, query=query)["count"])
 

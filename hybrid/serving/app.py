@@ -52,7 +52,7 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
     from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
     from pydantic import Field as PField
     from starlette.exceptions import HTTPException
@@ -77,6 +77,16 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
     )
     errors_total = Counter("hybrid_errors", "Failed requests by kind", ["kind"], registry=registry)
+    # Elasticsearch only: documents other writers added have no vector until hybrid sync runs.
+    without_vector = (
+        Gauge(
+            "hybrid_documents_without_vector",
+            "Documents of the served index without its active vector (hybrid sync embeds them)",
+            registry=registry,
+        )
+        if engine.backend.kind == "elasticsearch"
+        else None
+    )
     engine._on_batch = batch_sizes.observe  # the engine reports each batch it runs
 
     class ErrorBody(BaseModel):
@@ -271,6 +281,13 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
     @app.get("/metrics")
     async def metrics() -> Any:
         """Prometheus exposition."""
+        if without_vector is not None:
+            from hybrid.sync import missing_count
+
+            try:
+                without_vector.set(await asyncio.to_thread(missing_count, engine.backend, engine.index))
+            except Exception as exc:  # the cluster is away: the other metrics still answer
+                log.warning("could not count documents without a vector: %s", type(exc).__name__)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
