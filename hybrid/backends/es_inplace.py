@@ -24,6 +24,7 @@ from hybrid.backends import es_bodies as bodies
 from hybrid.backends.base import check_compatible, check_vectors
 from hybrid.backends.es_bulk import bulk_write
 from hybrid.backends.es_hash import HASH_MAPPING, hash_field, text_hash
+from hybrid.backends.es_source import pit_pages
 from hybrid.backends.locks import ElasticLock
 from hybrid.config import IndexSpec
 from hybrid.errors import BackendError, ConfigError, CountMismatchError
@@ -218,29 +219,10 @@ def drop_field(client: Any, index: str, field: str, timeout: float = 120.0) -> i
     if field in state.get("versions", {}):  # readers pinned to it stop using it before it empties
         state["versions"][field]["dropped"] = datetime.now(UTC).isoformat(timespec="seconds")
         write_state(client, index, state)
-    pit = client.open_point_in_time(index=index, keep_alive="5m")["id"]
     ids: list[str] = []
-    after = None
-    try:
-        while True:
-            body: dict[str, Any] = {
-                "size": 1000,
-                "pit": {"id": pit, "keep_alive": "5m"},
-                "sort": [{"_shard_doc": "asc"}],
-                "query": {"exists": {"field": field}},
-                "_source": False,
-            }
-            if after is not None:
-                body["search_after"] = after
-            resp = client.search(**body)
-            pit = resp.get("pit_id", pit)
-            hits = resp["hits"]["hits"]
-            if not hits:
-                break
-            ids.extend(h["_id"] for h in hits)
-            after = hits[-1]["sort"]
-    finally:
-        client.close_point_in_time(id=pit)
+    body = {"size": 1000, "query": {"exists": {"field": field}}, "_source": False}
+    for hits in pit_pages(client, index, body, f"index '{index}'"):
+        ids.extend(h["_id"] for h in hits)
     actions = (
         {"_op_type": "update", "_index": index, "_id": i, "retry_on_conflict": 3, "doc": {field: None}} for i in ids
     )

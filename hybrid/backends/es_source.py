@@ -153,36 +153,14 @@ class ElasticSource:
                     thread.join(timeout=0.05)
 
     def _pages(self, slice_id: int | None) -> Iterator[list[dict[str, Any]]]:
-        import elasticsearch
-
-        try:
-            pit = self.client.open_point_in_time(index=self.index, keep_alive=KEEP_ALIVE)["id"]
-        except elasticsearch.ApiError as exc:
-            raise BackendError(f"cannot read source index '{self.index}': {exc.message}") from None
-        after: list[Any] | None = None
-        try:
-            while True:
-                body: dict[str, Any] = {
-                    "size": self.batch,
-                    "pit": {"id": pit, "keep_alive": KEEP_ALIVE},
-                    "sort": [{"_shard_doc": "asc"}],
-                    "_source": {"includes": self.fields.includes()},
-                    "track_total_hits": False,
-                }
-                if slice_id is not None:
-                    body["slice"] = {"id": slice_id, "max": self.slices}
-                if after is not None:
-                    body["search_after"] = after
-                resp = self.client.search(**body)
-                pit = resp.get("pit_id", pit)
-                hits = resp["hits"]["hits"]
-                if not hits:
-                    return
-                yield hits
-                after = hits[-1]["sort"]
-        finally:
-            with contextlib.suppress(elasticsearch.ApiError):  # it expires by itself otherwise
-                self.client.close_point_in_time(id=pit)
+        body: dict[str, Any] = {
+            "size": self.batch,
+            "_source": {"includes": self.fields.includes()},
+            "track_total_hits": False,
+        }
+        if slice_id is not None:
+            body["slice"] = {"id": slice_id, "max": self.slices}
+        yield from pit_pages(self.client, self.index, body, f"source index '{self.index}'")
 
     def _documents(self, hits: list[dict[str, Any]]) -> Iterator[Document]:
         for hit in hits:
@@ -195,3 +173,34 @@ class ElasticSource:
                 continue
             title = field_value(source, self.fields.title) if self.fields.title else None
             yield Document(id=doc_id, text=text, title=title or "")
+
+
+def pit_pages(client: Any, index: str, body: dict[str, Any], what: str) -> Iterator[list[dict[str, Any]]]:
+    """Every hit of the search ``body`` on ``index``, a page at a time, over a point in time
+    (``search_after`` on ``_shard_doc``: a stable order that scroll would need to hold open).
+
+    Raises:
+        BackendError: the point in time cannot be opened (``what`` names what was read).
+    """
+    import elasticsearch
+
+    try:
+        pit = client.open_point_in_time(index=index, keep_alive=KEEP_ALIVE)["id"]
+    except elasticsearch.ApiError as exc:
+        raise BackendError(f"cannot read {what}: {exc.message}") from None
+    after: list[Any] | None = None
+    try:
+        while True:
+            request = {**body, "pit": {"id": pit, "keep_alive": KEEP_ALIVE}, "sort": [{"_shard_doc": "asc"}]}
+            if after is not None:
+                request["search_after"] = after
+            resp = client.search(**request)
+            pit = resp.get("pit_id", pit)
+            hits = resp["hits"]["hits"]
+            if not hits:
+                return
+            yield hits
+            after = hits[-1]["sort"]
+    finally:
+        with contextlib.suppress(elasticsearch.ApiError):  # it expires by itself otherwise
+            client.close_point_in_time(id=pit)

@@ -26,7 +26,7 @@ import numpy as np
 from hybrid.backends import es_inplace as inplace
 from hybrid.backends.es_bulk import reason
 from hybrid.backends.es_hash import HASH_MAPPING, hash_field, text_hash
-from hybrid.backends.es_source import field_value
+from hybrid.backends.es_source import field_value, pit_pages
 from hybrid.backends.locks import LOCK_INDEX
 from hybrid.errors import BackendError, ConfigError, IndexNotFoundError
 from hybrid.types import Document
@@ -194,33 +194,14 @@ def recheck_skipped(client: Any, index: str, skipped: dict[str, tuple[int, int]]
 
 def pages(client: Any, target: Target, query: dict[str, Any], size: int) -> Iterator[list[dict[str, Any]]]:
     """Hits of ``query`` over a point in time, ``size`` at a time, with their sequence numbers."""
-    import elasticsearch
-
-    pit = client.open_point_in_time(index=target.index, keep_alive=KEEP_ALIVE)["id"]
-    after: list[Any] | None = None
-    try:
-        while True:
-            body: dict[str, Any] = {
-                "size": size,
-                "query": query,
-                "pit": {"id": pit, "keep_alive": KEEP_ALIVE},
-                "sort": [{"_shard_doc": "asc"}],
-                "_source": {"includes": target.source_fields()},
-                "seq_no_primary_term": True,
-                "track_total_hits": False,
-            }
-            if after is not None:
-                body["search_after"] = after
-            resp = client.search(**body)
-            pit = resp.get("pit_id", pit)
-            hits = resp["hits"]["hits"]
-            if not hits:
-                return
-            yield hits
-            after = hits[-1]["sort"]
-    finally:
-        with contextlib.suppress(elasticsearch.ApiError):  # it expires by itself otherwise
-            client.close_point_in_time(id=pit)
+    body: dict[str, Any] = {
+        "size": size,
+        "query": query,
+        "_source": {"includes": target.source_fields()},
+        "seq_no_primary_term": True,
+        "track_total_hits": False,
+    }
+    yield from pit_pages(client, target.index, body, f"index '{target.index}'")
 
 
 @dataclass(frozen=True)
