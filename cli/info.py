@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -15,6 +15,9 @@ from .common import (
     console,
     handle_errors,
 )
+
+if TYPE_CHECKING:
+    from hybrid.backends.base import Backend
 
 
 @handle_errors
@@ -30,6 +33,10 @@ def info(
     backend = conn.open()
     try:
         data = backend.info(index)
+        if backend.kind == "elasticsearch":
+            stale = _unchecked(backend, index)
+            if stale is not None:
+                data.extra["may_be_stale"] = stale
     finally:
         backend.close()
     if as_json:
@@ -58,6 +65,13 @@ def info(
         )
     else:
         table.add_row("model hash", "not recorded (made by an older hybrid; rebuild with --recreate)")
+    unchecked = data.extra.get("may_be_stale")
+    if isinstance(unchecked, int) and unchecked:
+        table.add_row(
+            "may be stale",
+            f"{unchecked:,} documents were written since hybrid sync last checked their text against "
+            f"their vector: hybrid sync -i {index} re-embeds those whose text changed",
+        )
     missing = data.extra.get("without_vector")
     if isinstance(missing, int) and missing:
         table.add_row(
@@ -66,7 +80,18 @@ def info(
             f"embedding): hybrid sync -i {index} embeds them",
         )
     for key, value in data.extra.items():
-        if key == "without_vector":
+        if key in ("without_vector", "may_be_stale"):
             continue  # said above, in words
         table.add_row(key, json.dumps(value, indent=1, default=str) if isinstance(value, dict) else str(value))
     console.print(table)
+
+
+def _unchecked(backend: Backend, index: str) -> int | None:
+    """How many documents may carry a stale vector (see :func:`hybrid.sync.unchecked_count`)."""
+    from hybrid.errors import HybridError
+    from hybrid.sync import unchecked_count
+
+    try:
+        return unchecked_count(backend, index)
+    except HybridError:  # never checked by sync, or no vectors of ours: nothing to say
+        return None

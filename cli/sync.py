@@ -139,7 +139,9 @@ class _SyncProgress:
         if task is None:
             self.progress.start()
             self.started = True
-            task = self.tasks[stats.number] = self.progress.add_task("sync", total=stats.total, number=stats.number)
+            task = self.tasks[stats.number] = self.progress.add_task(
+                "sync", total=stats.total, number=stats.number, embedded=stats.embedded
+            )
         self.progress.update(task, completed=stats.done, total=max(stats.total, stats.done), embedded=stats.embedded)
 
     def finish(self, stats: PassStats) -> None:

@@ -125,6 +125,18 @@ def missing_count(backend: Backend, index: str) -> int:
     return es_sync.count(backend.client, target.index, es_sync.missing_query(target))  # type: ignore[attr-defined]
 
 
+def unchecked_count(backend: Backend, index: str) -> int | None:
+    """Documents with a vector and a text hash written since sync last checked their texts:
+    the ones whose vector may be stale (one count query). ``None`` until sync has checked
+    this vector field once (every hashed document would count). Raises as :func:`missing_count`."""
+    target = es_sync.resolve(backend, index)
+    client = backend.client  # type: ignore[attr-defined]
+    checked = es_sync.load_checked(client, target)
+    if checked == es_sync.NOTHING_SEEN:
+        return None
+    return es_sync.count(client, target.index, es_sync.changed_query(target, checked))
+
+
 class _Run:
     """State kept across the passes of one run."""
 

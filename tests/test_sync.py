@@ -382,3 +382,25 @@ def test_hybrids_own_index_and_a_model_swap(
     assert swapped.version == f"{shop}@hybrid_vector_v2" and swapped.embedded == 1
     assert assert_complete(es_backend, shop, "hybrid_vector_v2") == 1
     assert_vector_of(es_backend, shop, second, "after-swap")
+
+
+@pytest.mark.es
+def test_info_says_how_many_vectors_may_be_stale(es_url: str, es_backend: Any, shop: str) -> None:
+    """A text changed by a partial update keeps its old vector: hybrid info counts it among
+    the documents written since sync last checked, and a sync pass brings that to 0."""
+    client = es_backend.client
+
+    def unchecked() -> Any:
+        result = runner.invoke(app, ["info", "-i", shop, "--es-url", es_url, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)["extra"].get("may_be_stale")
+
+    assert unchecked() is None  # sync has never checked this field: nothing to compare with
+    drawn = runner.invoke(app, ["sync", "-i", shop, "--es-url", es_url])  # with its progress bar
+    assert drawn.exit_code == 0, drawn.output
+    assert unchecked() == 0
+    client.update(index=shop, id="p3", doc={"body": {"content": "an edited text the vector has not seen"}})
+    client.indices.refresh(index=shop)
+    assert unchecked() == 1
+    assert runner.invoke(app, ["sync", "-i", shop, "--es-url", es_url, "-q"]).exit_code == 0
+    assert unchecked() == 0
