@@ -153,6 +153,9 @@ def test_node_killed_during_index_and_during_refresh(
     # -- a node dies while a training refresh re-embeds into a new version -------------
     other = Encoder(EncoderConfig(model=str(other_model), batch_size=32))
     reembed(backend, "reference", other, batch_size=32)  # the clean refresh to compare with
+    # A writer keeps the swapped-out version a while (the CLI's default is 120 s) so that a
+    # server loads the new model before the old version goes; with none, it answers 503.
+    backend.retirement.grace_s = 30.0
     before = backend.current("victim")
     loop = SearchLoop(cluster, "victim")
     failures: list[str] = []
