@@ -218,6 +218,9 @@ def test_swap_to_another_model_while_serving(
             thread.start()
         time.sleep(0.5)
         other = Encoder(EncoderConfig(model=str(other_model), batch_size=8))
+        # the writer keeps the old version while the server loads the new model (the CLI
+        # keeps it 120 s); with none, the server answers 503 until it has switched
+        backend.retirement.grace_s = 15.0
         run_index(IndexJob(corpus=beir_small, index=name, recreate=True), backend, other)
         second = backend.current(name)
         expected[(second, model_hash(other_model))] = Searcher(backend, name).search(QUERIES, config)
