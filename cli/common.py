@@ -246,44 +246,61 @@ _BACKEND_PARAMS: list[tuple[str, Any, Any]] = [
 ]
 
 
-def backend_options(func: F) -> F:
-    """Give a command the shared ``--es-*`` and ``--store`` options.
+Params = list[tuple[str, Any, Any]]  # (name, annotation, default) of each option in a group
 
-    The command declares a ``conn: BackendOptions`` parameter; Typer sees the
-    options instead, and the command receives them gathered into one object.
+
+def option_group(params: Params, into: str, build: Callable[[dict[str, Any]], Any]) -> Callable[[F], F]:
+    """Give a command a group of options declared once, in ``params`` (name, annotation, default).
+
+    The command declares one parameter named ``into``; Typer sees the group's options in its
+    place, and the command receives ``build`` of their values.
     """
-    signature = inspect.signature(func, eval_str=True)
-    own = [p for name, p in signature.parameters.items() if name != "conn"]
-    extra = [
-        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, a, d in _BACKEND_PARAMS
-    ]
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        options = BackendOptions(**{name: kwargs.pop(name) for name, _, _ in _BACKEND_PARAMS})
-        if not options.es_verify_certs and options.es_url:
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func, eval_str=True)
+        group = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, a, d in params]
+        parameters: list[inspect.Parameter] = []
+        for name, parameter in signature.parameters.items():  # Typer passes every option by keyword
+            parameters += group if name == into else [parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY)]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name, _, _ in params}
+            return func(*args, **{into: build(values)}, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _backend(values: dict[str, Any]) -> BackendOptions:
+    """The ``--es-*``/``--store`` values gathered, with a warning for each unsafe choice."""
+    options = BackendOptions(**values)
+    if not options.es_verify_certs and options.es_url:
+        err_console.print(
+            "WARNING: --no-es-verify-certs: the cluster's identity is NOT checked; anyone on the network "
+            "path can read and change this traffic, credentials included.",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    for flag in ("--es-password", "--es-api-key"):
+        if any(a == flag or a.startswith(flag + "=") for a in sys.argv[1:]):
             err_console.print(
-                "WARNING: --no-es-verify-certs: the cluster's identity is NOT checked; anyone on the network "
-                "path can read and change this traffic, credentials included.",
+                f"Warning: {flag} on the command line is visible to other users (ps, shell history); "
+                f"use {flag}-file or the environment instead.",
                 markup=False,
                 highlight=False,
                 soft_wrap=True,
             )
-        for flag in ("--es-password", "--es-api-key"):
-            if any(a == flag or a.startswith(flag + "=") for a in sys.argv[1:]):
-                err_console.print(
-                    f"Warning: {flag} on the command line is visible to other users (ps, shell history); "
-                    f"use {flag}-file or the environment instead.",
-                    markup=False,
-                    highlight=False,
-                    soft_wrap=True,
-                )
-        return func(*args, conn=options, **kwargs)
+    return options
 
-    parameters = own + extra
-    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
-    return wrapper  # type: ignore[return-value]
+
+# Give a command the shared ``--es-*`` and ``--store`` options: it declares a
+# ``conn: BackendOptions`` parameter and receives them gathered into one object.
+backend_options = option_group(_BACKEND_PARAMS, "conn", _backend)
 
 
 def handle_errors(func: F) -> F:

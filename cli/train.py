@@ -18,19 +18,23 @@ from hybrid.errors import ConfigError
 from .common import (
     DEFAULT_GRACE_S,
     BackendOptions,
+    Params,
     QuietOpt,
     backend_options,
     console,
     err_console,
     handle_errors,
+    option_group,
     say_grace,
 )
 
 if TYPE_CHECKING:
     import torch
 
+    from hybrid.backends.base import Backend
     from hybrid.training.config import TrainConfig
     from hybrid.training.distributed import Distributed
+    from hybrid.training.trainer import TrainResult
 
 Opt = typer.Option
 
@@ -47,234 +51,376 @@ def _size_option(value: str | None) -> str | None:
     return value
 
 
+# The options that become TrainConfig fields, named by field: declared once here, and each
+# command-line value overrides the config file's.
+_TRAINING: Params = [
+    (
+        "index",
+        Annotated[str | None, Opt("--index", "-i", help="Index to train against (mined, refreshed).")],
+        None,
+    ),
+    (
+        "queries",
+        Annotated[Path | None, Opt("--queries", help="Training queries.")],
+        None,
+    ),
+    (
+        "qrels",
+        Annotated[Path | None, Opt("--qrels", help="Training qrels (positives).")],
+        None,
+    ),
+    (
+        "answers",
+        Annotated[
+            Path | None, Opt("--answers", help="DPR qa file: answer-bearing passages are positives / false negatives.")
+        ],
+        None,
+    ),
+    (
+        "pools",
+        Annotated[Path | None, Opt("--pools", help="Mined pools to start from (default: mine at start).")],
+        None,
+    ),
+    (
+        "out",
+        Annotated[Path | None, Opt("--out", "-o", help="Run directory: checkpoints, log, pools.")],
+        None,
+    ),
+    (
+        "model",
+        Annotated[
+            str | None,
+            Opt("--model", "-m", help="Initial model directory (default: the model that embedded the index)."),
+        ],
+        None,
+    ),
+    (
+        "reembed",
+        Annotated[
+            bool | None, Opt("--reembed", help="Re-embed the index with --model first when another model made it.")
+        ],
+        None,
+    ),
+    (
+        "remine",
+        Annotated[
+            bool | None, Opt("--remine", help="Mine fresh pools even when --pools is given (e.g. the index changed).")
+        ],
+        None,
+    ),
+    (
+        "sampler_name",
+        Annotated[str | None, Opt("--sampler", help="simans, random, topk, percpos or inbatch (simans).")],
+        None,
+    ),
+    (
+        "sampler_n",
+        Annotated[int | None, Opt("--negatives", help="Sampled negatives per query (3).")],
+        None,
+    ),
+    (
+        "sampler_depth",
+        Annotated[int | None, Opt("--pool-depth", help="Top-k of the pool sampled from (100).")],
+        None,
+    ),
+    (
+        "sampler_a",
+        Annotated[float | None, Opt("--a", help="SimANS a, the kernel's sharpness (0.5, as the paper).")],
+        None,
+    ),
+    (
+        "sampler_b",
+        Annotated[float | None, Opt("--b", help="SimANS b; peak at s+ + b (reference NQ: b=-1) (0).")],
+        None,
+    ),
+    (
+        "sampler_kernel",
+        Annotated[str | None, Opt("--kernel", help="SimANS kernel: squared (paper) or absolute (squared).")],
+        None,
+    ),
+    (
+        "sampler_scale",
+        Annotated[
+            str | None,
+            Opt(
+                "--score-scale",
+                help="Multiplies scores before the kernel: auto = 1/temperature for normalised models, else 1 (auto).",
+            ),
+        ],
+        None,
+    ),
+    (
+        "sampler_percpos",
+        Annotated[float | None, Opt("--percpos", help="percpos: drop candidates above this fraction of s+ (0.95).")],
+        None,
+    ),
+    (
+        "steps",
+        Annotated[int | None, Opt("--steps", help="Optimizer steps (default: from --epochs).")],
+        None,
+    ),
+    (
+        "epochs",
+        Annotated[float | None, Opt("--epochs", help="Passes over the training queries, reshuffled each (1).")],
+        None,
+    ),
+    (
+        "batch_size",
+        Annotated[int | None, Opt("--batch-size", help="Queries per micro-batch (32).")],
+        None,
+    ),
+    (
+        "grad_accum",
+        Annotated[int | None, Opt("--grad-accum", help="Micro-batches per step (1).")],
+        None,
+    ),
+    (
+        "grad_cache_chunk",
+        Annotated[
+            int | None,
+            Opt(
+                "--grad-cache-chunk",
+                help="GradCache: encode in chunks of this many texts, so the batch size is not bounded by memory (off).",
+            ),
+        ],
+        None,
+    ),
+    (
+        "lr",
+        Annotated[float | None, Opt("--lr", help="Peak learning rate (1e-4).")],
+        None,
+    ),
+    (
+        "warmup",
+        Annotated[float | None, Opt("--warmup", help="Warmup fraction of steps (0.1).")],
+        None,
+    ),
+    (
+        "temperature",
+        Annotated[float | None, Opt("--temperature", help="Softmax temperature (0.05).")],
+        None,
+    ),
+    (
+        "in_batch",
+        Annotated[bool | None, Opt("--in-batch/--no-in-batch", help="Other queries' passages as negatives (on).")],
+        None,
+    ),
+    (
+        "shared",
+        Annotated[
+            bool | None, Opt("--shared/--separate", help="One tower, or separate query/passage towers (shared).")
+        ],
+        None,
+    ),
+    (
+        "passage_max_length",
+        Annotated[
+            int | None,
+            Opt(
+                "--passage-max-length", help="Training passage truncation; re-embedding uses the index's (the index's)."
+            ),
+        ],
+        None,
+    ),
+    (
+        "query_max_length",
+        Annotated[int | None, Opt("--query-max-length", help="Training query truncation (the index's).")],
+        None,
+    ),
+    (
+        "positives",
+        Annotated[
+            str | None,
+            Opt(
+                "--positives",
+                help="one: the sampled positive is the target; all: every labelled positive counts (one).",
+            ),
+        ],
+        None,
+    ),
+    (
+        "positives_per_query",
+        Annotated[int | None, Opt("--positives-per-query", help="Labelled positives drawn per query each step (1).")],
+        None,
+    ),
+    (
+        "sampler_anchor",
+        Annotated[
+            str | None,
+            Opt(
+                "--anchor", help="SimANS anchor with several positives: sampled, max or mean positive score (sampled)."
+            ),
+        ],
+        None,
+    ),
+    (
+        "distill",
+        Annotated[
+            float | None,
+            Opt("--distill", help="Weight of KL to the base model's pool scores, against drift (0: off) (0)."),
+        ],
+        None,
+    ),
+    (
+        "update",
+        Annotated[
+            str | None,
+            Opt(
+                "--update",
+                help="both: train and re-embed; query: train the query side against the index's vectors, "
+                "applied without re-embedding (both).",
+            ),
+        ],
+        None,
+    ),
+    (
+        "guard",
+        Annotated[
+            bool | None,
+            Opt(
+                "--guard/--no-guard",
+                help="Replace the index's model only with one that beats it on a dev split (carved when not given) (on).",
+            ),
+        ],
+        None,
+    ),
+    (
+        "dev_share",
+        Annotated[
+            float | None, Opt("--dev-share", help="Share of training queries held out as the guard's dev set (0.1).")
+        ],
+        None,
+    ),
+    (
+        "guard_depth",
+        Annotated[
+            int | None, Opt("--guard-depth", help="BM25 and dense top-k per dev query that the guard ranks (30).")
+        ],
+        None,
+    ),
+    (
+        "guard_p",
+        Annotated[float | None, Opt("--guard-p", help="Paired-test p-value a model must beat the base under (0.05).")],
+        None,
+    ),
+    (
+        "grad_checkpointing",
+        Annotated[
+            bool | None,
+            Opt(
+                "--grad-checkpointing/--no-grad-checkpointing",
+                help="Recompute activations in backward: less memory, ~1.6x slower steps (off).",
+            ),
+        ],
+        None,
+    ),
+    (
+        "precision",
+        Annotated[str | None, Opt("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")],
+        None,
+    ),
+    (
+        "seed",
+        Annotated[int | None, Opt("--seed", help="(13)")],
+        None,
+    ),
+    (
+        "save_every",
+        Annotated[int | None, Opt("--save-every", help="Checkpoint every N steps (500).")],
+        None,
+    ),
+    (
+        "refresh_every",
+        Annotated[
+            int | None, Opt("--refresh-every", help="Re-embed the index and re-mine every N steps (0: off) (0).")
+        ],
+        None,
+    ),
+    (
+        "refresh_at_end",
+        Annotated[bool | None, Opt("--refresh-at-end/--no-refresh-at-end", help="Re-embed with the final model (on).")],
+        None,
+    ),
+    (
+        "dev_queries",
+        Annotated[Path | None, Opt("--dev-queries", help="The guard's dev queries (default: carved from --queries).")],
+        None,
+    ),
+    (
+        "dev_qrels",
+        Annotated[Path | None, Opt("--dev-qrels", help="Dev qrels; the best checkpoint is kept in OUT/best.")],
+        None,
+    ),
+    (
+        "device",
+        Annotated[str | None, Opt("--device", help="cpu, cuda … (cuda when present).")],
+        None,
+    ),
+    (
+        "max_memory",
+        Annotated[
+            str | None,
+            Opt(
+                "--max-memory",
+                callback=_size_option,
+                help="Memory a training step may take, e.g. 6GiB or 800MiB; the GradCache chunk (and gradient "
+                "checkpointing, if needed) are chosen to fit it (40% of RAM or of free GPU memory, at most 8GiB).",
+            ),
+        ],
+        None,
+    ),
+]
+
+
+ConfigFileOpt = Annotated[
+    Path | None, Opt("--config", "-c", help="YAML/TOML/JSON file of training options; flags override it.")
+]
+ResumeOpt = Annotated[bool, Opt("--resume", help="Continue from the newest checkpoint in --out.")]
+GraceOpt = Annotated[
+    float,
+    Opt(
+        "--grace",
+        envvar="HYBRID_GRACE",
+        help="Keep each swapped-out version this many seconds, so a running hybrid serve can load "
+        "the new model and switch before it is deleted (0: at once; the command waits for it to exit).",
+    ),
+]
+NprocOpt = Annotated[
+    int, Opt("--nproc", help="Processes (GPUs) to train with: relaunches under torchrun (1: this process).")
+]
+AllowChangeOpt = Annotated[
+    bool, Opt("--allow-config-change", help="With --resume: go on with options that differ from the run's.")
+]
+DryRunOpt = Annotated[
+    bool,
+    Opt(
+        "--dry-run",
+        help="Print the plan (steps, batch, chunk, memory, time from 1-2 timed steps) without training; "
+        "changes no index, writes no checkpoint (keeps mined pools in OUT/dry-run/pools).",
+    ),
+]
+
+
 @handle_errors
 @backend_options
+@option_group(_TRAINING, "overrides", dict)
 def train(
-    config_file: Annotated[
-        Path | None, Opt("--config", "-c", help="YAML/TOML/JSON file of training options; flags override it.")
-    ] = None,
-    index: Annotated[str | None, Opt("--index", "-i", help="Index to train against (mined, refreshed).")] = None,
-    queries: Annotated[Path | None, Opt("--queries", help="Training queries.")] = None,
-    qrels: Annotated[Path | None, Opt("--qrels", help="Training qrels (positives).")] = None,
-    answers: Annotated[
-        Path | None, Opt("--answers", help="DPR qa file: answer-bearing passages are positives / false negatives.")
-    ] = None,
-    pools: Annotated[Path | None, Opt("--pools", help="Mined pools to start from (default: mine at start).")] = None,
-    out: Annotated[Path | None, Opt("--out", "-o", help="Run directory: checkpoints, log, pools.")] = None,
-    model: Annotated[
-        str | None,
-        Opt("--model", "-m", help="Initial model directory (default: the model that embedded the index)."),
-    ] = None,
-    reembed: Annotated[
-        bool | None, Opt("--reembed", help="Re-embed the index with --model first when another model made it.")
-    ] = None,
-    remine: Annotated[
-        bool | None, Opt("--remine", help="Mine fresh pools even when --pools is given (e.g. the index changed).")
-    ] = None,
-    sampler: Annotated[str | None, Opt("--sampler", help="simans, random, topk, percpos or inbatch (simans).")] = None,
-    negatives: Annotated[int | None, Opt("--negatives", help="Sampled negatives per query (3).")] = None,
-    depth: Annotated[int | None, Opt("--pool-depth", help="Top-k of the pool sampled from (100).")] = None,
-    a: Annotated[float | None, Opt("--a", help="SimANS a, the kernel's sharpness (0.5, as the paper).")] = None,
-    b: Annotated[float | None, Opt("--b", help="SimANS b; peak at s+ + b (reference NQ: b=-1) (0).")] = None,
-    kernel: Annotated[str | None, Opt("--kernel", help="SimANS kernel: squared (paper) or absolute (squared).")] = None,
-    scale: Annotated[
-        str | None,
-        Opt(
-            "--score-scale",
-            help="Multiplies scores before the kernel: auto = 1/temperature for normalised models, else 1 (auto).",
-        ),
-    ] = None,
-    percpos: Annotated[
-        float | None, Opt("--percpos", help="percpos: drop candidates above this fraction of s+ (0.95).")
-    ] = None,
-    steps: Annotated[int | None, Opt("--steps", help="Optimizer steps (default: from --epochs).")] = None,
-    epochs: Annotated[
-        float | None, Opt("--epochs", help="Passes over the training queries, reshuffled each (1).")
-    ] = None,
-    batch_size: Annotated[int | None, Opt("--batch-size", help="Queries per micro-batch (32).")] = None,
-    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-batches per step (1).")] = None,
-    grad_cache_chunk: Annotated[
-        int | None,
-        Opt(
-            "--grad-cache-chunk",
-            help="GradCache: encode in chunks of this many texts, so the batch size is not bounded by memory (off).",
-        ),
-    ] = None,
-    lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (1e-4).")] = None,
-    warmup: Annotated[float | None, Opt("--warmup", help="Warmup fraction of steps (0.1).")] = None,
-    temperature: Annotated[float | None, Opt("--temperature", help="Softmax temperature (0.05).")] = None,
-    in_batch: Annotated[
-        bool | None, Opt("--in-batch/--no-in-batch", help="Other queries' passages as negatives (on).")
-    ] = None,
-    shared: Annotated[
-        bool | None, Opt("--shared/--separate", help="One tower, or separate query/passage towers (shared).")
-    ] = None,
-    passage_max_length: Annotated[
-        int | None,
-        Opt("--passage-max-length", help="Training passage truncation; re-embedding uses the index's (the index's)."),
-    ] = None,
-    query_max_length: Annotated[
-        int | None, Opt("--query-max-length", help="Training query truncation (the index's).")
-    ] = None,
-    positives: Annotated[
-        str | None,
-        Opt("--positives", help="one: the sampled positive is the target; all: every labelled positive counts (one)."),
-    ] = None,
-    positives_per_query: Annotated[
-        int | None, Opt("--positives-per-query", help="Labelled positives drawn per query each step (1).")
-    ] = None,
-    anchor: Annotated[
-        str | None,
-        Opt("--anchor", help="SimANS anchor with several positives: sampled, max or mean positive score (sampled)."),
-    ] = None,
-    distill: Annotated[
-        float | None,
-        Opt("--distill", help="Weight of KL to the base model's pool scores, against drift (0: off) (0)."),
-    ] = None,
-    update: Annotated[
-        str | None,
-        Opt(
-            "--update",
-            help="both: train and re-embed; query: train the query side against the index's vectors, "
-            "applied without re-embedding (both).",
-        ),
-    ] = None,
-    guard: Annotated[
-        bool | None,
-        Opt(
-            "--guard/--no-guard",
-            help="Replace the index's model only with one that beats it on a dev split (carved when not given) (on).",
-        ),
-    ] = None,
-    dev_share: Annotated[
-        float | None, Opt("--dev-share", help="Share of training queries held out as the guard's dev set (0.1).")
-    ] = None,
-    guard_depth: Annotated[
-        int | None, Opt("--guard-depth", help="BM25 and dense top-k per dev query that the guard ranks (30).")
-    ] = None,
-    guard_p: Annotated[
-        float | None, Opt("--guard-p", help="Paired-test p-value a model must beat the base under (0.05).")
-    ] = None,
-    grad_checkpointing: Annotated[
-        bool | None,
-        Opt(
-            "--grad-checkpointing/--no-grad-checkpointing",
-            help="Recompute activations in backward: less memory, ~1.6x slower steps (off).",
-        ),
-    ] = None,
-    precision: Annotated[
-        str | None, Opt("--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
-    ] = None,
-    seed: Annotated[int | None, Opt("--seed", help="(13)")] = None,
-    save_every: Annotated[int | None, Opt("--save-every", help="Checkpoint every N steps (500).")] = None,
-    refresh_every: Annotated[
-        int | None, Opt("--refresh-every", help="Re-embed the index and re-mine every N steps (0: off) (0).")
-    ] = None,
-    refresh_at_end: Annotated[
-        bool | None, Opt("--refresh-at-end/--no-refresh-at-end", help="Re-embed with the final model (on).")
-    ] = None,
-    dev_queries: Annotated[
-        Path | None, Opt("--dev-queries", help="The guard's dev queries (default: carved from --queries).")
-    ] = None,
-    dev_qrels: Annotated[
-        Path | None, Opt("--dev-qrels", help="Dev qrels; the best checkpoint is kept in OUT/best.")
-    ] = None,
-    device: Annotated[str | None, Opt("--device", help="cpu, cuda … (cuda when present).")] = None,
-    resume: Annotated[bool, Opt("--resume", help="Continue from the newest checkpoint in --out.")] = False,
-    grace: Annotated[
-        float,
-        Opt(
-            "--grace",
-            envvar="HYBRID_GRACE",
-            help="Keep each swapped-out version this many seconds, so a running hybrid serve can load "
-            "the new model and switch before it is deleted (0: at once; the command waits for it to exit).",
-        ),
-    ] = DEFAULT_GRACE_S,
-    nproc: Annotated[
-        int,
-        Opt("--nproc", help="Processes (GPUs) to train with: relaunches under torchrun (1: this process)."),
-    ] = 1,
-    allow_config_change: Annotated[
-        bool, Opt("--allow-config-change", help="With --resume: go on with options that differ from the run's.")
-    ] = False,
-    max_memory: Annotated[
-        str | None,
-        Opt(
-            "--max-memory",
-            callback=_size_option,
-            help="Memory a training step may take, e.g. 6GiB or 800MiB; the GradCache chunk (and gradient "
-            "checkpointing, if needed) are chosen to fit it (40% of RAM or of free GPU memory, at most 8GiB).",
-        ),
-    ] = None,
-    dry_run: Annotated[
-        bool,
-        Opt(
-            "--dry-run",
-            help="Print the plan (steps, batch, chunk, memory, time from 1-2 timed steps) without training; "
-            "changes no index, writes no checkpoint (keeps mined pools in OUT/dry-run/pools).",
-        ),
-    ] = False,
+    config_file: ConfigFileOpt = None,
+    overrides: dict[str, Any] | None = None,
+    resume: ResumeOpt = False,
+    grace: GraceOpt = DEFAULT_GRACE_S,
+    nproc: NprocOpt = 1,
+    allow_config_change: AllowChangeOpt = False,
+    dry_run: DryRunOpt = False,
     conn: BackendOptions = BackendOptions(),
     quiet: QuietOpt = False,
 ) -> None:
     """Train the encoder: pools from BM25 + kNN, SimANS negatives, periodic re-embedding."""
     from hybrid.training.config import load_config_file, merge
-    from hybrid.training.trainer import TrainProgress
-    from hybrid.training.trainer import train as run_train
 
-    overrides: dict[str, Any] = {
-        "index": index,
-        "queries": queries,
-        "qrels": qrels,
-        "answers": answers,
-        "pools": pools,
-        "out": out,
-        "model": model,
-        "steps": steps,
-        "epochs": epochs,
-        "remine": remine,
-        "reembed": reembed,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "grad_cache_chunk": grad_cache_chunk,
-        "lr": lr,
-        "warmup": warmup,
-        "temperature": temperature,
-        "in_batch": in_batch,
-        "shared": shared,
-        "passage_max_length": passage_max_length,
-        "query_max_length": query_max_length,
-        "positives": positives,
-        "positives_per_query": positives_per_query,
-        "distill": distill,
-        "update": update,
-        "guard": guard,
-        "dev_share": dev_share,
-        "guard_depth": guard_depth,
-        "guard_p": guard_p,
-        "sampler_anchor": anchor,
-        "grad_checkpointing": grad_checkpointing,
-        "precision": precision,
-        "seed": seed,
-        "save_every": save_every,
-        "refresh_every": refresh_every,
-        "refresh_at_end": refresh_at_end,
-        "dev_queries": dev_queries,
-        "dev_qrels": dev_qrels,
-        "device": device,
-        "sampler_name": sampler,
-        "sampler_n": negatives,
-        "sampler_depth": depth,
-        "sampler_a": a,
-        "sampler_b": b,
-        "sampler_kernel": kernel,
-        "sampler_scale": scale,
-        "sampler_percpos": percpos,
-        "max_memory": max_memory,
-    }
     if nproc > 1:
         raise typer.Exit(_relaunch(nproc))
-    config = merge(load_config_file(config_file) if config_file else {}, overrides)
+    config = merge(load_config_file(config_file) if config_file else {}, overrides or {})
     dist = _distributed()
     quiet = quiet or not dist.main
     config = _with_budget(config, dist)
@@ -284,45 +430,56 @@ def train(
     backend = conn.open()
     backend.retirement.grace_s = grace
     try:
-        if quiet:
-            result = run_train(config, backend, resume=resume, allow_config_change=allow_config_change, dist=dist)
-        else:
-            columns = (
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]} · lr {task.fields[lr]} · {task.fields[rate]} ex/s"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
-            with Progress(*columns, console=err_console) as bar:
-                task = bar.add_task("training", total=config.steps, loss="-", lr="-", rate="-")  # None until planned
-
-                def show(p: TrainProgress) -> None:
-                    if p.plan is not None:
-                        bar.console.print(describe_plan(p.plan), markup=False, highlight=False)
-                    if p.estimate is not None:
-                        bar.console.print(describe_estimate(p.estimate), markup=False, highlight=False, soft_wrap=True)
-                    bar.update(
-                        task,
-                        total=p.steps,
-                        completed=p.step,
-                        description="refreshing" if p.phase == "refresh" else "training",
-                        loss=f"{p.loss:.4f}",
-                        lr=f"{p.lr:.2e}",
-                        rate=f"{p.examples_per_s:.1f}",
-                    )
-
-                result = run_train(
-                    config, backend, resume=resume, progress=show, allow_config_change=allow_config_change, dist=dist
-                )
+        result = _run(config, backend, resume, allow_config_change, dist, quiet)
     finally:
         if backend.retirement.pending:
             say_grace(grace)
         backend.close()
         dist.stop()
-    if not dist.main:
-        return
+    if dist.main:
+        _summary(result, quiet)
+
+
+def _run(
+    config: TrainConfig, backend: Backend, resume: bool, allow_change: bool, dist: Distributed, quiet: bool
+) -> TrainResult:
+    """Train, drawing a progress bar (the plan and the time estimate above it) unless ``quiet``."""
+    from hybrid.training.trainer import TrainProgress
+    from hybrid.training.trainer import train as run_train
+
+    if quiet:
+        return run_train(config, backend, resume=resume, allow_config_change=allow_change, dist=dist)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]} · lr {task.fields[lr]} · {task.fields[rate]} ex/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console) as bar:
+        task = bar.add_task("training", total=config.steps, loss="-", lr="-", rate="-")  # None until planned
+
+        def show(p: TrainProgress) -> None:
+            if p.plan is not None:
+                bar.console.print(describe_plan(p.plan), markup=False, highlight=False)
+            if p.estimate is not None:
+                bar.console.print(describe_estimate(p.estimate), markup=False, highlight=False, soft_wrap=True)
+            bar.update(
+                task,
+                total=p.steps,
+                completed=p.step,
+                description="refreshing" if p.phase == "refresh" else "training",
+                loss=f"{p.loss:.4f}",
+                lr=f"{p.lr:.2e}",
+                rate=f"{p.examples_per_s:.1f}",
+            )
+
+        return run_train(config, backend, resume=resume, progress=show, allow_config_change=allow_change, dist=dist)
+
+
+def _summary(result: TrainResult, quiet: bool) -> None:
+    """What the run did: the plan (when no bar showed it), dev figures, the guard's choice, refreshes, time."""
     if quiet and result.plan:
         console.print(describe_plan(result.plan), markup=False, highlight=False)
     for dev in result.dev:
