@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
+import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +88,20 @@ class PeakAnon:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def run_measured(command: list[str]) -> tuple[int, float, float, float]:
+    """Run ``command``; return (exit status, peak RSS MiB, peak anonymous MiB, seconds)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO)
+    peak = PeakAnon(process.pid).start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        peak.stop()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_maxrss / 1024, peak.mib, time.perf_counter() - start

@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, SHARED, PeakAnon, machine, write_json
+from bench.common import REPO, SHARED, machine, run_measured, write_json
 
 SCIFACT = SHARED / "scifact"
 HYBRID = [sys.executable, "-m", "hybrid.cli"]
@@ -58,23 +56,6 @@ def make_slice(work: Path, queries: int, docs: int, seed: int) -> tuple[Path, Pa
     rows = [f"{q}\t{d}\t{g}" for q in chosen for d, g in sorted(qrels[q].items())]
     qrels_file.write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
     return corpus, query_file, qrels_file
-
-
-def run_measured(command: list[str]) -> tuple[int, float, float, float]:
-    """Run ``command``; return (exit status, peak RSS MiB, peak anonymous MiB, seconds)."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO)
-    peak = PeakAnon(process.pid).start()
-    try:
-        _, status, usage = os.wait4(process.pid, 0)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    finally:
-        peak.stop()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, usage.ru_maxrss / 1024, peak.mib, time.perf_counter() - start
 
 
 def train_row(args: argparse.Namespace, work: Path, budget: str, files: dict[str, Path]) -> dict[str, Any]:
