@@ -87,13 +87,7 @@ def run_index(
         CountMismatchError: the backend's count differs from what was written.
     """
     started = time.perf_counter()
-    reader: CorpusReader | _Documents
-    if documents is not None:  # a reader with counters (e.g. an ElasticSource) is used as it is
-        reader = documents if hasattr(documents, "progress") else _Documents(documents)  # type: ignore[assignment]
-    elif job.corpus is not None:
-        reader = open_corpus(job.corpus, job.format, fields=job.fields, skip_malformed=job.skip_malformed)
-    else:
-        raise ConfigError("nothing to index: give a corpus path or documents")
+    reader = _reader(job, documents)
     spec = IndexSpec(
         name=job.index,
         dims=encoder.dims,
@@ -107,10 +101,44 @@ def run_index(
     stats = IndexStats(version=writer.version, resumed=writer.resumed)
     before = writer.count() if writer.resumed else 0
     notify = progress or (lambda _s: None)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybrid-write")
+    try:
+        _encode_and_write(job, reader, encoder, writer, stats, notify)
+        stats.malformed = reader.skipped
+        stats.phase = "committing"
+        notify(stats)
+        t0 = time.perf_counter()
+        stats.count = writer.commit(expected=before + stats.written)
+        stats.commit_seconds = time.perf_counter() - t0
+    finally:
+        writer.close()
+    stats.total_seconds = time.perf_counter() - started
+    stats.phase = "done"
+    notify(stats)
+    return stats
+
+
+def _reader(job: IndexJob, documents: Iterable[Document] | None) -> CorpusReader | _Documents:
+    """What ``run_index`` reads: ``documents`` when given, else the job's corpus file."""
+    if documents is not None:  # a reader with counters (e.g. an ElasticSource) is used as it is
+        return documents if hasattr(documents, "progress") else _Documents(documents)  # type: ignore[return-value]
+    if job.corpus is not None:
+        return open_corpus(job.corpus, job.format, fields=job.fields, skip_malformed=job.skip_malformed)
+    raise ConfigError("nothing to index: give a corpus path or documents")
+
+
+def _encode_and_write(
+    job: IndexJob,
+    reader: CorpusReader | _Documents,
+    encoder: Encoder,
+    writer: IndexWriter,
+    stats: IndexStats,
+    notify: Progress,
+) -> None:
+    """Encode the new documents of each batch while the batch before is written in the
+    background; returns once every write is done."""
     pending: Future[float] | None = None
     in_flight: set[str] = set()
-    try:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybrid-write") as pool:
         for batch in batched(reader, job.batch_size, job.limit):
             stats.read += len(batch)
             fresh = _new_documents(batch, writer, in_flight, stats)
@@ -127,19 +155,6 @@ def run_index(
             notify(stats)
         if pending is not None:
             stats.write_seconds += pending.result()
-        stats.malformed = reader.skipped
-        stats.phase = "committing"
-        notify(stats)
-        t0 = time.perf_counter()
-        stats.count = writer.commit(expected=before + stats.written)
-        stats.commit_seconds = time.perf_counter() - t0
-    finally:
-        pool.shutdown(wait=True)
-        writer.close()
-    stats.total_seconds = time.perf_counter() - started
-    stats.phase = "done"
-    notify(stats)
-    return stats
 
 
 class _Documents:

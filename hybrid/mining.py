@@ -107,9 +107,35 @@ def run_mine(
     if job.out.exists():
         raise ConfigError(f"{job.out} exists; pass --recreate to mine again")
     info = backend.info(job.index)
-    version = info.version
+    identity = {"version": info.version, "model_hash": encoder.model_hash, "inputs": _input_stamps(job)}
+    with _open_parts(job, identity) as labels:
+        stats = _mine_parts(job, backend, encoder, labels, info.version, progress)
+    if stats.missing_positives:
+        log.warning(
+            "%d labelled positives are not in index '%s' and were skipped (check that the qrels match the corpus)",
+            stats.missing_positives,
+            job.index,
+        )
+    meta = {
+        **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()},
+        "version": info.version,
+        "model": encoder.name,
+        "model_hash": encoder.model_hash,
+        "normalized": info.similarity in ("cosine", "dot_product"),
+        "stats": asdict(stats),
+    }
+    tmp = meta_path(job.out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(meta_path(job.out))  # before the pool file appears: pools never lack their identity
+    _concatenate(parts_dir(job.out), job.out)
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _open_parts(job: MineJob, identity: dict[str, Any]) -> _Labels:
+    """The labels of ``job`` in their table beside the part files; part files begun against
+    another ``identity`` (index version, model, input files) are deleted first."""
     parts = parts_dir(job.out)
-    identity = {"version": version, "model_hash": encoder.model_hash, "inputs": _input_stamps(job)}
     marker = parts / "identity.json"
     if marker.is_file() and json.loads(marker.read_text()) != identity:
         log.warning(
@@ -126,46 +152,43 @@ def run_mine(
             shutil.rmtree(parts, ignore_errors=True)
         raise
     marker.write_text(json.dumps(identity))
-    with labels:
-        done, last = _finished(parts)
-        todo = labels.queries()
-        skipped = deque(itertools.islice(todo, done), maxlen=1)  # the finished ones; keeps the last
-        if done and (not skipped or skipped[0].id != last or done > labels.total):
-            raise ConfigError(f"{parts} does not match the query file; pass --recreate to mine again")
-        stats = MineStats(queries=labels.total, resumed=done)
-        matcher = None
-        if labels.has_answers:
-            from hybrid.evaluation.runs import answer_matcher
+    return labels
 
-            matcher = answer_matcher()
-        part_no = len(list(parts.glob("part-*.jsonl.gz")))
-        for batch in batched(todo, job.batch_size):
-            positives, answers = labels.lookup([q.id for q in batch])
-            records = _mine_batch(job, backend, encoder, batch, positives, answers, matcher, version, stats)
-            part_no += 1
-            _write_part(parts / f"part-{part_no:06d}.jsonl.gz", records)
-            stats.mined += len(batch)
-            if progress is not None:
-                progress(stats.resumed + stats.mined, stats.queries)
-    meta = {
-        **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()},
-        "version": version,
-        "model": encoder.name,
-        "model_hash": encoder.model_hash,
-        "normalized": info.similarity in ("cosine", "dot_product"),
-        "stats": asdict(stats),
-    }
-    if stats.missing_positives:
-        log.warning(
-            "%d labelled positives are not in index '%s' and were skipped (check that the qrels match the corpus)",
-            stats.missing_positives,
-            job.index,
-        )
-    tmp = meta_path(job.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(meta_path(job.out))  # before the pool file appears: pools never lack their identity
-    _concatenate(parts, job.out)
-    stats.seconds = time.perf_counter() - started
+
+def _mine_parts(
+    job: MineJob,
+    backend: Backend,
+    encoder: QueryEncoder,
+    labels: _Labels,
+    version: str,
+    progress: Callable[[int, int], None] | None,
+) -> MineStats:
+    """Mine the queries no finished part file holds, one part file per batch.
+
+    Raises:
+        ConfigError: the finished part files are not the query file's first queries.
+    """
+    parts = parts_dir(job.out)
+    done, last = _finished(parts)
+    todo = labels.queries()
+    skipped = deque(itertools.islice(todo, done), maxlen=1)  # the finished ones; keeps the last
+    if done and (not skipped or skipped[0].id != last or done > labels.total):
+        raise ConfigError(f"{parts} does not match the query file; pass --recreate to mine again")
+    stats = MineStats(queries=labels.total, resumed=done)
+    matcher = None
+    if labels.has_answers:
+        from hybrid.evaluation.runs import answer_matcher
+
+        matcher = answer_matcher()
+    part_no = len(list(parts.glob("part-*.jsonl.gz")))
+    for batch in batched(todo, job.batch_size):
+        positives, answers = labels.lookup([q.id for q in batch])
+        records = _mine_batch(job, backend, encoder, batch, positives, answers, matcher, version, stats)
+        part_no += 1
+        _write_part(parts / f"part-{part_no:06d}.jsonl.gz", records)
+        stats.mined += len(batch)
+        if progress is not None:
+            progress(stats.resumed + stats.mined, stats.queries)
     return stats
 
 

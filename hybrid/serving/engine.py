@@ -150,6 +150,11 @@ class Engine:
     def generation(self) -> Generation | None:
         return self._generation
 
+    def set_on_batch(self, callback: Callable[[int], None] | None) -> None:
+        """Call ``callback`` with the query count of every batch run from now on, in place of
+        the one given before (the HTTP API's metrics take it when the app is made)."""
+        self._on_batch = callback
+
     # -- generations ----------------------------------------------------------
     def refresh(self, *, load: bool = True) -> Generation:
         """Switch to the index's current version if it moved; returns the generation in use.

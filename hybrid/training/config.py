@@ -19,6 +19,22 @@ UpdateMode = Literal["both", "query"]
 PATH_FIELDS = ("queries", "qrels", "answers", "pools", "out", "dev_queries", "dev_qrels")
 
 
+# The numbers checked on every config, and the least each may be.
+_AT_LEAST = {"save_every": 0, "keep_checkpoints": 1, "log_every": 1, "refresh_every": 0, "bm25_depth": 1}
+_AT_LEAST |= {"knn_depth": 1, "query_max_length": 1, "passage_max_length": 1, "seed": 0}
+_AT_LEAST |= {"steps": 1, "batch_size": 1, "grad_accum": 1, "grad_cache_chunk": 1}
+_MAY_BE_NONE = ("steps", "grad_cache_chunk", "query_max_length", "passage_max_length")
+_POSITIVE = ("lr", "temperature", "max_grad_norm", "epochs")  # above 0; weight_decay and warmup may be 0
+# Options the CLI has flags for: their errors name the flag too.
+_FLAGGED = {"seed", "save_every", "refresh_every", "query_max_length", "passage_max_length", "steps"}
+_FLAGGED |= {"batch_size", "grad_accum", "lr", "temperature", "epochs", "grad_cache_chunk"}
+
+
+def _where(name: str) -> str:
+    """How an error names option ``name``: with its flag when it has one."""
+    return f"{name} (--{name.replace('_', '-')})" if name in _FLAGGED else name
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs; saved as JSON beside every checkpoint."""
@@ -84,28 +100,34 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # Every number is checked where it is read, flags and config files alike: keep_checkpoints
         # 0 would delete the checkpoint just saved, log_every 0 divides by zero.
-        flagged = {"seed", "save_every", "refresh_every", "query_max_length", "passage_max_length", "steps"}
-        flagged |= {"batch_size", "grad_accum", "lr", "temperature", "epochs", "grad_cache_chunk"}
-        at_least = {"save_every": 0, "keep_checkpoints": 1, "log_every": 1, "refresh_every": 0, "bm25_depth": 1}
-        at_least |= {"knn_depth": 1, "query_max_length": 1, "passage_max_length": 1, "seed": 0}
-        at_least |= {"steps": 1, "batch_size": 1, "grad_accum": 1, "grad_cache_chunk": 1}
-        for name, low in at_least.items():
+        self._check_whole_numbers()
+        self._check_real_numbers()
+        self._check_data_and_schedule()
+        self._check_modes()
+        self._parse_max_memory()
+
+    def _check_whole_numbers(self) -> None:
+        for name, low in _AT_LEAST.items():
             value = getattr(self, name)
-            where = f"{name} (--{name.replace('_', '-')})" if name in flagged else name
-            if value is None and name in ("steps", "grad_cache_chunk", "query_max_length", "passage_max_length"):
+            if value is None and name in _MAY_BE_NONE:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{where} must be a whole number of at least {low}, got {value!r}")
-        positive = ("lr", "temperature", "max_grad_norm", "epochs")
-        for name in (*positive, "weight_decay", "warmup"):
+                raise ConfigError(f"{_where(name)} must be a whole number of at least {low}, got {value!r}")
+
+    def _check_real_numbers(self) -> None:
+        for name in (*_POSITIVE, "weight_decay", "warmup"):
             value = getattr(self, name)
-            where = f"{name} (--{name.replace('_', '-')})" if name in flagged else name
             if value is None and name == "epochs":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"{where} must be a finite number, got {value!r}")
-            if value < 0 or (value == 0 and name in positive):
-                raise ConfigError(f"{where} must be {'above' if name in positive else 'at least'} 0, got {value!r}")
+                raise ConfigError(f"{_where(name)} must be a finite number, got {value!r}")
+            if value < 0 or (value == 0 and name in _POSITIVE):
+                raise ConfigError(
+                    f"{_where(name)} must be {'above' if name in _POSITIVE else 'at least'} 0, got {value!r}"
+                )
+
+    def _check_data_and_schedule(self) -> None:
+        """Labels, dev set and the length of the run: options that need or exclude others."""
         if self.qrels is None and self.answers is None and self.pools is None:
             raise ConfigError("train needs --qrels, --answers or --pools")
         if self.steps is not None and self.epochs is not None:
@@ -122,6 +144,9 @@ class TrainConfig:
             raise ConfigError("the inbatch sampler needs in-batch negatives (--in-batch)")
         if (self.dev_queries is None) != (self.dev_qrels is None):
             raise ConfigError("give both --dev-queries and --dev-qrels, or neither")
+
+    def _check_modes(self) -> None:
+        """The choices among named modes (update, guard, positives, precision) and what each allows."""
         if self.update not in ("both", "query"):
             raise ConfigError(f"unknown --update '{self.update}'; choose both or query")
         if self.update == "query" and self.refresh_every:
@@ -143,6 +168,9 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"unknown precision '{self.precision}'; choose auto, fp32, bf16 or fp16")
+
+    def _parse_max_memory(self) -> None:
+        """``max_memory`` as a byte count (a config file may write "6GiB")."""
         if isinstance(self.max_memory, str):
             from hybrid.training.memory import parse_size
 

@@ -30,16 +30,16 @@ from hybrid.training.memory import MemoryPlan
 from hybrid.training.model import DualEncoder
 from hybrid.training.query_side import PassageVectors
 from hybrid.training.setup import RunState, pools_match, prepare_model, prepare_pools, start_run
-from hybrid.training.trainer import (
-    _autocast,
-    _batch_inputs,
-    _optimizer,
-    _pool_data,
-    _scheduler,
+from hybrid.training.step import (
+    autocast_dtype,
+    batch_inputs,
+    linear_schedule,
     memory_plan,
     micro_step,
+    new_optimizer,
     optimizer_step,
 )
+from hybrid.training.trainer import _pool_data
 
 log = logging.getLogger(__name__)
 DRY_RUN = "dry-run"  # OUT/dry-run: the dry run's scratch folder; only its pools/ stay
@@ -113,9 +113,9 @@ def _probe(
 ) -> dict[str, Any]:
     """Time real steps (the first pays one-off costs, so a second is timed unless the first
     was long); the estimate is the last step's time for every step of the run."""
-    optimizer = _optimizer(model, config)
-    scheduler = _scheduler(optimizer, config.warmup, steps)
-    autocast = _autocast(config, device)
+    optimizer = new_optimizer(model, config)
+    scheduler = linear_schedule(optimizer, config.warmup, steps)
+    autocast = autocast_dtype(config, device)
     scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
     dist = Distributed()
     memory, passages = how
@@ -126,7 +126,7 @@ def _probe(
         for micro in range(config.grad_accum):
             index = len(times) * config.grad_accum + micro
             torch.manual_seed(config.seed * 1_000_003 + index)
-            inputs = _batch_inputs(data.batch(index, config.batch_size), backend, config, device)
+            inputs = batch_inputs(data.batch(index, config.batch_size), backend, config, device)
             micro_step(model, inputs, config, device, autocast, scaler, dist, memory.chunk, passages)
         optimizer_step(model, optimizer, scheduler, scaler, config, dist)
         if device.type == "cuda":
