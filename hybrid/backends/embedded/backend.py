@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from hybrid.types import Document, Hit, IndexInfo
 log = logging.getLogger(__name__)
 WRITE_LOCK = ".write.lock"
 CURRENT = "CURRENT"
+
+
+T = TypeVar("T")
 
 
 class _OpenVersion:
@@ -48,13 +51,21 @@ class _OpenVersion:
     @property
     def lucene(self) -> LuceneSearcher:
         if self._lucene is None:
-            self._lucene = LuceneSearcher(self.path / "lucene", self.lexical, self.java_home)
+            try:
+                self._lucene = LuceneSearcher(self.path / "lucene", self.lexical, self.java_home)
+            except Exception as exc:  # a version deleted before its first BM25 search: the JVM's error
+                if (self.path / "lucene").is_dir():
+                    raise
+                raise BackendError(f"version {self.path.name} was deleted before it was searched") from exc
         return self._lucene
 
     @property
     def faiss(self) -> VectorIndex:
         if self._faiss is None:
-            self._faiss = VectorIndex(self.path, self.store.vectors(), self.vector_settings)
+            try:
+                self._faiss = VectorIndex(self.path, self.store.vectors(), self.vector_settings)
+            except OSError as exc:
+                raise BackendError(f"version {self.path.name} was deleted before it was searched") from exc
         return self._faiss
 
     def close(self) -> None:
@@ -286,9 +297,22 @@ class EmbeddedBackend:
     def count(self, name: str) -> int:
         return self._version(name).store.count()
 
-    def bm25(self, name: str, queries: Sequence[str], k: int, *, texts: bool = True) -> list[list[Hit]]:
+    def _opened(self, name: str, part: Callable[[_OpenVersion], T]) -> tuple[_OpenVersion, T]:
+        """The current version and one of its parts, which open on first use: a writer that
+        swapped versions just now may have deleted this version's files before that, and
+        then the version it swapped to answers."""
         opened = self._version(name)
-        ranked = opened.lucene.search(list(queries), k)
+        try:
+            return opened, part(opened)
+        except BackendError:
+            if self.current(name) in (None, opened.path.name):
+                raise
+            opened = self._version(name)
+            return opened, part(opened)
+
+    def bm25(self, name: str, queries: Sequence[str], k: int, *, texts: bool = True) -> list[list[Hit]]:
+        opened, lucene = self._opened(name, lambda v: v.lucene)
+        ranked = lucene.search(list(queries), k)
         if not texts:  # a hybrid search's side: many hits, built as cheaply as they come
             return [[Hit(doc_id, score) for doc_id, score in hits] for hits in ranked]
         docs = opened.store.get(sorted({d for hits in ranked for d, _ in hits}))
@@ -297,14 +321,14 @@ class EmbeddedBackend:
     def knn(
         self, name: str, vectors: np.ndarray, k: int, num_candidates: int | None = None, *, texts: bool = True
     ) -> list[list[Hit]]:
-        opened = self._version(name)
+        opened, faiss = self._opened(name, lambda v: v.faiss)
         dims = int(opened.meta["dims"])
         if vectors.ndim != 2 or vectors.shape[1] != dims:
             raise DimensionMismatchError(
                 f"query vectors have shape {vectors.shape} but index '{name}' holds {dims}-d "
                 f"vectors from {opened.meta['model']}; search with that model"
             )
-        scores, rows = opened.faiss.search(vectors, k, num_candidates)
+        scores, rows = faiss.search(vectors, k, num_candidates)
         row_ids = opened.store.ids_for_rows(sorted({int(r) for r in rows.ravel() if r >= 0}))
         if not texts:  # as in bm25: many hits, built as cheaply as they come
             return [
