@@ -180,7 +180,8 @@ _TRAINING: Params = [
             int | None,
             Opt(
                 "--grad-cache-chunk",
-                help="GradCache: encode in chunks of this many texts, so the batch size is not bounded by memory (off).",
+                help="GradCache: encode in chunks of this many texts, so the batch size is not bounded by memory "
+                "(off).",
             ),
         ],
         None,
@@ -279,7 +280,8 @@ _TRAINING: Params = [
             bool | None,
             Opt(
                 "--guard/--no-guard",
-                help="Replace the index's model only with one that beats it on a dev split (carved when not given) (on).",
+                help="Replace the index's model only with one that beats it on a dev split (carved when not given) "
+                "(on).",
             ),
         ],
         None,
