@@ -52,6 +52,23 @@ def say_grace(grace: float) -> None:
 
 IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Index name (an alias on Elasticsearch).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+# Writers' --grace (index, train); serve's --grace is another thing: how long it keeps a version open.
+GraceOpt = Annotated[
+    float,
+    typer.Option(
+        "--grace",
+        envvar="HYBRID_GRACE",
+        help="Keep each swapped-out version this many seconds, so a running hybrid serve can load "
+        "the new model and switch before it is deleted (0: at once; the command waits for it to exit).",
+    ),
+]
+QueryModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Query encoder (default: the index's model).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 … (default: cuda when present).")]
+EncodeBatchOpt = Annotated[int, typer.Option("--encode-batch", help="Passages per forward pass.")]
+NumCandidatesOpt = Annotated[
+    int | None, typer.Option("--num-candidates", help="kNN candidates (ES num_candidates / HNSW efSearch).")
+]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="Index at most this many documents.")]
 
 
 @dataclass(frozen=True)

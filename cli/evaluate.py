@@ -5,77 +5,107 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hybrid.errors import ConfigError
+
 from .common import (
     BackendOptions,
+    NumCandidatesOpt,
+    Params,
     QuietOpt,
     backend_options,
     console,
     err_console,
     handle_errors,
+    option_group,
 )
 from .search import BM25WeightOpt, DenseWeightOpt, DepthOpt, FusionOpt, ModeOpt, NormOpt, RrfKOpt, fusion_config
+
+if TYPE_CHECKING:
+    from hybrid.evaluation.evaluate import EvalJob, EvalReport
+    from hybrid.search import SearchConfig
+
+Opt = typer.Option
+
+ReportsArg = Annotated[
+    list[Path] | None,
+    typer.Argument(help="With --compare: eval reports (JSON) to compare; the first is the baseline."),
+]
+CompareOpt = Annotated[bool, Opt("--compare", help="Compare eval reports instead of running an evaluation.")]
+IndexNameOpt = Annotated[str | None, Opt("--index", "-i", help="Index name.")]
+QueriesOpt = Annotated[
+    Path | None, Opt("--queries", help="Queries: BEIR queries.jsonl, 'qid<TAB>text' tsv, or a DPR qa file.")
+]
+QrelsOpt = Annotated[Path | None, Opt("--qrels", help="Qrels: TREC, MS MARCO or BEIR tsv.")]
+AnswersOpt = Annotated[Path | None, Opt("--answers", help="DPR qa file with answers (when --queries is not one).")]
+JsonOpt = Annotated[Path | None, Opt("--json", help="Write the JSON report here.")]
+
+# The search each query runs.
+_SEARCH: Params = [
+    ("mode", ModeOpt, "hybrid"),
+    ("k", Annotated[int, Opt("-k", "--k", help="Run depth (hits per query).")], 1000),
+    ("fusion", FusionOpt, "rrf"),
+    ("rrf_k", RrfKOpt, 60.0),
+    ("norm", NormOpt, "minmax"),
+    ("bm25_weight", BM25WeightOpt, 0.5),
+    ("dense_weight", DenseWeightOpt, 0.5),
+    ("depth", DepthOpt, 1000),
+    ("num_candidates", NumCandidatesOpt, None),
+]
+
+# How the run is written and scored: the options that are EvalJob fields, named by field.
+_RUN: Params = [
+    (
+        "run_format",
+        Annotated[str | None, Opt("--run-format", help="trec, msmarco or dpr (default: dpr with answers, else trec).")],
+        None,
+    ),
+    ("run_path", Annotated[Path | None, Opt("--run", help="Where to write the run file (default: not kept).")], None),
+    (
+        "relevance_level",
+        Annotated[
+            int | None,
+            Opt(
+                "--relevance-level",
+                help="Lowest grade counted relevant by MRR/recall/MAP (default: 2 for 0-3 graded qrels (TREC DL), "
+                "else 1).",
+            ),
+        ],
+        None,
+    ),
+    (
+        "exclude_self",
+        Annotated[bool, Opt("--exclude-self", help="Drop a hit whose id equals the query id (e.g. ArguAna).")],
+        False,
+    ),
+    ("batch_size", Annotated[int, Opt("--batch-size", help="Queries per search batch (multi-search on ES).")], 64),
+]
 
 
 @handle_errors
 @backend_options
+@option_group(_SEARCH, "search", dict)
+@option_group(_RUN, "run_options", dict)
 def evaluate(
-    reports: Annotated[
-        list[Path] | None,
-        typer.Argument(help="With --compare: eval reports (JSON) to compare; the first is the baseline."),
-    ] = None,
-    compare: Annotated[
-        bool, typer.Option("--compare", help="Compare eval reports instead of running an evaluation.")
-    ] = False,
-    index: Annotated[str | None, typer.Option("--index", "-i", help="Index name.")] = None,
-    queries: Annotated[
-        Path | None,
-        typer.Option("--queries", help="Queries: BEIR queries.jsonl, 'qid<TAB>text' tsv, or a DPR qa file."),
-    ] = None,
-    qrels: Annotated[Path | None, typer.Option("--qrels", help="Qrels: TREC, MS MARCO or BEIR tsv.")] = None,
-    answers: Annotated[
-        Path | None, typer.Option("--answers", help="DPR qa file with answers (when --queries is not one).")
-    ] = None,
-    mode: ModeOpt = "hybrid",
-    k: Annotated[int, typer.Option("-k", "--k", help="Run depth (hits per query).")] = 1000,
-    fusion: FusionOpt = "rrf",
-    rrf_k: RrfKOpt = 60.0,
-    norm: NormOpt = "minmax",
-    bm25_weight: BM25WeightOpt = 0.5,
-    dense_weight: DenseWeightOpt = 0.5,
-    depth: DepthOpt = 1000,
-    num_candidates: Annotated[
-        int | None, typer.Option("--num-candidates", help="kNN candidates (ES num_candidates / HNSW efSearch).")
-    ] = None,
-    run_format: Annotated[
-        str | None, typer.Option("--run-format", help="trec, msmarco or dpr (default: dpr with answers, else trec).")
-    ] = None,
-    run: Annotated[Path | None, typer.Option("--run", help="Where to write the run file (default: not kept).")] = None,
-    relevance_level: Annotated[
-        int | None,
-        typer.Option(
-            "--relevance-level",
-            help="Lowest grade counted relevant by MRR/recall/MAP (default: 2 for 0-3 graded qrels (TREC DL), else 1).",
-        ),
-    ] = None,
-    exclude_self: Annotated[
-        bool, typer.Option("--exclude-self", help="Drop a hit whose id equals the query id (e.g. ArguAna).")
-    ] = False,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Queries per search batch (multi-search on ES).")
-    ] = 64,
-    as_json: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
+    reports: ReportsArg = None,
+    *,
+    compare: CompareOpt = False,
+    index: IndexNameOpt = None,
+    queries: QueriesOpt = None,
+    qrels: QrelsOpt = None,
+    answers: AnswersOpt = None,
+    search: dict[str, Any],
+    run_options: dict[str, Any],
+    as_json: JsonOpt = None,
     conn: BackendOptions = BackendOptions(),
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate an index on queries + qrels (or DPR answers) with trec_eval / pyserini's evaluators."""
-    from hybrid.errors import ConfigError
-
     if compare:
         _compare(reports or [])
         return
@@ -83,47 +113,56 @@ def evaluate(
         raise ConfigError("positional report files are only read with --compare")
     if index is None or queries is None:
         raise ConfigError("eval needs --index and --queries (or --compare A.json B.json ...)")
-    from hybrid.evaluation.evaluate import EvalJob, run_eval
-    from hybrid.search import SearchConfig
+    from hybrid.evaluation.evaluate import EvalJob
 
-    config = SearchConfig(
-        mode=mode,  # type: ignore[arg-type]  # validated by SearchConfig
-        k=k,
-        num_candidates=num_candidates,
-        fusion=fusion_config(fusion, rrf_k, norm, bm25_weight, dense_weight, depth),
-    )
     job = EvalJob(
         index=index,
         queries=queries,
         qrels=qrels,
         answers=answers,
-        search=config,
-        run_format=run_format,
-        run_path=run,
-        relevance_level=relevance_level,
-        exclude_self=exclude_self,
-        batch_size=batch_size,
+        search=_search_config(search),
         java_home=os.environ.get("JAVA_HOME"),
+        **run_options,
     )
+    _summary(_run(job, conn, quiet), job, as_json)
+
+
+def _search_config(options: dict[str, Any]) -> SearchConfig:
+    """The search each query runs, from --mode … --num-candidates."""
+    from hybrid.search import SearchConfig
+
+    fusion = fusion_config(
+        options["fusion"],
+        options["rrf_k"],
+        options["norm"],
+        options["bm25_weight"],
+        options["dense_weight"],
+        options["depth"],
+    )
+    return SearchConfig(mode=options["mode"], k=options["k"], num_candidates=options["num_candidates"], fusion=fusion)
+
+
+def _run(job: EvalJob, conn: BackendOptions, quiet: bool) -> EvalReport:
+    """Run every query and score the run, drawing a progress bar unless ``quiet``."""
+    from hybrid.evaluation.evaluate import run_eval
+
     backend = conn.open()
     try:
         if quiet:
-            report = run_eval(job, backend)
-        else:
-            with Progress(
-                TextColumn("[bold]searching"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err_console,
-            ) as bar:
-                task = bar.add_task("searching", total=None)
-                report = run_eval(
-                    job, backend, progress=lambda done, total: bar.update(task, completed=done, total=total)
-                )
+            return run_eval(job, backend)
+        columns = (TextColumn("[bold]searching"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err_console) as bar:
+            task = bar.add_task("searching", total=None)
+            return run_eval(job, backend, progress=lambda done, total: bar.update(task, completed=done, total=total))
     finally:
         backend.close()
-    table = Table(title=f"{mode} · {index} ({report.backend}, {report.index_version}) · {report.queries} queries")
+
+
+def _summary(report: EvalReport, job: EvalJob, as_json: Path | None) -> None:
+    """The metrics as a table, the report's warnings, and where the run and the JSON report went."""
+    table = Table(
+        title=f"{job.search.mode} · {job.index} ({report.backend}, {report.index_version}) · {report.queries} queries"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in report.metrics.items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -12,6 +12,7 @@ from rich.table import Table
 from .common import (
     BackendOptions,
     IndexOpt,
+    QueryModelOpt,
     QuietOpt,
     backend_options,
     console,
@@ -19,32 +20,43 @@ from .common import (
     handle_errors,
 )
 
+if TYPE_CHECKING:
+    from hybrid.mining import MineJob, MineStats
+
+Opt = typer.Option
+
+QueriesOpt = Annotated[Path, Opt("--queries", help="Training queries (BEIR jsonl, tsv or DPR qa file).")]
+OutOpt = Annotated[Path, Opt("--out", "-o", help="Pool file to write (.jsonl.gz).")]
+QrelsOpt = Annotated[Path | None, Opt("--qrels", help="Qrels naming the positives.")]
+AnswersOpt = Annotated[Path | None, Opt("--answers", help="DPR qa file: passages containing an answer are flagged.")]
+BM25DepthOpt = Annotated[int, Opt("--bm25-depth", help="BM25 candidates per query.")]
+KnnDepthOpt = Annotated[int, Opt("--knn-depth", help="Dense kNN candidates per query.")]
+MinRelevanceOpt = Annotated[int, Opt("--min-relevance", help="Lowest qrels grade that is a positive.")]
+BatchSizeOpt = Annotated[int, Opt("--batch-size", help="Queries per batch (and per part file).")]
+NumCandidatesOpt = Annotated[int | None, Opt("--num-candidates", help="kNN candidates searched.")]
+RecreateOpt = Annotated[bool, Opt("--recreate", help="Mine again over an existing pool file.")]
+
 
 @handle_errors
 @backend_options
 def mine(
     index: IndexOpt,
-    queries: Annotated[Path, typer.Option("--queries", help="Training queries (BEIR jsonl, tsv or DPR qa file).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Pool file to write (.jsonl.gz).")],
-    qrels: Annotated[Path | None, typer.Option("--qrels", help="Qrels naming the positives.")] = None,
-    answers: Annotated[
-        Path | None, typer.Option("--answers", help="DPR qa file: passages containing an answer are flagged.")
-    ] = None,
-    bm25_depth: Annotated[int, typer.Option("--bm25-depth", help="BM25 candidates per query.")] = 100,
-    knn_depth: Annotated[int, typer.Option("--knn-depth", help="Dense kNN candidates per query.")] = 100,
-    min_relevance: Annotated[int, typer.Option("--min-relevance", help="Lowest qrels grade that is a positive.")] = 1,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Queries per batch (and per part file).")] = 64,
-    num_candidates: Annotated[int | None, typer.Option("--num-candidates", help="kNN candidates searched.")] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Query encoder (default: the index's model).")
-    ] = None,
-    recreate: Annotated[bool, typer.Option("--recreate", help="Mine again over an existing pool file.")] = False,
+    queries: QueriesOpt,
+    out: OutOpt,
+    qrels: QrelsOpt = None,
+    answers: AnswersOpt = None,
+    bm25_depth: BM25DepthOpt = 100,
+    knn_depth: KnnDepthOpt = 100,
+    min_relevance: MinRelevanceOpt = 1,
+    batch_size: BatchSizeOpt = 64,
+    num_candidates: NumCandidatesOpt = None,
+    model: QueryModelOpt = None,
+    recreate: RecreateOpt = False,
     conn: BackendOptions = BackendOptions(),
     quiet: QuietOpt = False,
 ) -> None:
     """Mine candidate pools for training queries; re-running resumes an interrupted run."""
-    from hybrid.mining import MineJob, run_mine
-    from hybrid.query_encoder import encoder_for_index
+    from hybrid.mining import MineJob
 
     job = MineJob(
         index=index,
@@ -59,24 +71,35 @@ def mine(
         min_relevance=min_relevance,
         recreate=recreate,
     )
+    _summary(_run(job, conn, model, quiet), out)
+
+
+def _run(job: MineJob, conn: BackendOptions, model: str | None, quiet: bool) -> MineStats:
+    """Mine with the index's query encoder (or ``model``), drawing a progress bar unless ``quiet``."""
+    from hybrid.mining import run_mine
+    from hybrid.query_encoder import encoder_for_index
+
     backend = conn.open()
     try:
-        encoder = encoder_for_index(backend, index, model, batch=True)
+        encoder = encoder_for_index(backend, job.index, model, batch=True)
         if quiet:
-            stats = run_mine(job, backend, encoder)
-        else:
-            columns = (
-                TextColumn("[bold]mining"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
-            with Progress(*columns, console=err_console) as bar:
-                task = bar.add_task("mining", total=None)
-                stats = run_mine(job, backend, encoder, lambda d, t: bar.update(task, completed=d, total=t))
+            return run_mine(job, backend, encoder)
+        columns = (
+            TextColumn("[bold]mining"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=err_console) as bar:
+            task = bar.add_task("mining", total=None)
+            return run_mine(job, backend, encoder, lambda d, t: bar.update(task, completed=d, total=t))
     finally:
         backend.close()
+
+
+def _summary(stats: MineStats, out: Path) -> None:
+    """What was mined, as a table."""
     table = Table(title=f"pools → {out}", show_header=False)
     for key, value in (
         ("queries", stats.queries),

@@ -9,6 +9,7 @@ import typer
 
 from .common import (
     BackendOptions,
+    LimitOpt,
     QuietOpt,
     backend_options,
     console,
@@ -31,7 +32,7 @@ def quickstart(
         list[str] | None, typer.Option("--query", help="Query to run (repeatable) (default: a few from the dataset).")
     ] = None,
     k: Annotated[int, typer.Option("-k", help="Hits per query.")] = 3,
-    limit: Annotated[int | None, typer.Option("--limit", help="Index at most this many documents.")] = None,
+    limit: LimitOpt = None,
     conn: BackendOptions = BackendOptions(),
     quiet: QuietOpt = False,
 ) -> None:

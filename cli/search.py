@@ -11,6 +11,8 @@ from rich.table import Table
 from .common import (
     BackendOptions,
     IndexOpt,
+    NumCandidatesOpt,
+    QueryModelOpt,
     backend_options,
     console,
     handle_errors,
@@ -58,12 +60,8 @@ def search(
     bm25_weight: BM25WeightOpt = 0.5,
     dense_weight: DenseWeightOpt = 0.5,
     depth: DepthOpt = 100,
-    num_candidates: Annotated[
-        int | None, typer.Option("--num-candidates", help="kNN candidates (ES num_candidates / HNSW efSearch).")
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Query encoder (default: the index's model).")
-    ] = None,
+    num_candidates: NumCandidatesOpt = None,
+    model: QueryModelOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per hit, one per line.")] = False,
     conn: BackendOptions = BackendOptions(),
 ) -> None:

@@ -15,7 +15,7 @@ import typer
 
 from hybrid.errors import ConfigError
 
-from .common import BackendOptions, IndexOpt, backend_options, err_console, handle_errors
+from .common import BackendOptions, IndexOpt, Params, backend_options, err_console, handle_errors, option_group
 
 if TYPE_CHECKING:
     from hybrid.serving.engine import EngineConfig
@@ -27,79 +27,123 @@ _WORKER_ENV = "HYBRID_SERVE_SETTINGS"
 _stopping = threading.Event()  # SIGTERM received: the server is shutting down
 
 
+Opt = typer.Option
+
+HostOpt = Annotated[str, Opt("--host", help="Address to bind; 0.0.0.0 exposes the server.")]
+PortOpt = Annotated[int, Opt("--port", help="TCP port.")]
+WorkersOpt = Annotated[int, Opt("--workers", help="Server processes (each loads the model).")]
+ApiKeyFileOpt = Annotated[
+    Path | None, Opt("--api-key-file", help="File holding a bearer token that every request must present.")
+]
+AccessLogOpt = Annotated[bool, Opt("--access-log/--no-access-log", help="Log each request.")]
+
+# How each server process batches queries and follows index swaps (the engine's settings).
+_ENGINE: Params = [
+    ("max_batch", Annotated[int, Opt("--max-batch", help="Queries per micro-batch.")], 32),
+    (
+        "max_wait_ms",
+        Annotated[float, Opt("--max-wait-ms", help="How long a query waits for others to batch with.")],
+        2.0,
+    ),
+    ("batch_threads", Annotated[int, Opt("--batch-threads", help="Threads running micro-batches.")], 1),
+    ("poll", Annotated[float, Opt("--poll", help="Seconds between checks for a new index version.")], 1.0),
+    # not the writers' --grace (common.GraceOpt): how long this server keeps a version it has left
+    (
+        "grace",
+        Annotated[float, Opt("--grace", help="Seconds a swapped-out version stays open for requests in flight.")],
+        30.0,
+    ),
+]
+
+# What a request may ask for, and whether the probes need the token too.
+_LIMITS: Params = [
+    (
+        "protect_probes",
+        Annotated[bool, Opt("--protect-probes", help="Require the token for /livez, /readyz and /metrics too.")],
+        False,
+    ),
+    ("max_k", Annotated[int, Opt("--max-k", help="Largest k (and fusion depth) a request may ask for.")], 1000),
+    (
+        "max_batch_queries",
+        Annotated[int, Opt("--max-batch-queries", help="Most queries in one /search/batch request.")],
+        256,
+    ),
+]
+
+
 @handle_errors
 @backend_options
+@option_group(_ENGINE, "engine", dict)
+@option_group(_LIMITS, "limits", dict)
 def serve(
     index: IndexOpt,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the server.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option("--workers", help="Server processes (each loads the model).")] = 1,
-    max_batch: Annotated[int, typer.Option("--max-batch", help="Queries per micro-batch.")] = 32,
-    max_wait_ms: Annotated[
-        float, typer.Option("--max-wait-ms", help="How long a query waits for others to batch with.")
-    ] = 2.0,
-    batch_threads: Annotated[int, typer.Option("--batch-threads", help="Threads running micro-batches.")] = 1,
-    poll: Annotated[float, typer.Option("--poll", help="Seconds between checks for a new index version.")] = 1.0,
-    grace: Annotated[
-        float, typer.Option("--grace", help="Seconds a swapped-out version stays open for requests in flight.")
-    ] = 30.0,
-    api_key_file: Annotated[
-        Path | None,
-        typer.Option("--api-key-file", help="File holding a bearer token that every request must present."),
-    ] = None,
-    protect_probes: Annotated[
-        bool, typer.Option("--protect-probes", help="Require the token for /livez, /readyz and /metrics too.")
-    ] = False,
-    max_k: Annotated[int, typer.Option("--max-k", help="Largest k (and fusion depth) a request may ask for.")] = 1000,
-    max_batch_queries: Annotated[
-        int, typer.Option("--max-batch-queries", help="Most queries in one /search/batch request.")
-    ] = 256,
-    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log each request.")] = True,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    workers: WorkersOpt = 1,
+    *,
+    engine: dict[str, Any],
+    api_key_file: ApiKeyFileOpt = None,
+    limits: dict[str, Any],
+    access_log: AccessLogOpt = True,
     conn: BackendOptions = BackendOptions(),
 ) -> None:
     """Serve BM25, dense and hybrid search over HTTP (OpenAPI at /api-docs), following index swaps."""
-    import uvicorn
-
-    _check_ranges(
-        {"--port": port, "--workers": workers, "--max-batch": max_batch, "--batch-threads": batch_threads}
-        | {"--max-k": max_k, "--max-batch-queries": max_batch_queries}
-        | {"--max-wait-ms": max_wait_ms, "--poll": poll, "--grace": grace}
-    )
+    _check_ranges({"port": port, "workers": workers, **engine, **limits})
     settings: dict[str, Any] = {
         "index": index,
         "conn": conn.to_json(),
         "engine": {
-            "max_batch": max_batch,
-            "max_wait_ms": max_wait_ms,
-            "workers": batch_threads,
-            "poll_s": poll,
-            "grace_s": grace,
+            "max_batch": engine["max_batch"],
+            "max_wait_ms": engine["max_wait_ms"],
+            "workers": engine["batch_threads"],
+            "poll_s": engine["poll"],
+            "grace_s": engine["grace"],
         },
-        "limits": {"max_k": max_k, "max_batch": max_batch_queries, "protect_probes": protect_probes},
+        "limits": {
+            "max_k": limits["max_k"],
+            "max_batch": limits["max_batch_queries"],
+            "protect_probes": limits["protect_probes"],
+        },
         "api_key_file": str(api_key_file) if api_key_file else None,
     }
     if api_key_file is not None:
         _read_key(api_key_file)  # fail here, once, with a clear message
-    log_config = _log_config(access_log)
+    server = {"host": host, "port": port, "log_config": _log_config(access_log), "access_log": access_log}
     if workers == 1:
-        # uvicorn stops gracefully on SIGTERM, then raises it again; by default that would end
-        # the process there, skipping the engine's close and the exit handlers (the JVM's
-        # class-sharing archive is written by one): exit normally instead. (With --workers,
-        # uvicorn's supervisor returns normally; each worker closes its engine at shutdown.)
-        signal.signal(signal.SIGTERM, _stop)
-        engine = _engine(settings)
-        try:
-            engine.start()  # errors surface as one line before the port opens
-            err_console.print(
-                f"serving '{index}' ({engine.generation.version if engine.generation else '?'}) on "
-                f"http://{host}:{port} (OpenAPI: /api-docs)",
-                markup=False,
-                highlight=False,
-            )
-            uvicorn.run(_app(settings, engine), host=host, port=port, log_config=log_config, access_log=access_log)
-        finally:
-            engine.close()
-        return
+        _serve_in_process(settings, server)
+    else:
+        _serve_workers(settings, conn, workers, server)
+
+
+def _serve_in_process(settings: dict[str, Any], server: dict[str, Any]) -> None:
+    """One process: the engine starts (and fails, if it must) before the port opens."""
+    import uvicorn
+
+    # uvicorn stops gracefully on SIGTERM, then raises it again; by default that would end
+    # the process there, skipping the engine's close and the exit handlers (the JVM's
+    # class-sharing archive is written by one): exit normally instead. (With --workers,
+    # uvicorn's supervisor returns normally; each worker closes its engine at shutdown.)
+    signal.signal(signal.SIGTERM, _stop)
+    engine = _engine(settings)
+    try:
+        engine.start()  # errors surface as one line before the port opens
+        err_console.print(
+            f"serving '{settings['index']}' ({engine.generation.version if engine.generation else '?'}) on "
+            f"http://{server['host']}:{server['port']} (OpenAPI: /api-docs)",
+            markup=False,
+            highlight=False,
+        )
+        uvicorn.run(_app(settings, engine), **server)
+    finally:
+        engine.close()
+
+
+def _serve_workers(settings: dict[str, Any], conn: BackendOptions, workers: int, server: dict[str, Any]) -> None:
+    """Several uvicorn worker processes, each building its engine from ``settings``, handed over
+    in a file only this user can read."""
+    import uvicorn
+
+    index = settings["index"]
     backend = conn.open()
     try:
         if backend.current(index) is None:
@@ -111,16 +155,10 @@ def serve(
         with os.fdopen(fd, "w") as out:
             json.dump(settings, out)
         os.environ[_WORKER_ENV] = path
-        err_console.print(f"serving '{index}' on http://{host}:{port} with {workers} workers", markup=False)
-        uvicorn.run(
-            "hybrid.cli.serve:worker_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_config=log_config,
-            access_log=access_log,
+        err_console.print(
+            f"serving '{index}' on http://{server['host']}:{server['port']} with {workers} workers", markup=False
         )
+        uvicorn.run("hybrid.cli.serve:worker_app", factory=True, workers=workers, **server)
     finally:
         os.environ.pop(_WORKER_ENV, None)
         Path(path).unlink(missing_ok=True)
@@ -141,9 +179,10 @@ _RANGES: dict[str, tuple[float, float]] = {
 
 
 def _check_ranges(values: dict[str, float]) -> None:
-    """One line naming the first option outside its range (or not a finite number)."""
-    for option, value in values.items():
-        low, high = _RANGES[option]
+    """One line naming the first option outside its range (or not a finite number); ``values``
+    are named as the command's parameters (``max_batch`` for ``--max-batch``)."""
+    for option, (low, high) in _RANGES.items():
+        value = values[option[2:].replace("-", "_")]
         if not math.isfinite(value) or not low <= value <= high:
             raise ConfigError(f"{option} must be between {low:g} and {high:g}, got {value:g}")
 

@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .common import BackendOptions, IndexOpt, QuietOpt, backend_options, console, err_console, handle_errors
+from .common import (
+    BackendOptions,
+    DeviceOpt,
+    EncodeBatchOpt,
+    IndexOpt,
+    QuietOpt,
+    backend_options,
+    console,
+    err_console,
+    handle_errors,
+)
 
 if TYPE_CHECKING:
     from hybrid.sync import PassStats
@@ -28,10 +38,8 @@ def sync(
         float, typer.Option("--interval", help="--follow: seconds to wait after a pass that found nothing to embed.")
     ] = 30.0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per read/encode/write batch.")] = 256,
-    encode_batch: Annotated[int, typer.Option("--encode-batch", help="Passages per forward pass.")] = 32,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 … (default: cuda when present).")
-    ] = None,
+    encode_batch: EncodeBatchOpt = 32,
+    device: DeviceOpt = None,
     changed: Annotated[
         bool,
         typer.Option(

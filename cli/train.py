@@ -18,6 +18,7 @@ from hybrid.errors import ConfigError
 from .common import (
     DEFAULT_GRACE_S,
     BackendOptions,
+    GraceOpt,
     Params,
     QuietOpt,
     backend_options,
@@ -180,7 +181,8 @@ _TRAINING: Params = [
             int | None,
             Opt(
                 "--grad-cache-chunk",
-                help="GradCache: encode in chunks of this many texts, so the batch size is not bounded by memory (off).",
+                help="GradCache: encode in chunks of this many texts, so the batch size is not bounded by memory "
+                "(off).",
             ),
         ],
         None,
@@ -279,7 +281,8 @@ _TRAINING: Params = [
             bool | None,
             Opt(
                 "--guard/--no-guard",
-                help="Replace the index's model only with one that beats it on a dev split (carved when not given) (on).",
+                help="Replace the index's model only with one that beats it on a dev split (carved when not given) "
+                "(on).",
             ),
         ],
         None,
@@ -376,15 +379,6 @@ ConfigFileOpt = Annotated[
     Path | None, Opt("--config", "-c", help="YAML/TOML/JSON file of training options; flags override it.")
 ]
 ResumeOpt = Annotated[bool, Opt("--resume", help="Continue from the newest checkpoint in --out.")]
-GraceOpt = Annotated[
-    float,
-    Opt(
-        "--grace",
-        envvar="HYBRID_GRACE",
-        help="Keep each swapped-out version this many seconds, so a running hybrid serve can load "
-        "the new model and switch before it is deleted (0: at once; the command waits for it to exit).",
-    ),
-]
 NprocOpt = Annotated[
     int, Opt("--nproc", help="Processes (GPUs) to train with: relaunches under torchrun (1: this process).")
 ]
