@@ -178,15 +178,19 @@ def one_run(work: Path, args: argparse.Namespace, arm: str, seed: int, base: dic
     out["reembed_s"] = None if reembed_s is None else round(reembed_s, 1)
     out["to_serving_s"] = round(wall + (reembed_s or 0.0), 1)
     out["guard"] = decision.__dict__ if decision else None
-    for name, metrics in (("raw", raw), ("guarded", guarded)):
-        out[name] = {
-            "dense_ndcg@10": metrics["dense"]["ndcg@10"],
-            "dense_recall@100": metrics["dense"]["recall@100"],
-            "hybrid_ndcg@10": metrics["hybrid"]["ndcg@10"],
-            "p_dense": paired(base["metrics"]["dense"]["per_query"], metrics["dense"]["per_query"]),
-            "per_query": metrics["dense"]["per_query"],
-        }
+    out["raw"], out["guarded"] = row(raw, base), row(guarded, base)
     return out
+
+
+def row(metrics: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """One model's figures on the reported split, with the paired p against the base."""
+    return {
+        "dense_ndcg@10": metrics["dense"]["ndcg@10"],
+        "dense_recall@100": metrics["dense"]["recall@100"],
+        "hybrid_ndcg@10": metrics["hybrid"]["ndcg@10"],
+        "p_dense": paired(base["metrics"]["dense"]["per_query"], metrics["dense"]["per_query"]),
+        "per_query": metrics["dense"]["per_query"],
+    }
 
 
 def print_table(results: dict[str, Any]) -> None:

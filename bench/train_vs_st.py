@@ -45,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO, SHARED, machine, run_measured, write_json
-from bench.train_guard import INDEX, build_base, evaluate, paired
+from bench.train_guard import INDEX, build_base, evaluate, row
 
 SCIFACT = SHARED / "scifact"
 BATCH, NEGATIVES, LR, WARMUP = 32, 3, 1e-4, 0.1
@@ -176,16 +176,6 @@ def reembedded(work: Path, base: dict[str, Any], model_dir: Path, name: str) -> 
     finally:
         backend.close()
         shutil.rmtree(store, ignore_errors=True)
-
-
-def row(metrics: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "dense_ndcg@10": metrics["dense"]["ndcg@10"],
-        "dense_recall@100": metrics["dense"]["recall@100"],
-        "hybrid_ndcg@10": metrics["hybrid"]["ndcg@10"],
-        "p_dense": paired(base["metrics"]["dense"]["per_query"], metrics["dense"]["per_query"]),
-        "per_query": metrics["dense"]["per_query"],
-    }
 
 
 def one_seed(work: Path, base: dict[str, Any], seed: int) -> dict[str, Any]:
