@@ -201,7 +201,7 @@ def one_seed(work: Path, base: dict[str, Any], seed: int) -> dict[str, Any]:
     status, rss, anon, seconds = run_measured(command)
     if status != 0:
         raise SystemExit(f"the sentence-transformers arm failed with status {status}")
-    peer = {"load_before": round(load, 2), "peak_rss_mib": round(rss), "peak_anon_mib": round(anon)}
+    peer: dict[str, Any] = {"load_before": round(load, 2), "peak_rss_mib": round(rss), "peak_anon_mib": round(anon)}
     peer |= {"wall_s": round(seconds, 1), **json.loads(figures.read_text())}
     peer["raw"] = row(reembedded(work, base, st_out / "final", "st"), base)
     shutil.rmtree(store, ignore_errors=True)
