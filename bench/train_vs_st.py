@@ -191,7 +191,9 @@ def one_seed(work: Path, base: dict[str, Any], seed: int) -> dict[str, Any]:
     finally:
         backend.close()
     ours["guarded"] = row(guarded, base)
-    ours["raw"] = row(reembedded(work, base, ours.pop("run") / "final", "hybrid"), base)
+    final = sorted(ours.pop("run").glob("checkpoint-*"))[-1]  # the last step's
+    chose_final = bool(ours["guard"] and ours["guard"]["replace"] and ours["guard"]["chosen"] == str(final))
+    ours["raw"] = ours["guarded"] if chose_final else row(reembedded(work, base, final, "hybrid"), base)
     st_out = work / f"st-run-{seed}"
     shutil.rmtree(st_out, ignore_errors=True)
     st_out.mkdir(parents=True)
