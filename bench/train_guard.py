@@ -92,7 +92,7 @@ def train_config(args: argparse.Namespace, arm: str, seed: int, out: Path) -> An
     sampler = SamplerConfig(name=options.pop("sampler", "simans"))
     if args.negatives is not None:
         sampler = SamplerConfig(name=sampler.name, n=args.negatives)
-    budget = {k: getattr(args, k) for k in ("steps", "batch_size", "lr") if getattr(args, k) is not None}
+    budget = {k: getattr(args, k) for k in ("steps", "epochs", "batch_size", "lr") if getattr(args, k) is not None}
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return TrainConfig(
         index=INDEX,
@@ -119,7 +119,7 @@ def resolved_budget(args: argparse.Namespace) -> dict[str, Any]:
     budget = {k: v if v is not None else defaults[k].default for k, v in budget.items()}
     budget["negatives"] = args.negatives if args.negatives is not None else SamplerConfig().n
     if budget["steps"] is None:
-        budget["epochs"] = 1
+        budget["epochs"] = args.epochs if args.epochs is not None else 1
     return budget
 
 
@@ -226,6 +226,7 @@ def main() -> int:
     # Unset: `hybrid train`'s own defaults (one epoch); the NFCorpus study ran at
     # --steps 150 --batch-size 8 --lr 5e-5.
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--epochs", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--negatives", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
