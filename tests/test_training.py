@@ -186,6 +186,9 @@ def test_config_files_and_overrides(tmp_path: Path) -> None:
         merge({"index": "d", "queries": "q", "qrels": "r", "out": "o", "stepz": 3}, {})
     with pytest.raises(ConfigError, match="train needs --qrels, --answers or --pools"):
         merge({"index": "d", "queries": "q", "out": "o"}, {})
+    # named as the user names them, not as Python's TypeError would ("__init__() missing ...")
+    with pytest.raises(ConfigError, match=r"^missing training option\(s\): --index, --out \(a flag"):
+        merge({"queries": "q", "qrels": "r"}, {})
 
 
 @pytest.mark.parametrize(

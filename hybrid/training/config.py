@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -213,6 +213,11 @@ class TrainConfig:
             if bad:
                 raise ConfigError(f"unknown sampler option(s): {', '.join(sorted(bad))}")
             values["sampler"] = SamplerConfig(**sampler)
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if values.get(name) is None]
+        if missing:  # named as the CLI and config files name them, not as Python's TypeError would
+            names = ", ".join(f"--{name.replace('_', '-')}" for name in missing)
+            raise ConfigError(f"missing training option(s): {names} (a flag, or a key of the config file)")
         try:
             return cls(**values)
         except TypeError as exc:
