@@ -156,6 +156,7 @@ class OnnxQueryEncoder:
         settings: EncoderSettings | None = None,
         model_hash: str | None = None,
         threads: int | None = None,
+        spin: bool = True,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -186,6 +187,8 @@ class OnnxQueryEncoder:
         options.log_severity_level = 3  # errors only
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:  # idle threads sleep instead of busy-waiting for the next call's work
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.inputs = [i.name for i in self.session.get_inputs()]

@@ -45,12 +45,19 @@ def index_recipe(backend: Backend, index: str) -> VectorRecipe | None:
 
 
 def open_query_encoder(
-    model: str | None = None, *, recipe: VectorRecipe | None = None, batch: bool = False, index: str = "?"
+    model: str | None = None,
+    *,
+    recipe: VectorRecipe | None = None,
+    batch: bool = False,
+    index: str = "?",
+    spin: bool = True,
 ) -> QueryEncoder:
     """A query encoder for vectors made per ``recipe``: its model unless ``model`` is given.
 
     A ``model`` whose weights differ from the recipe's is refused (ModelMismatchError).
-    ``batch`` (many queries per call) uses torch on a GPU when there is one.
+    ``batch`` (many queries per call) uses torch on a GPU when there is one. ``spin`` False:
+    ONNX Runtime's idle threads sleep rather than busy-wait between calls (a server, whose
+    event loop needs the cores between batches).
     """
     settings: EncoderSettings | None = None
     known_hash: str | None = None
@@ -63,7 +70,7 @@ def open_query_encoder(
     encoder: QueryEncoder | None = None
     if onnx_encoder.available() and not (batch and _cuda()):
         try:
-            encoder = onnx_encoder.OnnxQueryEncoder(model, settings, known_hash)
+            encoder = onnx_encoder.OnnxQueryEncoder(model, settings, known_hash, spin=spin)
         except onnx_encoder.Unsupported as exc:
             log.info("%s; encoding queries with torch", exc)
         except ModelError:

@@ -108,6 +108,23 @@ def test_onnx_query_encoder_equals_torch_on_minilm() -> None:
     np.testing.assert_allclose(fast.encode_queries(QUERIES), Encoder().encode_queries(QUERIES), atol=1e-5)
 
 
+def test_the_servers_encoder_does_not_busy_wait(tiny_model: Path) -> None:
+    """The server's encoder threads sleep between batches (the event loop needs the cores);
+    other commands keep ONNX Runtime's default, which encodes a long run of batches faster.
+    Both give the same vectors."""
+    from hybrid.onnx_encoder import OnnxQueryEncoder
+    from hybrid.serving.engine import _open_encoder
+
+    key = "session.intra_op.allow_spinning"
+    served = _open_encoder(None, str(tiny_model))
+    plain = OnnxQueryEncoder(str(tiny_model))
+    assert isinstance(served, OnnxQueryEncoder)
+    assert served.session.get_session_options().get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: the default
+        plain.session.get_session_options().get_session_config_entry(key)
+    np.testing.assert_allclose(served.encode_queries(QUERIES), plain.encode_queries(QUERIES), atol=1e-6)
+
+
 def test_models_without_a_fast_tokenizer_fall_back_to_torch(tmp_path: Path, tiny_model: Path) -> None:
     import shutil
 

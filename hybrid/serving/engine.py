@@ -336,7 +336,9 @@ def _settle(future: Future[Answer], result: Answer | None = None, exception: Bas
 
 
 def _open_encoder(recipe: VectorRecipe | None, model: str) -> QueryEncoder:
-    """Batch encoder (torch) of the recipe's model, checked against its hash."""
+    """Batch encoder of the recipe's model, checked against its hash. Its threads do not
+    busy-wait between batches: that would take the cores from the event loop, which parses
+    and answers the requests meanwhile, and from a backend on the same machine."""
     if recipe is None:
-        return open_query_encoder(model, batch=True)
-    return open_query_encoder(recipe=recipe, batch=True)
+        return open_query_encoder(model, batch=True, spin=False)
+    return open_query_encoder(recipe=recipe, batch=True, spin=False)
