@@ -42,7 +42,10 @@ _ENGINE: Params = [
     ("max_batch", Annotated[int, Opt("--max-batch", help="Queries per micro-batch.")], 32),
     (
         "max_wait_ms",
-        Annotated[float, Opt("--max-wait-ms", help="How long a query waits for others to batch with.")],
+        Annotated[
+            float,
+            Opt("--max-wait-ms", help="How long a query waits for others to batch with (while queries come together)."),
+        ],
         2.0,
     ),
     ("batch_threads", Annotated[int, Opt("--batch-threads", help="Threads running micro-batches.")], 1),

@@ -198,6 +198,20 @@ def test_concurrent_requests_are_micro_batched(served_index: tuple[Any, str]) ->
     assert [[h.id for h in a.hits[0]] for a in answers] == [[h.id for h in row] for row in want]
 
 
+def test_a_lone_query_does_not_wait_for_company(served_index: tuple[Any, str]) -> None:
+    """The batch wait applies only while queries come together: one client's queries each run
+    at once (with a 30 s wait they would time out below). Concurrent ones still batch
+    (test_concurrent_requests_are_micro_batched)."""
+    backend, name = served_index
+    engine = Engine(backend, name, EngineConfig(max_wait_ms=30_000)).start()
+    try:
+        config = SearchConfig(mode="dense", k=3)
+        for query in QUERIES:
+            assert engine.search([query], config, timeout=20).batch_size == 1
+    finally:
+        engine.close()
+
+
 def test_swap_to_another_model_while_serving(
     served_index: tuple[Any, str], tiny_model: Path, other_model: Path, beir_small: Path
 ) -> None:

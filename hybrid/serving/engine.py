@@ -16,8 +16,9 @@ generation if its model is loaded, else refused at once (:class:`SwitchingError`
 thread never loads a model, which would hold every queued request for the load.
 
 Requests are queued; worker threads take what has queued up (at most ``max_batch``
-queries, waiting at most ``max_wait_ms`` for more after the first) and run each group of
-equal search options as one batched encoder and backend call.
+queries, waiting at most ``max_wait_ms`` for more after the first when the last batch held
+several requests) and run each group of equal search options as one batched encoder and
+backend call.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class Engine:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._together = False  # the last batch took more than one request
         self.last_error: str | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -258,7 +260,10 @@ class Engine:
                 return
             jobs = [first]
             size = len(first.queries)
-            deadline = time.perf_counter() + self.config.max_wait_ms / 1000
+            # Wait for company only while queries come together: a lone client's query then
+            # runs at once, and under load the queue fills while a batch runs anyway.
+            wait = self.config.max_wait_ms / 1000 if self._together else 0.0
+            deadline = time.perf_counter() + wait
             while size < self.config.max_batch:
                 remaining = deadline - time.perf_counter()
                 try:
@@ -270,6 +275,7 @@ class Engine:
                     break
                 jobs.append(job)
                 size += len(job.queries)
+            self._together = len(jobs) > 1
             groups: dict[SearchConfig, list[_Job]] = {}
             for job in jobs:
                 if job.future.set_running_or_notify_cancel():  # a request given up on is not run
