@@ -42,14 +42,20 @@ class FusionConfig:
         return {"bm25": self.bm25_weight, "dense": self.dense_weight}
 
 
-def rrf(lists: Mapping[str, Sequence[Hit]], k: float = 60.0, weights: Mapping[str, float] | None = None) -> list[Hit]:
-    """Reciprocal rank fusion: ``score(d) = sum_s w_s / (k + rank_s(d))``, ranks from 1."""
+def rrf(
+    lists: Mapping[str, Sequence[Hit]],
+    k: float = 60.0,
+    weights: Mapping[str, float] | None = None,
+    limit: int | None = None,
+) -> list[Hit]:
+    """Reciprocal rank fusion: ``score(d) = sum_s w_s / (k + rank_s(d))``, ranks from 1;
+    the first ``limit`` of them (all by default)."""
     fused: dict[str, float] = {}
     for side, hits in lists.items():
         w = 1.0 if weights is None else weights.get(side, 1.0)
         for rank, hit in enumerate(hits, start=1):
             fused[hit.id] = fused.get(hit.id, 0.0) + w / (k + rank)
-    return _merge(lists, fused)
+    return _merge(lists, fused, limit)
 
 
 def normalize(scores: Sequence[float], method: Normalization) -> list[float]:
@@ -68,8 +74,9 @@ def linear(
     lists: Mapping[str, Sequence[Hit]],
     method: Normalization = "minmax",
     weights: Mapping[str, float] | None = None,
+    limit: int | None = None,
 ) -> list[Hit]:
-    """Weighted sum of per-list normalised scores.
+    """Weighted sum of per-list normalised scores; the first ``limit`` (all by default).
 
     A document missing from a list gets that list's lowest normalised score (0 for min-max),
     the usual convention for fusing truncated top-k lists.
@@ -83,23 +90,26 @@ def linear(
         by_id = {h.id: n for h, n in zip(hits, norm, strict=True)}
         for doc_id in all_ids:
             fused[doc_id] = fused.get(doc_id, 0.0) + w * by_id.get(doc_id, floor)
-    return _merge(lists, fused)
+    return _merge(lists, fused, limit)
 
 
 def fuse(bm25: Sequence[Hit], dense: Sequence[Hit], config: FusionConfig, k: int) -> list[Hit]:
     """Fuse one query's BM25 and dense hits into the top ``k``."""
     lists = {"bm25": bm25, "dense": dense}
     if config.method == "rrf":
-        return rrf(lists, config.rrf_k, config.weights)[:k]
-    return linear(lists, config.normalization, config.weights)[:k]
+        return rrf(lists, config.rrf_k, config.weights, k)
+    return linear(lists, config.normalization, config.weights, k)
 
 
-def _merge(lists: Mapping[str, Sequence[Hit]], fused: dict[str, float]) -> list[Hit]:
+def _merge(lists: Mapping[str, Sequence[Hit]], fused: dict[str, float], limit: int | None = None) -> list[Hit]:
+    """The fused hits in order (ties by id), each with its sides' scores: built for the
+    first ``limit`` only, as a search at depth 100 and k 10 keeps a tenth of them."""
+    order = sorted(fused, key=lambda d: (-fused[d], d))[:limit]
     first: dict[str, Hit] = {}
-    sources: dict[str, dict[str, float]] = {}
+    sources: dict[str, dict[str, float]] = {d: {} for d in order}
     for side, hits in lists.items():
         for hit in hits:
-            first.setdefault(hit.id, hit)
-            sources.setdefault(hit.id, {})[side] = hit.score
-    order = sorted(fused, key=lambda d: (-fused[d], d))
+            if hit.id in sources:
+                first.setdefault(hit.id, hit)
+                sources[hit.id][side] = hit.score
     return [Hit(id=d, score=fused[d], title=first[d].title, text=first[d].text, sources=sources[d]) for d in order]

@@ -62,3 +62,27 @@ def test_fuse_truncates_and_validates() -> None:
     assert fuse(BM25, DENSE, FusionConfig(method="linear"), k=1)[0].id == "b"
     with pytest.raises(ConfigError, match="unknown fusion 'max'"):
         FusionConfig(method="max")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["rrf", "linear"])
+def test_fusing_the_top_k_equals_the_full_fusion_cut_at_k(method: str) -> None:
+    """fuse builds hits for the top k only; they are the full fusion's first k, scores,
+    ties and per-side sources included (ids repeat within and across sides, scores tie)."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(200):
+        ids = [f"d{n}" for n in range(rng.randint(1, 40))]
+        bm25 = [Hit(id=rng.choice(ids), score=float(rng.randint(0, 5))) for _ in range(rng.randint(0, 30))]
+        dense = [
+            Hit(id=rng.choice(ids), score=rng.choice([0.5, 0.25, rng.random()])) for _ in range(rng.randint(1, 30))
+        ]
+        lists = {"bm25": bm25, "dense": dense}
+        whole = (
+            rrf(lists, 60.0, {"bm25": 0.5, "dense": 0.5})
+            if method == "rrf"
+            else linear(lists, "minmax", {"bm25": 0.5, "dense": 0.5})
+        )
+        config = FusionConfig(method=method)  # type: ignore[arg-type]
+        for k in (1, 3, 10, 100):
+            assert fuse(bm25, dense, config, k) == whole[:k]
