@@ -311,7 +311,7 @@ def bench_backend(kind: str, where: list[str], args: argparse.Namespace, queries
     """Index, then per client count the encoder alone and each mode served, in turn, so
     that the ratios compare figures measured minutes apart at most on a shared machine."""
     index_s = None
-    if not args.store:
+    if kind == "es" or not args.store:  # --store names an embedded index only
         print(f"== {kind}: indexing {DATASET[0].name}", flush=True)
         index_s = round(run_cli(["index", str(DATASET[0]), "-i", INDEX[0], "--recreate"], where), 1)
     encoder = query_encoder(where, INDEX[0])
