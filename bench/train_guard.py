@@ -112,14 +112,14 @@ def train_config(args: argparse.Namespace, arm: str, seed: int, out: Path) -> An
 def resolved_budget(args: argparse.Namespace) -> dict[str, Any]:
     """The budget every arm runs at: the flags given, else `hybrid train`'s defaults."""
     from hybrid.negatives import SamplerConfig
-    from hybrid.training.config import TrainConfig
+    from hybrid.training.config import DEFAULT_EPOCHS, TrainConfig
 
     defaults = TrainConfig.__dataclass_fields__
     budget = {k: getattr(args, k) for k in ("steps", "batch_size", "lr")}
     budget = {k: v if v is not None else defaults[k].default for k, v in budget.items()}
     budget["negatives"] = args.negatives if args.negatives is not None else SamplerConfig().n
     if budget["steps"] is None:
-        budget["epochs"] = args.epochs if args.epochs is not None else 1
+        budget["epochs"] = args.epochs if args.epochs is not None else DEFAULT_EPOCHS
     return budget
 
 
@@ -223,7 +223,7 @@ def main() -> int:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="nfcorpus")
     parser.add_argument("--arms", default="simans,simans+multi")
     parser.add_argument("--seeds", default="1")
-    # Unset: `hybrid train`'s own defaults (one epoch); the NFCorpus study ran at
+    # Unset: `hybrid train`'s own defaults (DEFAULT_EPOCHS); the NFCorpus study ran at
     # --steps 150 --batch-size 8 --lr 5e-5.
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--epochs", type=float, default=None)

@@ -162,7 +162,7 @@ _TRAINING: Params = [
     ),
     (
         "epochs",
-        Annotated[float | None, Opt("--epochs", help="Passes over the training queries, reshuffled each (1).")],
+        Annotated[float | None, Opt("--epochs", help="Passes over the training queries, reshuffled each (2).")],
         None,
     ),
     (

@@ -5,9 +5,10 @@ from __future__ import annotations
 import gzip
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
+from hybrid.cli.train import _TRAINING
 
 from hybrid.encoder import Encoder, EncoderConfig
 from hybrid.errors import ConfigError, CorpusError, ModelError, ModelMismatchError
@@ -15,7 +16,7 @@ from hybrid.indexing import IndexJob, run_index
 from hybrid.manifest import model_hash
 from hybrid.mining import MineJob, read_pools, run_mine
 from hybrid.search import SearchConfig, Searcher
-from hybrid.training.config import TrainConfig
+from hybrid.training.config import DEFAULT_EPOCHS, TrainConfig
 from hybrid.training.trainer import train
 
 DENSE = SearchConfig(mode="dense", k=3)
@@ -172,7 +173,9 @@ def test_resume_redoes_a_refresh_cut_short(
 def test_epochs_derive_steps(beir_small: Path, tmp_path: Path) -> None:
     config = _train_config("idx", beir_small, tmp_path, steps=None, epochs=2.0, batch_size=3)
     assert config.total_steps(4) == 3  # ceil(2 * 4 / 3)
-    assert _train_config("idx", beir_small, tmp_path, steps=None).total_steps(10) == 5  # one epoch of batch 2
+    assert _train_config("idx", beir_small, tmp_path, steps=None).total_steps(10) == 10  # two epochs of batch 2
+    help_text = next(get_args(option)[1].help for name, option, _ in _TRAINING if name == "epochs")
+    assert help_text.endswith(f"({DEFAULT_EPOCHS:g}).")  # the help says the default in force
     with pytest.raises(ConfigError, match="give --steps or --epochs, not both"):
         _train_config("idx", beir_small, tmp_path, steps=3, epochs=1.0)
 
