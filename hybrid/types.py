@@ -26,9 +26,14 @@ class Query:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hit:
-    """One ranked result. ``title``/``text`` are filled when the backend returns them."""
+    """One ranked result. ``title``/``text`` are filled when the backend returns them.
+
+    Not frozen, unlike the other records here: a frozen dataclass sets each field through
+    ``object.__setattr__``, and a hybrid search builds a hit for every candidate of both
+    sides, which made that a visible share of a served query (a profile showed it). Treat
+    it as read-only all the same (``dataclasses.replace`` makes a changed copy)."""
 
     id: str
     score: float
