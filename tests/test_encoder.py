@@ -113,10 +113,10 @@ def test_the_servers_encoder_does_not_busy_wait(tiny_model: Path) -> None:
     other commands keep ONNX Runtime's default, which encodes a long run of batches faster.
     Both give the same vectors."""
     from hybrid.onnx_encoder import OnnxQueryEncoder
-    from hybrid.serving.engine import _open_encoder
+    from hybrid.serving.engine import server_encoder
 
     key = "session.intra_op.allow_spinning"
-    served = _open_encoder(None, str(tiny_model))
+    served = server_encoder(None, str(tiny_model))
     plain = OnnxQueryEncoder(str(tiny_model))
     assert isinstance(served, OnnxQueryEncoder)
     assert served.session.get_session_options().get_session_config_entry(key) == "0"

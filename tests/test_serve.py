@@ -261,7 +261,7 @@ def test_requests_never_wait_on_a_model_load(
     once (--grace 0): while the watcher loads the new model (slowed here to 6 s), requests are
     answered or refused with 503 + Retry-After at once, never held for the load; then the
     server switches."""
-    from hybrid.serving.engine import _open_encoder
+    from hybrid.serving.engine import server_encoder
 
     name = f"{es_prefix}-swap"
     run_index(IndexJob(corpus=beir_small, index=name), es_backend, tiny_encoder)
@@ -271,7 +271,7 @@ def test_requests_never_wait_on_a_model_load(
         loads.append(model)
         if len(loads) > 1:
             time.sleep(6)  # a big model's load and ONNX export
-        return _open_encoder(recipe, model)
+        return server_encoder(recipe, model)
 
     engine = Engine(es_backend, name, EngineConfig(max_wait_ms=2, poll_s=0.05), encoder_factory=slow_factory)
     es_backend.retirement.grace_s = 0

@@ -102,7 +102,7 @@ class Engine:
         self.backend = backend
         self.index = index
         self.config = config or EngineConfig()
-        self._factory = encoder_factory or _open_encoder
+        self._factory = encoder_factory or server_encoder
         self._on_batch = on_batch
         self._owns_backend = owns_backend  # close() closes the backend too
         self._generation: Generation | None = None
@@ -341,10 +341,9 @@ def _settle(future: Future[Answer], result: Answer | None = None, exception: Bas
             future.set_result(result)  # type: ignore[arg-type]
 
 
-def _open_encoder(recipe: VectorRecipe | None, model: str) -> QueryEncoder:
-    """Batch encoder of the recipe's model, checked against its hash. Its threads do not
-    busy-wait between batches: that would take the cores from the event loop, which parses
-    and answers the requests meanwhile, and from a backend on the same machine."""
-    if recipe is None:
-        return open_query_encoder(model, batch=True, spin=False)
-    return open_query_encoder(recipe=recipe, batch=True, spin=False)
+def server_encoder(recipe: VectorRecipe | None, model: str) -> QueryEncoder:
+    """The engine's encoder: the recipe's model (``model`` names it for an index made
+    before recipes), checked against its hash, for batches. Its threads do not busy-wait
+    between batches: that would take the cores from the event loop, which parses and
+    answers the requests meanwhile, and from a backend on the same machine."""
+    return open_query_encoder(None if recipe is not None else model, recipe=recipe, batch=True, spin=False)
