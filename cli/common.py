@@ -8,7 +8,8 @@ import logging
 import os
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -26,6 +27,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 console = Console()
 err_console = Console(stderr=True)
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, ProgressColumn
+
+
+@contextmanager
+def progress_bar(*columns: ProgressColumn | str) -> Iterator[Progress]:
+    """A progress bar on stderr, erased if the work fails: the error line then stands
+    alone, not under a bar stopped at 0/?."""
+    from rich.progress import Progress
+
+    bar = Progress(*columns, console=err_console)
+    bar.start()
+    try:
+        yield bar
+    except BaseException:
+        bar.live.transient = True
+        bar.live.stop()  # not bar.stop(): off a terminal that adds an empty line
+        raise
+    bar.stop()
 
 
 def default_store() -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hybrid.errors import ConfigError
@@ -23,6 +23,7 @@ from .common import (
     err_console,
     handle_errors,
     option_group,
+    progress_bar,
 )
 from .search import BM25WeightOpt, DenseWeightOpt, DepthOpt, FusionOpt, ModeOpt, NormOpt, RrfKOpt, fusion_config
 
@@ -151,7 +152,7 @@ def _run(job: EvalJob, conn: BackendOptions, quiet: bool) -> EvalReport:
         if quiet:
             return run_eval(job, backend)
         columns = (TextColumn("[bold]searching"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err_console) as bar:
+        with progress_bar(*columns) as bar:
             task = bar.add_task("searching", total=None)
             return run_eval(job, backend, progress=lambda done, total: bar.update(task, completed=done, total=total))
     finally:

@@ -396,8 +396,12 @@ class _IndexProgress:
         self.progress.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is None:
+            self.progress.stop()
+        else:  # erased, with no empty line after it: the error line stands alone
+            self.progress.live.transient = True
+            self.progress.live.stop()
 
     def update(self, stats: IndexStats) -> None:
         elapsed = self.progress.tasks[0].elapsed or 0.0

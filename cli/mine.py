@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .common import (
@@ -16,8 +16,8 @@ from .common import (
     QuietOpt,
     backend_options,
     console,
-    err_console,
     handle_errors,
+    progress_bar,
 )
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def _run(job: MineJob, conn: BackendOptions, model: str | None, quiet: bool) -> 
             TimeElapsedColumn(),
             TimeRemainingColumn(),
         )
-        with Progress(*columns, console=err_console) as bar:
+        with progress_bar(*columns) as bar:
             task = bar.add_task("mining", total=None)
             return run_mine(job, backend, encoder, lambda d, t: bar.update(task, completed=d, total=t))
     finally:

@@ -112,10 +112,21 @@ def serve(
     if api_key_file is not None:
         _read_key(api_key_file)  # fail here, once, with a clear message
     server = {"host": host, "port": port, "log_config": _log_config(access_log), "access_log": access_log}
+    _check_index(conn, settings["index"])
     if workers == 1:
         _serve_in_process(settings, server)
     else:
-        _serve_workers(settings, conn, workers, server)
+        _serve_workers(settings, workers, server)
+
+
+def _check_index(conn: BackendOptions, index: str) -> None:
+    """Fail with the backend's own message (where it looked, how to create the index)."""
+    backend = conn.open()
+    try:
+        if backend.current(index) is None:
+            backend.info(index)  # raises the usual "not found; create it with ..." error
+    finally:
+        backend.close()
 
 
 def _serve_in_process(settings: dict[str, Any], server: dict[str, Any]) -> None:
@@ -141,25 +152,19 @@ def _serve_in_process(settings: dict[str, Any], server: dict[str, Any]) -> None:
         engine.close()
 
 
-def _serve_workers(settings: dict[str, Any], conn: BackendOptions, workers: int, server: dict[str, Any]) -> None:
+def _serve_workers(settings: dict[str, Any], workers: int, server: dict[str, Any]) -> None:
     """Several uvicorn worker processes, each building its engine from ``settings``, handed over
     in a file only this user can read."""
     import uvicorn
 
-    index = settings["index"]
-    backend = conn.open()
-    try:
-        if backend.current(index) is None:
-            backend.info(index)  # raises the usual "not found; create it with ..." error
-    finally:
-        backend.close()
     fd, path = tempfile.mkstemp(prefix="hybrid-serve-", suffix=".json")  # created 0600
     try:
         with os.fdopen(fd, "w") as out:
             json.dump(settings, out)
         os.environ[_WORKER_ENV] = path
         err_console.print(
-            f"serving '{index}' on http://{server['host']}:{server['port']} with {workers} workers", markup=False
+            f"serving '{settings['index']}' on http://{server['host']}:{server['port']} with {workers} workers",
+            markup=False,
         )
         uvicorn.run("hybrid.cli.serve:worker_app", factory=True, workers=workers, **server)
     finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hybrid.errors import ConfigError
 
@@ -26,6 +26,7 @@ from .common import (
     err_console,
     handle_errors,
     option_group,
+    progress_bar,
     say_grace,
 )
 
@@ -451,7 +452,7 @@ def _run(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console) as bar:
+    with progress_bar(*columns) as bar:
         task = bar.add_task("training", total=config.steps, loss="-", lr="-", rate="-")  # None until planned
 
         def show(p: TrainProgress) -> None:

@@ -101,6 +101,18 @@ def test_eval_warns_about_missing_documents_and_queries(tmp_path: Path, tiny_mod
     assert "Warning: 1 of 3 relevant documents in the qrels are not in index 'docs'" in result.stderr
 
 
+def test_a_failure_leaves_its_error_line_alone(tmp_path: Path, tiny_model: Path, beir_small: Path) -> None:
+    """With its progress bar drawn (no --quiet), a run that fails shows the error line
+    and no bar stopped at 0/? (nor an empty line) above it."""
+    store = ["--store", str(tmp_path / "store")]
+    _index([str(beir_small), "-i", "docs", "-m", str(tiny_model), *store])
+    missing = tmp_path / "nope.tsv"
+    args = ["eval", "-i", "docs", "--queries", str(beir_small / "queries.jsonl"), "--qrels", str(missing), *store]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {missing}: file not found; check the path\n"
+
+
 def test_exclude_self(tmp_path: Path, tiny_model: Path) -> None:
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(

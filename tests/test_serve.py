@@ -321,7 +321,8 @@ def test_cli_serve_process(tmp_path: Path, tiny_encoder: Any, beir_small: Path) 
     cli = [sys.executable, "-m", "hybrid.cli"]
     missing = subprocess.run([*cli, "serve", "-i", "nope", "--store", str(store)], capture_output=True, text=True)
     assert missing.returncode == 1
-    assert missing.stderr.strip().startswith("Error: index 'nope' not found") and "Traceback" not in missing.stderr
+    hint = "create it with: hybrid index CORPUS --index nope"
+    assert missing.stderr.strip() == f"Error: index 'nope' not found in {store}; {hint}"
 
     key_file = tmp_path / "token"
     key_file.write_text(TOKEN + "\n")
