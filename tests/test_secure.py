@@ -126,6 +126,19 @@ def test_bad_credentials_and_certificates_are_one_line(secure: dict[str, Any], t
             "refused the credentials (wrong, expired or revoked)",
         ),
         ([*base, "--es-ca-certs", secure["ca"], "--es-api-key-file", bad_key], "refused the credentials"),
+        (  # plain HTTP to a TLS node, which closes the connection without a word
+            [
+                "info",
+                "-i",
+                "sec",
+                "--es-url",
+                secure["url"].replace("https://", "http://"),
+                *user,
+                "--es-password-file",
+                password,
+            ],
+            "closed the connection without answering; if it serves HTTPS, use https://",
+        ),
     ]
     for args, message in cases:
         done = _cli(args, tmp_path)

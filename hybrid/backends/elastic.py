@@ -96,11 +96,27 @@ def connect(config: ElasticConfig) -> Any:
                 f"the TLS certificate of {config.display_url} could not be verified; pass the CA that signed it "
                 "with --es-ca-certs (or its SHA-256 with --es-ssl-fingerprint)"
             ) from exc
+        if all(u.startswith("http://") for u in config.urls) and "RemoteDisconnected" in _causes(exc):
+            # what a node with TLS on does to a plain-HTTP request: closes it without answering
+            raise ClusterUnreachableError(
+                f"Elasticsearch at {config.display_url} closed the connection without answering; "
+                "if it serves HTTPS, use https:// in --es-url (or HYBRID_ES_URL)"
+            ) from exc
         raise ClusterUnreachableError(
             f"cannot reach Elasticsearch at {config.display_url}; check --es-url (or HYBRID_ES_URL) "
             "and that the cluster is running"
         ) from exc
     return client
+
+
+def _causes(exc: BaseException) -> str:
+    """The reprs of ``exc`` and of the exceptions it was raised from, in one string."""
+    seen: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(seen) < 10:
+        seen.append(repr(current))
+        current = current.__cause__ or current.__context__
+    return " ".join(seen)
 
 
 class ElasticBackend:
