@@ -503,9 +503,12 @@ def test_one_json_error_contract(served_index: tuple[Any, str]) -> None:
 
 
 @pytest.mark.es
-def test_unreachable_backend_is_503_json(es_backend: Any, es_prefix: str, tiny_encoder: Any, beir_small: Path) -> None:
+def test_unreachable_backend_is_503_json(
+    es_backend: Any, es_prefix: str, tiny_encoder: Any, beir_small: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """With Elasticsearch gone, /search, /search/batch, /docs/{id} and /readyz answer 503
-    JSON with Retry-After, never a plain-text 500 or an exception's chain."""
+    JSON with Retry-After, never a plain-text 500 or an exception's chain. The watcher logs
+    the outage once, not at every poll, and logs its end."""
     from elasticsearch import Elasticsearch
 
     name = f"{es_prefix}-gone"
@@ -522,10 +525,17 @@ def test_unreachable_backend_is_503_json(es_backend: Any, es_prefix: str, tiny_e
             _refused(client.get("/docs/d1"), 503, "not reachable")
             message = _refused(client.get("/readyz"), 503, "not reachable")
             assert "Error" not in message and "127.0.0.1" not in message
+            time.sleep(1.5)  # several polls of the watcher into the outage
         finally:
             es_backend.client.close()
             es_backend.client = real
         assert client.post("/search", json={"query": "tides"}).status_code == 200
+        deadline = time.monotonic() + 10
+        while not any("works again" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    watch = [r.getMessage() for r in caplog.records if r.name == "hybrid.serving.engine"]
+    assert sum(f"watching {name} failed" in m for m in watch) == 1, watch
+    assert f"watching {name} works again" in watch, watch
 
 
 def test_serve_switches_the_query_model_under_load(

@@ -234,14 +234,25 @@ class Engine:
         while not self._stop.wait(self.config.poll_s):
             try:
                 self.refresh()
-                self.last_error = None
             except HybridError as exc:  # keep serving the generation we have
-                self.last_error = str(exc)
-                log.warning("could not switch to the new version of %s: %s", self.index, exc)
+                self._watch_failed(str(exc), f"could not switch to the new version of {self.index}: {exc}")
             except Exception as exc:  # a connection error: report through /readyz, keep going
                 # /readyz shows this to clients: the exception's own text stays in the log
-                self.last_error = f"could not check '{self.index}' for a new version ({type(exc).__name__})"
-                log.warning("watching %s failed: %s: %s", self.index, type(exc).__name__, exc)
+                self._watch_failed(
+                    f"could not check '{self.index}' for a new version ({type(exc).__name__})",
+                    f"watching {self.index} failed: {type(exc).__name__}: {exc}",
+                )
+            else:
+                if self.last_error is not None:
+                    log.warning("watching %s works again", self.index)
+                self.last_error = None
+
+    def _watch_failed(self, public: str, detail: str) -> None:
+        """Record a failed check for /readyz; log it when it is news, not at every poll of
+        an outage (a backend down for an hour would otherwise fill the log)."""
+        if public != self.last_error:
+            log.warning("%s (logged again only if it changes)", detail)
+        self.last_error = public
 
     # -- requests -------------------------------------------------------------
     def submit(self, queries: Sequence[str], config: SearchConfig) -> Future[Answer]:
