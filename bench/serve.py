@@ -19,9 +19,9 @@ server loads it, is timed alone in this process (batches of 32, the server's mic
 then one query at a time) before the first client count and after each, and each row
 reports its requests/s over the mean batched rate of the two timings around its client
 count: ratios of figures measured minutes apart at most. One client's dense p50 is also
-given over one query's encode time (the mean of those timings' p50s), and over that of the
-same model with ONNX Runtime's busy-waiting threads (timed once, before the first client
-count), which the server turns off. Then (unless --no-swap) a swap
+given over one query's encode time (the mean p50 of the two timings around its block),
+and over that of the same model with ONNX Runtime's busy-waiting threads (timed once,
+before the first client count), which the server turns off. Then (unless --no-swap) a swap
 run: 4 clients send hybrid queries while `hybrid index --recreate -m MODEL` rebuilds the
 index in another process with a model the server has never seen (MiniLM's weights nudged),
 and the alias moves; it reports errors (the goal is 0), the (version, model) pairs the
@@ -373,7 +373,9 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         if (mode, most) in rows and "over_encoder" in rows[(mode, most)]:
             out[f"{mode}_over_encoder_at_{most}"] = rows[(mode, most)]["over_encoder"]
     if ("dense", 1) in rows:  # one client's dense p50 over one query's encode (the encoder as served)
-        encode = sum(e["batch1_p50_ms"] for e in result["encoder_only"]) / len(result["encoder_only"])
+        at = list(dict.fromkeys(r["clients"] for r in result["rows"])).index(1)  # its block's timings
+        around = result["encoder_only"][at : at + 2]
+        encode = sum(e["batch1_p50_ms"] for e in around) / len(around)
         out["dense_p50_over_encode_at_1"] = round(rows[("dense", 1)]["p50_ms"] / encode, 2)
         if "spinning_batch1_p50_ms" in result["encoder_only"][0]:
             spinning = result["encoder_only"][0]["spinning_batch1_p50_ms"]
@@ -389,6 +391,8 @@ TARGETS = (
     ("hybrid_over_encoder_at_16", ">=", 0.6),
     ("hybrid_over_dense_rps_at_16", ">=", 0.75),
     ("hybrid_over_dense_p50_at_1", "<=", 1.5),
+    # against the encoder as the server runs it (threads sleeping between batches); the
+    # summary also gives the ratio to a busy-waiting encoder, which no goal reads
     ("dense_p50_over_encode_at_1", "<=", 2.0),
 )
 

@@ -42,11 +42,19 @@ def progress_bar(*columns: ProgressColumn | str) -> Iterator[Progress]:
     bar.start()
     try:
         yield bar
-    except BaseException:
-        bar.live.transient = True
-        bar.live.stop()  # not bar.stop(): off a terminal that adds an empty line
+    except Exception:
+        erase(bar)
+        raise
+    except BaseException:  # Ctrl-C: the bar stays, showing how far the work got
+        bar.stop()
         raise
     bar.stop()
+
+
+def erase(bar: Progress) -> None:
+    """Stop ``bar`` and clear it from the terminal (off one, print nothing more)."""
+    bar.live.transient = True
+    bar.live.stop()  # not bar.stop(): off a terminal that adds an empty line
 
 
 def default_store() -> Path:

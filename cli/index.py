@@ -25,6 +25,7 @@ from .common import (
     QuietOpt,
     backend_options,
     console,
+    erase,
     err_console,
     handle_errors,
     option_group,
@@ -397,11 +398,10 @@ class _IndexProgress:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        if kind is None:
+        if kind is not None and issubclass(kind, Exception):
+            erase(self.progress)  # the error line stands alone
+        else:  # done, or Ctrl-C: the bar stays
             self.progress.stop()
-        else:  # erased, with no empty line after it: the error line stands alone
-            self.progress.live.transient = True
-            self.progress.live.stop()
 
     def update(self, stats: IndexStats) -> None:
         elapsed = self.progress.tasks[0].elapsed or 0.0

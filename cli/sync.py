@@ -18,6 +18,7 @@ from .common import (
     QuietOpt,
     backend_options,
     console,
+    erase,
     err_console,
     handle_errors,
 )
@@ -136,8 +137,12 @@ class _SyncProgress:
     def __enter__(self) -> _SyncProgress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self.tasks or self.started:  # started by the first pass with work: an early error stays one line
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if not (self.tasks or self.started):  # started by the first pass with work
+            return
+        if kind is not None and issubclass(kind, Exception):
+            erase(self.progress)  # the error line stands alone
+        else:
             self.progress.stop()
 
     def update(self, stats: PassStats) -> None:

@@ -137,7 +137,7 @@ def test_bad_credentials_and_certificates_are_one_line(secure: dict[str, Any], t
                 "--es-password-file",
                 password,
             ],
-            "closed the connection without answering; if it serves HTTPS, use https://",
+            "closed the connection without answering: it may still be starting, or it serves HTTPS (then use https://",
         ),
     ]
     for args, message in cases:

@@ -97,10 +97,11 @@ def connect(config: ElasticConfig) -> Any:
                 "with --es-ca-certs (or its SHA-256 with --es-ssl-fingerprint)"
             ) from exc
         if all(u.startswith("http://") for u in config.urls) and "RemoteDisconnected" in _causes(exc):
-            # what a node with TLS on does to a plain-HTTP request: closes it without answering
+            # what a node with TLS on does to a plain-HTTP request; also a proxy in front of a
+            # node that is still starting
             raise ClusterUnreachableError(
-                f"Elasticsearch at {config.display_url} closed the connection without answering; "
-                "if it serves HTTPS, use https:// in --es-url (or HYBRID_ES_URL)"
+                f"Elasticsearch at {config.display_url} closed the connection without answering: it may "
+                "still be starting, or it serves HTTPS (then use https:// in --es-url or HYBRID_ES_URL)"
             ) from exc
         raise ClusterUnreachableError(
             f"cannot reach Elasticsearch at {config.display_url}; check --es-url (or HYBRID_ES_URL) "
