@@ -9,13 +9,17 @@ negatives drawn by hybrid from pools mined on the index (mined once, cached unde
 ``--work``). Same loss (softmax over
 the query's positive, its negatives and every other passage in the batch; scale 20 =
 temperature 0.05), same optimizer (AdamW 2e-5, weight decay 0.01 off biases and
-LayerNorms, 10 % warmup then linear decay, gradient clipping at 1), same lengths (queries
-64 tokens, passages 128), fp32 on the CPU.
+LayerNorms, 10 % warmup then linear decay, gradient clipping at 1), same lengths
+(``--query-len``, ``--passage-len``: 64 and 128 tokens unless given), fp32 on the CPU.
 
 - sentence-transformers: ``MultipleNegativesRankingLoss`` on the model loaded with
   ``SentenceTransformer``, in a plain loop (tokenize the columns with ``model.tokenize``,
   loss, backward, step): the peer's own per-step work without its Trainer's overhead,
   which only favours the peer.
+- sentence-transformers, ``st-cached``: ``CachedMultipleNegativesRankingLoss`` (mini-batch
+  32), the form its docs recommend for large batches: the GradCache peer of
+  ``hybrid-budget`` (the memory budget ``hybrid train`` picks here) and ``hybrid-cN``
+  (GradCache chunks of N texts).
 - hybrid: ``hybrid train``'s library path, pools given, no refresh.
 
 Examples/s per arm from the step times after the first (warm-up) step, arms alternating
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import sys
 import tempfile
@@ -39,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import REPO, SHARED, machine, write_json
 
 SCIFACT = SHARED / "scifact"
-QUERY_LEN, PASSAGE_LEN, LR, TEMPERATURE = 64, 128, 2e-5, 0.05
+LR, TEMPERATURE = 2e-5, 0.05
+PEER_MINI_BATCH = 32  # CachedMultipleNegativesRankingLoss's default mini_batch_size
 
 
 def main() -> int:
@@ -51,12 +57,16 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--negatives", type=int, default=7)
+    parser.add_argument("--query-len", type=int, default=64, help="query tokens, both arms")
+    parser.add_argument("--passage-len", type=int, default=128, help="passage tokens, both arms")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument(
         "--arms",
         default="st,hybrid",
-        help="st, hybrid (defaults), hybrid-ckpt (--grad-checkpointing), cli-1 and cli-2 (`hybrid train` "
-        "as a command, one process or --nproc 2: examples/s over all steps, from its log)",
+        help="st (MNRL), st-cached (CachedMNRL, mini-batch 32), hybrid (no budget), hybrid-ckpt "
+        "(--grad-checkpointing), hybrid-budget (the --max-memory `hybrid train` picks on this machine), "
+        "hybrid-cN (--grad-cache-chunk N), cli-1 and cli-2 (`hybrid train` as a command, one process or "
+        "--nproc 2: examples/s over all steps, from its log)",
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/hybrid-train-peer"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_peer.json")
@@ -75,7 +85,8 @@ def main() -> int:
     pools = _pools(backend, args.index, args.work, args.queries, args.qrels)
     examples = _examples(backend, args.index, pools, args.steps, args.batch, args.negatives)
     model_dir = str(VectorRecipe.from_dict(backend.info(args.index).recipe).model_dir())  # hybrid starts there
-    parity = _parity(model_dir, examples[0], args.negatives)
+    lengths = (args.query_len, args.passage_len)
+    parity = _parity(model_dir, examples[0], args.negatives, lengths)
     print(f"same loss, dropout off, first batch: sentence-transformers {parity[0]:.6f}, hybrid {parity[1]:.6f}")
     arms = args.arms.split(",")
     rates: dict[str, list[float]] = {arm: [] for arm in arms}
@@ -88,20 +99,21 @@ def main() -> int:
                 losses[arm] = loss
                 print(f"{arm:15} run {repeat + 1}: {rate:6.2f} examples/s  (all steps)", flush=True)
                 continue
-            if arm == "st":
-                step_s, loss = _train_st(model_dir, examples)
+            if arm in ("st", "st-cached"):
+                step_s, loss = _train_st(model_dir, examples, lengths, cached=arm == "st-cached")
             else:
-                step_s, loss = _train_hybrid(backend, args, pools, arm == "hybrid-ckpt")
+                step_s, loss = _train_hybrid(backend, args, pools, arm)
             rates[arm].append(args.batch / statistics.mean(step_s[1:]))
             losses[arm] = loss
             print(f"{arm:15} run {repeat + 1}: {rates[arm][-1]:6.2f} examples/s  (step s: {_fmt(step_s)})", flush=True)
     backend.close()
 
     med = {arm: statistics.median(values) for arm, values in rates.items()}
-    print(f"\n{'arm':15} {'examples/s':>10} {'vs ST':>6}  last losses")
+    peer = next((arm for arm in ("st", "st-cached") if arm in med), None)  # the reference of the ratios
+    print(f"\n{'arm':15} {'examples/s':>10} {'vs ' + (peer or 'ST'):>9}  last losses")
     for arm in arms:
-        ratio = med[arm] / med["st"] if "st" in med else float("nan")
-        print(f"{arm:15} {med[arm]:10.2f} {ratio:6.2f}  {_fmt(losses[arm][-3:], 3)}")
+        ratio = med[arm] / med[peer] if peer else float("nan")
+        print(f"{arm:15} {med[arm]:10.2f} {ratio:9.2f}  {_fmt(losses[arm][-3:], 3)}")
     write_json(
         args.out,
         {
@@ -109,7 +121,8 @@ def main() -> int:
             "args": {k: str(v) for k, v in vars(args).items()},
             "examples_per_s": rates,
             "median": med,
-            "ratio_vs_st": {arm: round(med[arm] / med["st"], 3) for arm in arms} if "st" in med else {},
+            "ratio_vs": peer,
+            "ratio_vs_st": {arm: round(med[arm] / med[peer], 3) for arm in arms} if peer else {},
             "losses": losses,
             "loss_parity_first_batch": parity,
         },
@@ -156,7 +169,7 @@ def _examples(backend: Any, index: str, pools: Path, steps: int, batch: int, neg
     return out
 
 
-def _parity(model_dir: str, rows: list[Any], negatives: int) -> tuple[float, float]:
+def _parity(model_dir: str, rows: list[Any], negatives: int, lengths: tuple[int, int]) -> tuple[float, float]:
     """Both losses on one batch with dropout off (hybrid's masking of labelled positives
     aside, which MNRL lacks): the arms compute the same function."""
     from dataclasses import replace
@@ -170,9 +183,9 @@ def _parity(model_dir: str, rows: list[Any], negatives: int) -> tuple[float, flo
     st = SentenceTransformer(model_dir, device="cpu").eval()
     features = []
     for i, column in enumerate(zip(*rows, strict=True)):
-        st.max_seq_length = QUERY_LEN if i == 0 else PASSAGE_LEN
+        st.max_seq_length = lengths[i > 0]
         features.append(st.tokenize(list(column)))
-    settings = replace(load_settings(Path(model_dir)), query_max_length=QUERY_LEN, passage_max_length=PASSAGE_LEN)
+    settings = replace(load_settings(Path(model_dir)), query_max_length=lengths[0], passage_max_length=lengths[1])
     model = DualEncoder(Path(model_dir), settings).eval()
     cpu = torch.device("cpu")
     group = negatives + 1
@@ -186,21 +199,25 @@ def _parity(model_dir: str, rows: list[Any], negatives: int) -> tuple[float, flo
     return float(peer), float(ours)
 
 
-def _mnrl() -> Any:
+def _mnrl(cached: bool = False) -> Any:
+    """sentence-transformers' MultipleNegativesRankingLoss, or its GradCache form."""
+    name = "CachedMultipleNegativesRankingLoss" if cached else "MultipleNegativesRankingLoss"
     try:
-        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+        from sentence_transformers.sentence_transformer import losses
     except ImportError:  # sentence-transformers before 6
-        from sentence_transformers.losses import MultipleNegativesRankingLoss
-    return MultipleNegativesRankingLoss
+        from sentence_transformers import losses
+    return getattr(losses, name)
 
 
-def _train_st(model_dir: str, examples: list[list[Any]]) -> tuple[list[float], list[float]]:
+def _train_st(
+    model_dir: str, examples: list[list[Any]], lengths: tuple[int, int], cached: bool
+) -> tuple[list[float], list[float]]:
     import torch
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(model_dir, device="cpu")
-    model.max_seq_length = PASSAGE_LEN
-    loss_fn = _mnrl()(model, scale=1 / TEMPERATURE)
+    extra = {"mini_batch_size": PEER_MINI_BATCH} if cached else {}
+    loss_fn = _mnrl(cached)(model, scale=1 / TEMPERATURE, **extra)
     decay = [p for n, p in model.named_parameters() if not (p.ndim < 2 or "LayerNorm" in n or n.endswith("bias"))]
     rest = [p for n, p in model.named_parameters() if p.ndim < 2 or "LayerNorm" in n or n.endswith("bias")]
     optimizer = torch.optim.AdamW(
@@ -218,7 +235,7 @@ def _train_st(model_dir: str, examples: list[list[Any]]) -> tuple[list[float], l
         columns = list(zip(*rows, strict=True))
         features = []
         for i, column in enumerate(columns):
-            model.max_seq_length = QUERY_LEN if i == 0 else PASSAGE_LEN
+            model.max_seq_length = lengths[i > 0]
             features.append(model.tokenize(list(column)))
         loss = loss_fn(features, None)
         loss.backward()
@@ -231,12 +248,20 @@ def _train_st(model_dir: str, examples: list[list[Any]]) -> tuple[list[float], l
     return times, losses
 
 
-def _train_hybrid(
-    backend: Any, args: argparse.Namespace, pools: Path, checkpointing: bool
-) -> tuple[list[float], list[float]]:
+def _train_hybrid(backend: Any, args: argparse.Namespace, pools: Path, arm: str) -> tuple[list[float], list[float]]:
     from hybrid.negatives import SamplerConfig
     from hybrid.training.config import TrainConfig
+    from hybrid.training.memory import default_budget
     from hybrid.training.trainer import TrainProgress, train
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    way: dict[str, Any] = {"grad_checkpointing": True} if arm == "hybrid-ckpt" else {}
+    if arm == "hybrid-budget":
+        way = {"max_memory": default_budget(ram)}  # as `hybrid train` resolves it when none is given
+    elif arm.startswith("hybrid-c") and arm[8:].isdigit():
+        way = {"grad_cache_chunk": int(arm[8:])}
+    elif arm not in ("hybrid", "hybrid-ckpt"):
+        raise SystemExit(f"unknown arm {arm!r}")
 
     stamps: list[float] = []
 
@@ -255,12 +280,12 @@ def _train_hybrid(
             batch_size=args.batch,
             lr=LR,
             temperature=TEMPERATURE,
-            query_max_length=QUERY_LEN,
-            passage_max_length=PASSAGE_LEN,
+            query_max_length=args.query_len,
+            passage_max_length=args.passage_len,
             save_every=0,
             log_every=1,
             refresh_at_end=False,
-            grad_checkpointing=checkpointing,
+            **way,
         )
         result = train(config, backend, progress=progress)
     return [b - a for a, b in itertools.pairwise(stamps)], list(result.losses)
@@ -277,7 +302,7 @@ def _train_cli(args: argparse.Namespace, pools: Path, processes: int) -> tuple[f
         command += ["--queries", str(args.queries), "--qrels", str(args.qrels), "--pools", str(pools)]
         command += ["--out", out, "--steps", str(args.steps), "--batch-size", str(args.batch)]
         command += ["--negatives", str(args.negatives), "--lr", str(LR), "--temperature", str(TEMPERATURE)]
-        command += ["--query-max-length", str(QUERY_LEN), "--passage-max-length", str(PASSAGE_LEN)]
+        command += ["--query-max-length", str(args.query_len), "--passage-max-length", str(args.passage_len)]
         command += ["--save-every", "0", "--no-refresh-at-end", "-q"]
         if processes > 1:
             command += ["--nproc", str(processes)]

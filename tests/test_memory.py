@@ -7,6 +7,7 @@ import pytest
 
 from hybrid.errors import ConfigError
 from hybrid.training.memory import (
+    CPU_CHUNK,
     Batch,
     GiB,
     MiB,
@@ -47,7 +48,7 @@ def test_the_default_is_a_share_of_the_machine_and_more_than_it_is_the_machine()
 
 
 def test_smaller_budgets_take_smaller_chunks_then_checkpointing() -> None:
-    plans = [plan_memory(MINILM, DEFAULT_BATCH, int(g * GiB)) for g in (64, 8, 4, 2, 1.7)]
+    plans = [plan_memory(MINILM, DEFAULT_BATCH, int(g * GiB)) for g in (64, 3, 2.5, 2, 1.7)]
     chunks = [(p.chunk, p.checkpointing) for p in plans]
     assert chunks[0] == (None, False)  # everything fits: the plain step
     assert chunks[1][0] > chunks[2][0] > chunks[3][0] >= 4 and not chunks[3][1]
@@ -56,6 +57,18 @@ def test_smaller_budgets_take_smaller_chunks_then_checkpointing() -> None:
     # the user's choices stand: an explicit chunk whatever the budget, no checkpointing when refused
     assert plan_memory(MINILM, DEFAULT_BATCH, 2 * GiB, chunk=64).chunk == 64
     assert not plan_memory(MINILM, DEFAULT_BATCH, int(1.7 * GiB), checkpointing=False).checkpointing
+
+
+def test_on_a_cpu_a_budget_past_the_useful_chunk_is_left_unspent() -> None:
+    cpu = plan_memory(MINILM, DEFAULT_BATCH, 16 * GiB)
+    cuda = plan_memory(MINILM, DEFAULT_BATCH, 16 * GiB, device_type="cuda")
+    assert (cpu.chunk, cpu.checkpointing) == (CPU_CHUNK, False)
+    assert cpu.estimate == cpu.fixed + CPU_CHUNK * cpu.per_text < cpu.budget  # the plan says what it holds
+    assert f"GradCache chunks of {CPU_CHUNK} texts (288 texts per micro-batch, by budget, at most " in cpu.line()
+    assert cuda.chunk is not None and cuda.chunk > CPU_CHUNK  # a GPU's chunk is as large as fits
+    # a smaller budget still takes as many as fit, and an explicit chunk stands on a CPU too
+    assert plan_memory(MINILM, DEFAULT_BATCH, 2 * GiB).chunk < CPU_CHUNK
+    assert plan_memory(MINILM, DEFAULT_BATCH, 16 * GiB, chunk=64).chunk == 64
 
 
 def test_a_budget_below_one_text_names_the_smallest_that_works() -> None:

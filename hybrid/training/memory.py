@@ -5,8 +5,9 @@ query's positives and negatives) until the loss is backpropagated. Past a few do
 at a few hundred tokens that is more than a laptop has. Given a budget in bytes, training
 keeps the batch, the negatives and the loss the user asked for and changes only how the
 step is computed: unchunked when everything fits, else GradCache chunks of as many texts as
-fit (:mod:`hybrid.training.gradcache`, gradients unchanged), else gradient checkpointing
-under the chunks. The budget itself comes from the caller (the CLI reads the machine).
+fit, on a CPU no more than are worth it (:mod:`hybrid.training.gradcache`, gradients
+unchanged), else gradient checkpointing under the chunks. The budget itself comes from the
+caller (the CLI reads the machine).
 
 The estimate is worst-case by design: every text is counted at the training max length
 (length groups pad only to their own longest, so real batches of short texts take less).
@@ -45,6 +46,11 @@ RUNTIME = {"cpu": 1 * GiB, "cuda": 512 * MiB}
 # Chunks smaller than this leave the matrix units idle between tiny forward passes; below
 # it, gradient checkpointing (recompute for memory) is the cheaper way to fit.
 SMALL_CHUNK = 4
+# On a CPU a GradCache chunk larger than this is no faster per text, and past a few dozen
+# texts slower: its activations only add memory traffic (`python -m bench train_peer`, the
+# chunk sweep in docs/benchmarks.md). A budget that holds more buys nothing there, so it is
+# left unspent: the smallest chunk that was as fast as any.
+CPU_CHUNK = 16
 
 _UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1 << 40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(i?)b?|(b))?\s*$", re.IGNORECASE)
@@ -165,7 +171,7 @@ class MemoryPlan:
     per_text: int
     texts: int
     length: int
-    chosen_by: str  # "budget", "--grad-cache-chunk" or "no budget"
+    chosen_by: str  # "budget" (with the CPU's cap when it applied), "--grad-cache-chunk" or "no budget"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -192,7 +198,8 @@ def plan_memory(
     checkpointing: bool | None = None,
     chunking: bool = True,
 ) -> MemoryPlan:
-    """The largest way of computing the step that fits ``budget``.
+    """The largest way of computing the step that fits ``budget``; on a CPU, GradCache
+    chunks of at most ``CPU_CHUNK`` texts.
 
     ``chunk`` (the user's --grad-cache-chunk) and ``checkpointing`` (True/False: the user's;
     None: when needed) are kept as given; ``chunking`` False when GradCache cannot run
@@ -217,7 +224,9 @@ def plan_memory(
         if fits >= batch.texts:
             return plan(None, ckpt, "budget")
         if chunking and fits >= least:
-            return plan(min(int(fits), max(batch.queries, batch.passages)), ckpt, "budget")
+            capped = device_type == "cpu" and fits > CPU_CHUNK
+            by = f"budget, at most {CPU_CHUNK} a chunk on a CPU" if capped else "budget"
+            return plan(min(int(fits), CPU_CHUNK if capped else fits, max(batch.queries, batch.passages)), ckpt, by)
     raise ConfigError(_too_small(shape, batch, budget, device_type, checkpointing, chunking))
 
 
