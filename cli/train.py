@@ -367,8 +367,9 @@ _TRAINING: Params = [
             Opt(
                 "--max-memory",
                 callback=_size_option,
-                help="Memory a training step may take, e.g. 6GiB or 800MiB; the GradCache chunk (and gradient "
-                "checkpointing, if needed) are chosen to fit it (40% of RAM or of free GPU memory, at most 8GiB).",
+                help="Memory a training step may take, e.g. 6GiB or 800MiB; the GradCache chunk (on a CPU at most "
+                "16 texts) and gradient checkpointing, if needed, are chosen to fit it (40% of RAM or of free GPU "
+                "memory, at most 8GiB).",
             ),
         ],
         None,
