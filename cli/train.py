@@ -501,8 +501,11 @@ def describe_plan(plan: dict[str, Any]) -> str:
     """One line: queries, steps, epochs and the sampler's effective candidates; a second
     with the memory plan, and a third with the probe's time when a dry run timed steps."""
     eff = plan["effective_candidates"]
+    held = plan.get("queries_held_out", 0)  # given pools may hold the guard's dev queries
+    held_text = f", {held} held out for the guard's dev set" if held else ""
     text = (
-        f"{plan['queries']} training queries ({plan['queries_without_positive']} without a positive skipped), "
+        f"{plan['queries']} training queries ({plan['queries_without_positive']} without a positive skipped"
+        f"{held_text}), "
         f"{plan['steps']} steps = {plan['epochs']} epochs; the sampler draws from {eff['effective_median']:g} "
         f"effective candidates per query (p10 {eff['effective_p10']:g}, p90 {eff['effective_p90']:g}) "
         f"of {eff['pool_median']:g}"

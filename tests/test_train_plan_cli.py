@@ -72,3 +72,16 @@ def test_memory_budgets_that_cannot_be(tmp_path: Path, tiny_model: Path, beir_sm
     first = result.stderr.splitlines()[0]
     assert first.startswith("Warning: --max-memory 1000.0TiB is more than this machine has (")
     assert first.endswith("GiB); training under " + first.split("(")[1].split(")")[0])
+
+
+def test_the_plan_tells_held_out_dev_queries_from_queries_without_a_positive() -> None:
+    """Pools mined before the guard carved its dev set still hold those queries: the plan
+    says they are held out, not that they lack a positive."""
+    from cli.train import describe_plan
+
+    eff = {"effective_median": 9.0, "effective_p10": 1.5, "effective_p90": 88.0, "pool_median": 100.0}
+    plan = {"queries": 728, "queries_without_positive": 0, "steps": 46, "epochs": 2.022, "effective_candidates": eff}
+    assert describe_plan({**plan, "queries_held_out": 81}).startswith(
+        "728 training queries (0 without a positive skipped, 81 held out for the guard's dev set), 46 steps"
+    )
+    assert describe_plan(plan).startswith("728 training queries (0 without a positive skipped), 46 steps")

@@ -315,7 +315,10 @@ def test_pool_data_reads_a_mapped_table_built_once(tmp_path: Path) -> None:
     pools = _write_pools(tmp_path / "pools.jsonl.gz", rows)
     sampler = SamplerConfig(name="random", n=2, depth=10)
     data = PoolData(pools, sampler, seed=3)
-    assert (len(data), data.skipped) == (2, 1)
+    assert (len(data), data.skipped, data.held_out) == (2, 1, 0)
+    # the guard's dev queries are held out, not counted as lacking a positive
+    held = PoolData(pools, sampler, seed=3, exclude=frozenset({"q3", "q2", "q9"}))
+    assert (len(held), held.skipped, held.held_out) == (1, 1, 1)
     q1, q3 = data.entry(0), data.entry(1)
     assert (q1.qid, q1.query, q1.positives, list(q1.ids[:])) == (
         "q1",

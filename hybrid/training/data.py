@@ -76,11 +76,15 @@ class PoolData:
         self._batches = table.to_batches()
         self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])
         usable = pc.greater(pc.list_value_length(table.column("pos_ids")), 0)
+        self.held_out = 0  # queries with a positive held out as the guard's dev set
         if exclude:  # the guard's dev queries: never trained on
-            held = pc.is_in(table.column("qid"), value_set=pa.array(sorted(exclude), type=pa.string()))
-            usable = pc.and_(usable, pc.invert(pc.fill_null(held, False)))
+            held = pc.fill_null(
+                pc.is_in(table.column("qid"), value_set=pa.array(sorted(exclude), type=pa.string())), False
+            )
+            self.held_out = int(pc.sum(pc.and_(usable, held)).as_py() or 0)
+            usable = pc.and_(usable, pc.invert(held))
         self._rows = np.flatnonzero(usable.to_numpy(zero_copy_only=False))  # queries with a positive
-        self.skipped = table.num_rows - len(self._rows)  # queries without a positive in the index
+        self.skipped = table.num_rows - len(self._rows) - self.held_out  # queries without a positive in the index
         if not len(self._rows):
             raise ConfigError(f"{path} has no query with a positive to train on")
         self._order: tuple[int, np.ndarray] | None = None

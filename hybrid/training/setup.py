@@ -77,6 +77,7 @@ class RunState:
         return {
             "queries": len(data),
             "queries_without_positive": data.skipped,
+            "queries_held_out": data.held_out,  # in the pools, kept out of training for the guard
             "steps": steps,
             "epochs": round(steps * per_step / len(data), 3),
             "examples_per_step": per_step,
