@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -85,7 +84,7 @@ def build_base(work: Path, dataset: str) -> dict[str, Any]:
 def train_config(args: argparse.Namespace, arm: str, seed: int, out: Path) -> Any:
     from hybrid.negatives import SamplerConfig
     from hybrid.training.config import TrainConfig
-    from hybrid.training.memory import default_budget
+    from hybrid.training.memory import default_budget, machine_memory
 
     data, train, _ = DATASETS[args.dataset]
     options = dict(ARMS[arm])
@@ -93,7 +92,6 @@ def train_config(args: argparse.Namespace, arm: str, seed: int, out: Path) -> An
     if args.negatives is not None:
         sampler = SamplerConfig(name=sampler.name, n=args.negatives)
     budget = {k: getattr(args, k) for k in ("steps", "epochs", "batch_size", "lr") if getattr(args, k) is not None}
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return TrainConfig(
         index=INDEX,
         queries=data / "queries.jsonl",
@@ -103,7 +101,7 @@ def train_config(args: argparse.Namespace, arm: str, seed: int, out: Path) -> An
         seed=seed,
         log_every=10,
         save_every=0,
-        max_memory=default_budget(ram),  # as `hybrid train` resolves it when no --max-memory is given
+        max_memory=default_budget(machine_memory()),  # as `hybrid train` resolves it when no --max-memory is given
         **budget,
         **options,
     )

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import statistics
 import sys
 import tempfile
@@ -251,13 +250,12 @@ def _train_st(
 def _train_hybrid(backend: Any, args: argparse.Namespace, pools: Path, arm: str) -> tuple[list[float], list[float]]:
     from hybrid.negatives import SamplerConfig
     from hybrid.training.config import TrainConfig
-    from hybrid.training.memory import default_budget
+    from hybrid.training.memory import default_budget, machine_memory
     from hybrid.training.trainer import TrainProgress, train
 
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     way: dict[str, Any] = {"grad_checkpointing": True} if arm == "hybrid-ckpt" else {}
     if arm == "hybrid-budget":
-        way = {"max_memory": default_budget(ram)}  # as `hybrid train` resolves it when none is given
+        way = {"max_memory": default_budget(machine_memory())}  # as `hybrid train` resolves it when none is given
     elif arm.startswith("hybrid-c") and arm[8:].isdigit():
         way = {"grad_cache_chunk": int(arm[8:])}
     elif arm not in ("hybrid", "hybrid-ckpt"):

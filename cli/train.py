@@ -31,8 +31,6 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    import torch
-
     from hybrid.backends.base import Backend
     from hybrid.training.config import TrainConfig
     from hybrid.training.distributed import Distributed
@@ -554,27 +552,12 @@ def duration(seconds: float) -> str:
 def _with_budget(config: TrainConfig, dist: Distributed) -> TrainConfig:
     """The config with ``max_memory`` resolved against this machine: a share of it when
     none is given, the machine's own when more is asked (with a warning)."""
-    from hybrid.training.memory import machine_budget
+    from hybrid.training.memory import machine_budget, machine_memory
 
-    budget, warning = machine_budget(config.max_memory, _machine_memory(dist.device(config.device)))
+    budget, warning = machine_budget(config.max_memory, machine_memory(dist.device(config.device)))
     if warning and dist.main:
         err_console.print(f"Warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     return replace(config, max_memory=budget)
-
-
-def _machine_memory(device: torch.device) -> int:
-    """Bytes this process could train in: the CUDA device's free memory, else the RAM (or
-    the container's limit, when lower)."""
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-    except OSError:
-        return ram
-    return min(ram, int(limit)) if limit.isdigit() else ram
 
 
 def _dry_run(config: TrainConfig, conn: BackendOptions, resume: bool, dist: Distributed) -> None:

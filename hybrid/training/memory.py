@@ -16,11 +16,16 @@ The estimate is worst-case by design: every text is counted at the training max 
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hybrid.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 DEFAULT_SHARE = 0.4  # of the machine's memory (RAM, or free device memory) when no budget is given
@@ -86,6 +91,21 @@ def format_size(size: float, up: bool = False) -> str:
     if size >= MiB:
         return f"{whole(size / MiB)}MiB"
     return f"{whole(size / KiB)}KiB"
+
+
+def machine_memory(device: torch.device | None = None) -> int:
+    """Bytes this process could train in: a CUDA ``device``'s free memory, else the RAM (or
+    the container's limit, when lower)."""
+    if device is not None and device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return ram
+    return min(ram, int(limit)) if limit.isdigit() else ram
 
 
 def default_budget(machine: int) -> int:
@@ -226,7 +246,7 @@ def plan_memory(
         if chunking and fits >= least:
             capped = device_type == "cpu" and fits > CPU_CHUNK
             by = f"budget, at most {CPU_CHUNK} a chunk on a CPU" if capped else "budget"
-            return plan(min(int(fits), CPU_CHUNK if capped else fits, max(batch.queries, batch.passages)), ckpt, by)
+            return plan(min(CPU_CHUNK if capped else int(fits), max(batch.queries, batch.passages)), ckpt, by)
     raise ConfigError(_too_small(shape, batch, budget, device_type, checkpointing, chunking))
 
 
@@ -273,6 +293,7 @@ __all__ = [
     "enable_checkpointing",
     "format_size",
     "machine_budget",
+    "machine_memory",
     "parse_size",
     "plan_memory",
 ]
