@@ -4,6 +4,7 @@ Usage (from the repo root; reads ../shared/datasets):
 
     python -m bench train_guard --dataset nfcorpus --arms simans,simans+multi --seeds 1
     python -m bench train_guard --dataset scifact --arms simans,query,query+random --seeds 1,2,3
+    python -m bench train_guard --dataset nfcorpus --arms query,query+random,query+multi,query+distill --seeds 1,2,3
 
 The index is built once as a user would (`hybrid index` defaults: all-MiniLM-L6-v2, its
 256-token passages and queries) and the **base row is that very index**. Pools are mined
@@ -44,6 +45,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "simans+multi+distill": {"positives": "all", "positives_per_query": 2, "distill": 1.0},
     "query": {"update": "query"},
     "query+random": {"update": "query", "sampler": "random"},
+    "query+multi": {"update": "query", "positives": "all", "positives_per_query": 2},
+    "query+distill": {"update": "query", "distill": 1.0},
 }
 INDEX = "corpus"
 

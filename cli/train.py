@@ -245,6 +245,18 @@ _TRAINING: Params = [
         None,
     ),
     (
+        "grades",
+        Annotated[
+            str | None,
+            Opt(
+                "--grades",
+                help="ignore: every labelled positive alike; weight: graded qrels draw and count positives "
+                "by grade (ignore).",
+            ),
+        ],
+        None,
+    ),
+    (
         "sampler_anchor",
         Annotated[
             str | None,

@@ -3,10 +3,11 @@
 Each pool line (jsonl.gz) is one query::
 
     {"qid": "q1", "query": "...", "version": "docs-v000002",
-     "positives": [["d7", 0.71]],
+     "positives": [["d7", 0.71, 2]],
      "candidates": [["d3", 0.69, "both", false], ["d9", 0.42, "bm25", true], ...]}
 
-Candidates are sorted by score, best first; each has its source (bm25 / knn / both) and a
+A positive's third item is its qrels grade (pools mined before grades were kept have
+none: read as 1). Candidates are sorted by score, best first; each has its source (bm25 / knn / both) and a
 "likely false negative" flag (an answer string occurs in it, for answer-labelled data).
 Scores are exact inner products of the query with the stored vectors of the index version
 (which the current encoder produced), not the ANN's approximations. Labelled positives are
@@ -24,7 +25,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ class Pool:
     positives: list[tuple[str, float]]
     candidates: list[tuple[str, float, str, bool]]
     version: str | None = None  # the index version it was mined against
+    grades: dict[str, int] = field(default_factory=dict)  # each positive's qrels grade (absent: 1)
 
 
 def parts_dir(out: Path) -> Path:
@@ -211,7 +213,7 @@ def _mine_batch(
     backend: Backend,
     encoder: QueryEncoder,
     batch: list[Query],
-    positives: dict[str, set[str]],
+    positives: dict[str, dict[str, int]],
     answers: dict[str, list[str]],
     matcher: Callable[[str, list[str]], bool] | None,
     version: str,
@@ -237,12 +239,12 @@ def _mine_batch(
                 source[hit.id] = "both" if hit.id in source and source[hit.id] != side else side
         union.append(found)
         sources.append(source)
-    to_score = [sorted(set(found) | positives.get(q.id, set())) for q, found in zip(batch, union, strict=True)]
+    to_score = [sorted(set(found) | set(positives.get(q.id, {}))) for q, found in zip(batch, union, strict=True)]
     exact = backend.score(job.index, vectors, to_score)
     records = []
     for query, found, source, scores in zip(batch, union, sources, exact, strict=True):
-        pos_ids = positives.get(query.id, set())
-        pos = sorted(((d, round(scores[d], 6)) for d in pos_ids if d in scores), key=lambda p: -p[1])
+        pos_ids = positives.get(query.id, {})
+        pos = sorted(((d, round(scores[d], 6), g) for d, g in pos_ids.items() if d in scores), key=lambda p: -p[1])
         stats.missing_positives += len(pos_ids) - len(pos)
         cands: list[tuple[str, float, str, bool]] = []
         for doc_id, hit in found.items():
@@ -275,9 +277,10 @@ def read_pools(path: Path) -> Iterator[Pool]:
                 yield Pool(
                     qid=row["qid"],
                     query=row["query"],
-                    positives=[(d, float(s)) for d, s in row["positives"]],
+                    positives=[(p[0], float(p[1])) for p in row["positives"]],
                     candidates=[(d, float(s), src, bool(fn)) for d, s, src, fn in row["candidates"]],
                     version=row.get("version"),
+                    grades={p[0]: int(p[2]) for p in row["positives"] if len(p) > 2},
                 )
     except (EOFError, OSError, gzip.BadGzipFile) as exc:
         raise CorpusError(
@@ -323,7 +326,8 @@ class _Labels:
         if job.answers is not None:
             for answers in batched(((q, json.dumps(a)) for q, a in iter_answers(job.answers)), 10_000):
                 self.db.executemany("INSERT OR REPLACE INTO answer VALUES (?, ?)", answers)
-        self.db.execute("CREATE TABLE positive AS SELECT qid, doc FROM qrel WHERE grade >= ?", (job.min_relevance,))
+        positive = "CREATE TABLE positive AS SELECT qid, doc, grade FROM qrel WHERE grade >= ?"
+        self.db.execute(positive, (job.min_relevance,))
         self.db.execute("DROP TABLE qrel")
         self.db.execute("CREATE INDEX positive_qid ON positive (qid)")
         self.db.commit()
@@ -343,11 +347,11 @@ class _Labels:
             labelled.update(q for (q,) in self._select("SELECT qid FROM answer", ids))
             yield from (q for q in chunk if q.id in labelled)
 
-    def lookup(self, qids: list[str]) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
-        """These queries' positives and answers."""
-        positives: dict[str, set[str]] = {}
-        for qid, doc in self._select("SELECT qid, doc FROM positive", qids):
-            positives.setdefault(qid, set()).add(doc)
+    def lookup(self, qids: list[str]) -> tuple[dict[str, dict[str, int]], dict[str, list[str]]]:
+        """These queries' positives (with their grades) and answers."""
+        positives: dict[str, dict[str, int]] = {}
+        for qid, doc, grade in self._select("SELECT qid, doc, grade FROM positive", qids):
+            positives.setdefault(qid, {})[doc] = int(grade)
         return positives, {qid: json.loads(a) for qid, a in self._select("SELECT qid, answers FROM answer", qids)}
 
     def _select(self, select: str, qids: list[str]) -> Iterator[tuple[Any, ...]]:

@@ -224,6 +224,62 @@ def test_multi_positive_loss_counts_every_labelled_positive() -> None:
     assert multi.item() < dropped.item() + 1e-6
 
 
+def test_graded_gains_weigh_each_positive_in_the_numerator() -> None:
+    torch.manual_seed(0)
+    q, p = torch.randn(2, 8), torch.randn(6, 8)
+    positives, groups = torch.tensor([0, 3]), torch.tensor([0, 0, 0, 1, 1, 1])
+    targets = torch.zeros(2, 6, dtype=torch.bool)
+    targets[0, [0, 1]] = True
+    targets[1, 3] = True
+    gains = torch.ones(2, 6)
+    gains[0, 1] = 0.5  # query 0's second positive has half the best grade
+    weighted = contrastive_loss(q, p, positives, groups, 0.1, True, targets.clone(), targets, gains)
+    scores = q @ p.T / 0.1
+    row0 = torch.logsumexp(scores[0], 0) - torch.log(torch.exp(scores[0, 0]) + 0.5 * torch.exp(scores[0, 1]))
+    row1 = torch.logsumexp(scores[1], 0) - scores[1, 3]
+    assert torch.allclose(weighted, (row0 + row1) / 2, atol=1e-5)
+    plain = contrastive_loss(q, p, positives, groups, 0.1, True, targets.clone(), targets)
+    same = contrastive_loss(q, p, positives, groups, 0.1, True, targets.clone(), targets, torch.ones(2, 6))
+    assert torch.allclose(plain, same) and weighted.item() > plain.item()  # a lesser grade counts for less
+
+
+def _graded_pools(path: Path, grades: list[int] | None) -> None:
+    """Three pools whose positives carry these grades (None: written as before grades were kept)."""
+    import gzip
+
+    with gzip.open(path, "wt") as fh:
+        for n in range(3):
+            scores = [0.9, 0.5, 0.1]
+            positives = [[f"p{k + 1}", s] + ([grades[k]] if grades else []) for k, s in enumerate(scores)]
+            candidates = [[f"c{k}", 0.8 - 0.05 * k, "both", False] for k in range(10)]
+            row = {"qid": f"q{n}", "query": f"query {n}", "version": "v", "positives": positives}
+            fh.write(json.dumps({**row, "candidates": candidates}) + "\n")
+
+
+def test_graded_positives_are_drawn_in_proportion_to_their_grade(tmp_path: Path) -> None:
+    from hybrid.mining import read_pools
+    from hybrid.training.data import PoolData
+
+    sampler = SamplerConfig(n=2, depth=10, scale=20.0)
+    graded, old = tmp_path / "graded.jsonl.gz", tmp_path / "old.jsonl.gz"
+    _graded_pools(graded, [2, 1, 1])
+    _graded_pools(old, None)
+    assert next(read_pools(graded)).grades == {"p1": 2, "p2": 1, "p3": 1}
+    assert next(read_pools(old)).grades == {}  # pools mined before grades were kept: every grade 1
+
+    def targets(data: PoolData) -> list[str]:
+        return [data.draw(step, 0, 1)[1].positive for step in range(600)]
+
+    weighted = targets(PoolData(graded, sampler, 1, grades=True))
+    assert 0.45 < weighted.count("p1") / 600 < 0.55  # grade 2 of 2 + 1 + 1
+    uniform = targets(PoolData(graded, sampler, 1))
+    assert 0.28 < uniform.count("p1") / 600 < 0.39  # ignored: one in three
+    assert targets(PoolData(old, sampler, 1, grades=True)) == uniform  # equal grades: drawn exactly as before
+    example = PoolData(graded, sampler, 1, grades=True, positives_per_query=3).batch(0, 1)[0]
+    assert dict(example.gains) == {"p2": 0.5, "p3": 0.5}
+    assert PoolData(graded, sampler, 1, positives_per_query=3).batch(0, 1)[0].gains == ()
+
+
 def test_distill_is_zero_at_the_teacher_and_positive_elsewhere() -> None:
     torch.manual_seed(0)
     q = torch.nn.functional.normalize(torch.randn(2, 8), dim=1)
@@ -311,6 +367,28 @@ def test_a_run_that_wins_replaces_the_index_with_the_chosen_model(
     assert decision.best_ndcg > decision.base and decision.replace, decision.line()
     assert after.version != before.version and len(result.refreshes) == 1
     assert decision.chosen is not None and after.model.endswith(Path(decision.chosen).name)
+
+
+def test_graded_qrels_change_the_training_only_when_weighted(
+    embedded_backend: Any, many_positives: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The fixture's qrels with a third of each topic's documents at grade 2: weighting by
+    grade trains on other targets and weights than ignoring grades, and still trains."""
+    _indexed(embedded_backend, many_positives, tiny_model)
+    graded = tmp_path / "graded.tsv"
+    lines = (many_positives / "qrels/train.tsv").read_text().splitlines()
+    rows = [line.split("\t") for line in lines[1:]]
+    grade = {d: 2 if int(d.split("d")[1]) < 4 else 1 for _, d, _ in rows}
+    graded.write_text(lines[0] + "\n" + "".join(f"{q}\t{d}\t{grade[d]}\n" for q, d, _ in rows))
+
+    def losses(grades: str) -> list[float]:
+        kw = {"qrels": graded, "positives": "all", "positives_per_query": 2, "grades": grades, "guard": False}
+        config = _config("idx", many_positives, tmp_path / grades, tiny_model, steps=3, refresh_at_end=False, **kw)
+        return train(config, embedded_backend).losses
+
+    weighted, ignored = losses("weight"), losses("ignore")
+    assert len(weighted) == len(ignored) == 3 and all(np.isfinite(weighted))
+    assert weighted != ignored
 
 
 def test_too_few_queries_warn_and_fall_back_to_the_loss(

@@ -109,6 +109,7 @@ def test_mining_streams_its_labels_and_restarts_when_the_query_file_changed(
     pools = list(read_pools(out))
     assert [p.qid for p in pools] == ["q1", "q2", "q3"]  # file order, labelled only
     assert [sorted(d for d, _ in p.positives) for p in pools] == [["d1"], ["d6"], ["d4", "d5"]]
+    assert [p.grades for p in pools] == [{"d1": 1}, {"d6": 1}, {"d5": 2, "d4": 1}]  # the qrels' grades travel
 
 
 def test_answer_strings_flag_likely_false_negatives(embedded_backend: Any, tiny_encoder: Any, tmp_path: Path) -> None:

@@ -205,6 +205,7 @@ def test_config_files_and_overrides(tmp_path: Path) -> None:
         ("max_grad_norm", float("inf"), "max_grad_norm must be a finite number"),
         ("weight_decay", -0.1, "weight_decay must be at least 0"),
         ("passage_max_length", 0, "passage_max_length (--passage-max-length) must be a whole number of at least 1"),
+        ("grades", "graded", "unknown --grades 'graded'; choose ignore or weight"),
     ],
 )
 def test_every_training_number_is_range_checked(option: str, value: Any, message: str) -> None:

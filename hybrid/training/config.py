@@ -15,6 +15,7 @@ from hybrid.training.selection import GuardConfig
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PositivesMode = Literal["one", "all"]
+GradesMode = Literal["ignore", "weight"]
 UpdateMode = Literal["both", "query"]
 PATH_FIELDS = ("queries", "qrels", "answers", "pools", "out", "dev_queries", "dev_qrels")
 
@@ -73,6 +74,9 @@ class TrainConfig:
     # batch counts in the numerator (log-sum-exp), for data with many positives per query.
     positives: PositivesMode = "one"
     positives_per_query: int = 1  # labelled positives drawn per query each step (distinct, when it has them)
+    # "weight": graded qrels count by grade: the target is drawn in proportion to its grade,
+    # and a multi-positive numerator weighs each positive by its grade over the query's best.
+    grades: GradesMode = "ignore"
     distill: float = 0.0  # weight of KL to the base model's pool scores: keeps the model near its start
     grad_checkpointing: bool | None = None  # recompute activations in backward: memory for time (off unless True)
     precision: Precision = "auto"  # bf16 (or fp16) autocast on CUDA, fp32 on CPU
@@ -164,6 +168,8 @@ class TrainConfig:
             raise ConfigError(problem)
         if self.positives not in ("one", "all"):
             raise ConfigError(f"unknown --positives '{self.positives}'; choose one or all")
+        if self.grades not in ("ignore", "weight"):
+            raise ConfigError(f"unknown --grades '{self.grades}'; choose ignore or weight")
         if self.positives_per_query < 1 or self.distill < 0 or not math.isfinite(self.distill):
             raise ConfigError("--positives-per-query must be at least 1 and --distill a finite number >= 0")
         for name in ("query_max_length", "passage_max_length"):

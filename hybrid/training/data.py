@@ -33,6 +33,9 @@ class Example:
     not_negative: frozenset[str] = frozenset()
     extra_positives: tuple[str, ...] = ()  # further labelled positives drawn this step
     labelled: frozenset[str] = frozenset()  # the labelled positives alone (the targets of a multi-positive loss)
+    # Labelled positives whose qrels grade is below the query's best, as (document, grade /
+    # best grade): their weight in a multi-positive numerator when grades are weighted.
+    gains: tuple[tuple[str, float], ...] = ()
     # Mining model's scores of positive, extra positives and negatives, in that order: the
     # distillation target that keeps the trained model near its start.
     teacher: tuple[float, ...] = ()
@@ -43,6 +46,7 @@ class _Entry:
     qid: str
     query: str
     positives: tuple[tuple[str, float], ...]
+    grades: tuple[int, ...]  # each positive's qrels grade
     ids: Sequence[str]
     scores: np.ndarray  # float64 candidate scores, best first
     eligible: np.ndarray  # bool: not a likely false negative
@@ -64,6 +68,7 @@ class PoolData:
         seed: int,
         exclude: frozenset[str] = frozenset(),
         positives_per_query: int = 1,
+        grades: bool = False,
     ) -> None:
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -72,6 +77,7 @@ class PoolData:
         self.sampler = sampler
         self.seed = seed
         self.positives_per_query = positives_per_query
+        self.grades = grades  # draw positives in proportion to their grade
         table = pa.ipc.open_file(pa.memory_map(str(pool_table(path)), "r")).read_all()
         self._batches = table.to_batches()
         self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])
@@ -114,6 +120,7 @@ class PoolData:
             qid=batch.column("qid")[i].as_py(),
             query=batch.column("query")[i].as_py(),
             positives=positives,
+            grades=tuple(values("pos_grades").to_pylist()),
             ids=_Strings(values("ids")),
             scores=values("scores").to_numpy(),
             eligible=values("eligible").to_numpy(zero_copy_only=False),
@@ -126,7 +133,7 @@ class PoolData:
         epoch, pos = divmod(i, len(self._rows))
         entry = self.entry(int(self._permutation(epoch)[pos]))
         rng = np.random.default_rng([self.seed, step, j, 1])
-        first = int(rng.integers(len(entry.positives)))
+        first = self._first(entry, rng)
         positive, pos_score = entry.positives[first]
         drawn = sample_negatives(entry.scores, self._anchor(entry, pos_score), self.sampler, rng, entry.eligible)
         negatives = tuple(entry.ids[k] for k in drawn)
@@ -145,7 +152,22 @@ class PoolData:
             extra_positives=tuple(d for d, _ in extra),
             labelled=frozenset(d for d, _ in entry.positives),
             teacher=teacher,
+            gains=self._gains(entry),
         )
+
+    def _first(self, entry: _Entry, rng: np.random.Generator) -> int:
+        """Which positive is the target: uniform, or in proportion to its grade when grades
+        are weighted and differ (equal grades draw exactly as uniform does)."""
+        grades = np.clip(np.asarray(entry.grades, dtype=np.float64), 0.0, None)
+        if self.grades and len(grades) > 1 and grades.min() != grades.max():
+            return int(rng.choice(len(grades), p=grades / grades.sum()))
+        return int(rng.integers(len(entry.positives)))
+
+    def _gains(self, entry: _Entry) -> tuple[tuple[str, float], ...]:
+        if not self.grades or not entry.grades:
+            return ()
+        best = max(entry.grades)
+        return tuple((d, g / best) for (d, _), g in zip(entry.positives, entry.grades, strict=True) if g < best)
 
     def _anchor(self, entry: _Entry, sampled: float) -> float:
         """The positive score the SimANS kernel centres on (see ``SamplerConfig.anchor``)."""
@@ -188,7 +210,7 @@ class _Strings(Sequence[str]):
         return self.array[int(k)].as_py()
 
 
-TABLE_SCHEMA_VERSION = "1"
+TABLE_SCHEMA_VERSION = "2"  # 2: each positive's grade
 
 
 def table_path(pools: Path) -> Path:
@@ -267,11 +289,13 @@ def _row(pool: Pool) -> dict[str, Any]:
         if flagged_:
             positives = [(flagged_[0][0], flagged_[0][1])]
             candidates = [c for c in candidates if c[0] != flagged_[0][0]]
+    grades = [pool.grades.get(d, 1) for d, _ in positives]
     return {
         "qid": pool.qid,
         "query": pool.query,
         "pos_ids": [d for d, _ in positives],
         "pos_scores": [s for _, s in positives],
+        "pos_grades": grades,
         "ids": [c[0] for c in candidates],
         "scores": [c[1] for c in candidates],
         "eligible": [not c[3] for c in candidates],
@@ -288,6 +312,7 @@ def _schema() -> Any:
             ("query", pa.string()),
             ("pos_ids", pa.list_(pa.string())),
             ("pos_scores", pa.list_(pa.float64())),
+            ("pos_grades", pa.list_(pa.int32())),
             ("ids", pa.list_(pa.string())),
             ("scores", pa.list_(pa.float64())),
             ("eligible", pa.list_(pa.bool_())),

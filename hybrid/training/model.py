@@ -96,6 +96,7 @@ def contrastive_loss(
     in_batch: bool,
     false_negatives: torch.Tensor | None = None,
     targets: torch.Tensor | None = None,
+    gains: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of each query over passages, its positive the target.
 
@@ -107,6 +108,8 @@ def contrastive_loss(
     they are removed from the softmax, so they get no gradient. ``targets`` ``(B, P)`` bool,
     when given, marks every column that is one of query i's labelled positives: all of them
     count in the numerator (``-log sum_pos exp(s) / sum_all exp(s)``) instead of one.
+    ``gains`` ``(B, P)``, with ``targets``, weighs each target in that numerator
+    (``sum_pos g exp(s)``; graded qrels: grade over the query's best grade).
     """
     scores = queries @ passages.T / temperature  # (B, P)
     rows = torch.arange(queries.shape[0], device=scores.device)
@@ -122,7 +125,10 @@ def contrastive_loss(
     scores = scores.masked_fill(drop & ~keep, float("-inf"))
     if targets is None:
         return torch.nn.functional.cross_entropy(scores, positives)
-    numerator = torch.logsumexp(scores.masked_fill(~keep, float("-inf")), dim=1)  # (B,)
+    kept = scores.masked_fill(~keep, float("-inf"))
+    if gains is not None:
+        kept = kept + torch.log(gains)
+    numerator = torch.logsumexp(kept, dim=1)  # (B,)
     return (torch.logsumexp(scores, dim=1) - numerator).mean()
 
 

@@ -241,12 +241,14 @@ class Inputs:
     groups: torch.Tensor  # (P,) the query each passage belongs to
     mask: torch.Tensor  # (B, P) labelled positives of query i that are not its target
     targets: torch.Tensor  # (B, P) query i's labelled positives (the numerator of the multi-positive loss)
+    gains: torch.Tensor  # (B, P) each target's weight in that numerator: its grade over the query's best
     teacher: torch.Tensor  # (P,) the mining model's score of each passage for its own query
 
     def loss(self, q: torch.Tensor, p: torch.Tensor, config: TrainConfig) -> torch.Tensor:
         targets = self.targets if config.positives == "all" else None
+        gains = self.gains if targets is not None and config.grades == "weight" else None
         loss = contrastive_loss(
-            q, p, self.positives, self.groups, config.temperature, config.in_batch, self.mask, targets
+            q, p, self.positives, self.groups, config.temperature, config.in_batch, self.mask, targets, gains
         )
         if config.distill > 0:
             loss = loss + config.distill * distill_loss(q, p, self.groups, self.teacher, config.temperature)
@@ -279,6 +281,12 @@ def batch_inputs(batch: list[Example], backend: Backend, config: TrainConfig, de
     mask = false_negative_mask([ex.not_negative for ex in batch], [ex.positive for ex in batch], ids)
     targets = false_negative_mask([ex.labelled for ex in batch], [ex.positive for ex in batch], ids)
     teacher = [score for ex in batch for score in ex.teacher] if all(ex.teacher for ex in batch) else [0.0] * len(ids)
+    gains = torch.ones(len(batch), len(ids))
+    for i, ex in enumerate(batch):
+        weight = dict(ex.gains)  # empty unless grades are weighted and differ
+        for col, doc_id in enumerate(ids if weight else ()):
+            if doc_id in weight:
+                gains[i, col] = weight[doc_id]
     return Inputs(
         queries=[ex.query for ex in batch],
         passages=texts,
@@ -287,6 +295,7 @@ def batch_inputs(batch: list[Example], backend: Backend, config: TrainConfig, de
         groups=torch.tensor(groups, device=device),
         mask=mask.to(device),
         targets=targets.to(device),
+        gains=gains.to(device),
         teacher=torch.tensor(teacher, dtype=torch.float32, device=device),
     )
 

@@ -360,7 +360,9 @@ def time_estimate(step: int, steps: int, seconds: float, rate: float, first: int
 
 def _pool_data(run: RunState, config: TrainConfig) -> PoolData:
     exclude = run.split.exclude if run.split else frozenset()
-    return PoolData(run.pools, run.sampler, config.seed, exclude, config.positives_per_query)
+    return PoolData(
+        run.pools, run.sampler, config.seed, exclude, config.positives_per_query, grades=config.grades == "weight"
+    )
 
 
 def _start_guard(config: TrainConfig, backend: Backend, run: RunState, state: dict[str, Any]) -> Guard | None:
