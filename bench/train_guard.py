@@ -47,6 +47,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "query+random": {"update": "query", "sampler": "random"},
     "query+multi": {"update": "query", "positives": "all", "positives_per_query": 2},
     "query+distill": {"update": "query", "distill": 1.0},
+    "query+max": {"update": "query", "anchor": "max"},
+    "query+mean": {"update": "query", "anchor": "mean"},
 }
 INDEX = "corpus"
 
@@ -91,9 +93,9 @@ def train_config(args: argparse.Namespace, arm: str, seed: int, out: Path) -> An
 
     data, train, _ = DATASETS[args.dataset]
     options = dict(ARMS[arm])
-    sampler = SamplerConfig(name=options.pop("sampler", "simans"))
+    sampler = SamplerConfig(name=options.pop("sampler", "simans"), anchor=options.pop("anchor", "sampled"))
     if args.negatives is not None:
-        sampler = SamplerConfig(name=sampler.name, n=args.negatives)
+        sampler = SamplerConfig(name=sampler.name, anchor=sampler.anchor, n=args.negatives)
     budget = {k: getattr(args, k) for k in ("steps", "epochs", "batch_size", "lr") if getattr(args, k) is not None}
     return TrainConfig(
         index=INDEX,

@@ -3,6 +3,7 @@ replaces the index's; multi-positive loss, anchors and distillation on many-posi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -351,6 +352,30 @@ def test_carved_dev_queries_are_neither_mined_nor_trained_on(
     mined = {pool.qid for pool in read_pools(tmp_path / "run" / "pools" / "pools-0000000.jsonl.gz")}
     assert len(held) == 50 and len(mined) == 110 and not mined & held
     assert result.plan["dev_queries"] == 50 and result.plan["queries"] == 110
+
+
+def test_dev_judgements_of_documents_not_in_the_index_are_counted_and_skipped(
+    embedded_backend: Any, many_positives: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from hybrid.errors import ConfigError
+
+    _indexed(embedded_backend, many_positives, tiny_model)
+    lines = (many_positives / "qrels/train.tsv").read_text().splitlines()
+    dev = tmp_path / "dev.tsv"  # topic 0's queries, each also naming a document from another corpus,
+    # and one query judged on such documents alone
+    rows = [line for line in lines[1:] if line.startswith("q0-")]
+    extra = [f"q0-{n}\tgone{n}\t1" for n in range(10)] + ["q1-0\tgone-a\t1", "q1-0\tgone-b\t2"]
+    dev.write_text("\n".join([lines[0], *rows, *extra]) + "\n")
+    queries = many_positives / "queries.jsonl"
+    config = _config("idx", many_positives, tmp_path / "run", tiny_model, steps=2, dev_queries=queries, dev_qrels=dev)
+    only_gone = tmp_path / "gone.tsv"
+    only_gone.write_text("\n".join([lines[0], *extra]) + "\n")
+    with pytest.raises(ConfigError, match="none of the dev qrels' documents is in index 'idx'"):
+        train(dataclasses.replace(config, dev_qrels=only_gone, out=tmp_path / "run0"), embedded_backend)
+    result = train(config, embedded_backend)
+    assert result.guard is not None and result.guard.queries == 10  # q1-0 had nothing left
+    note = "the dev qrels name 12 documents not in index 'idx': skipped; 1 dev queries had no other and were dropped"
+    assert note in result.notes
 
 
 def test_a_run_that_wins_replaces_the_index_with_the_chosen_model(

@@ -30,6 +30,7 @@ import numpy as np
 from hybrid.backends.base import Backend
 from hybrid.corpus import iter_queries, read_qrels
 from hybrid.encoder import Encoder, EncoderSettings
+from hybrid.errors import ConfigError
 from hybrid.evaluation.compare import paired_randomization_test
 from hybrid.types import Document
 
@@ -146,6 +147,15 @@ class DevPool:
     candidates: list[list[str]]
     qrels: dict[str, dict[str, int]]
     documents: list[Document] = field(default_factory=list)  # the union of all candidates, once each
+    absent: int = 0  # judgements naming documents the index does not hold (skipped)
+    emptied: int = 0  # judged queries left with no positive in the index (skipped)
+
+    def note(self, index: str) -> str | None:
+        """What the run's summary says of skipped judgements (None: none skipped)."""
+        if not self.absent:
+            return None
+        left = f"; {self.emptied} dev queries had no other and were dropped" if self.emptied else ""
+        return f"the dev qrels name {self.absent} documents not in index '{index}': skipped{left}"
 
     def save(self, path: Path) -> None:
         data = {"qids": self.qids, "queries": self.queries, "candidates": self.candidates, "qrels": self.qrels}
@@ -164,7 +174,22 @@ def build_dev_pool(backend: Backend, index: str, split: DevSplit, depth: int, qu
     """
     qrels = read_qrels(split.qrels)
     judged = [q for q in iter_queries(split.queries) if any(g > 0 for g in qrels.get(q.id, {}).values())]
-    pool = DevPool([q.id for q in judged], [q.text for q in judged], [], {q.id: qrels[q.id] for q in judged})
+    named = sorted({d for q in judged for d, g in qrels[q.id].items() if g > 0})
+    held: set[str] = set()
+    for start in range(0, len(named), 500):
+        held.update(backend.get(index, named[start : start + 500]))
+    # A judged document the index lacks can never be ranked: it would only lower every
+    # candidate's nDCG alike, so it is counted and left out.
+    kept = {q.id: {d: g for d, g in qrels[q.id].items() if d in held} for q in judged}
+    absent = sum(1 for q in judged for d, g in qrels[q.id].items() if g > 0 and d not in held)
+    emptied = {q.id for q in judged if not any(g > 0 for g in kept[q.id].values())}
+    if judged and len(emptied) == len(judged):
+        raise ConfigError(
+            f"none of the dev qrels' documents is in index '{index}': check that the dev qrels match the corpus"
+        )
+    judged = [q for q in judged if q.id not in emptied]
+    pool = DevPool([q.id for q in judged], [q.text for q in judged], [], {q.id: kept[q.id] for q in judged})
+    pool.absent, pool.emptied = absent, len(emptied)
     for start in range(0, len(judged), 64):
         texts = pool.queries[start : start + 64]
         bm25, knn = backend.bm25_and_knn(index, texts, query_vectors(texts), depth)

@@ -183,6 +183,8 @@ def _begin(
                     notes.append(note)
             prepare_pools(config, backend, run, state, job.device)
             guard = _start_guard(config, backend, run, state)
+            if guard is not None and not state and guard.pool.note(config.index):
+                notes.append(str(guard.pool.note(config.index)))
             if previous is not None and state.get("refresh_pending"):
                 update_state(previous, {**run.state(), "refresh_pending": False})  # redone: never again
             pool_table(run.pools)  # built once, here: the other ranks map rank 0's table
