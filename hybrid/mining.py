@@ -37,6 +37,7 @@ from hybrid.query_encoder import QueryEncoder, check_encoder
 from hybrid.types import Hit, Query
 
 log = logging.getLogger(__name__)
+POOL_FORMAT = 2  # 2: each positive carries its qrels grade
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,9 @@ def run_mine(
     if job.out.exists():
         raise ConfigError(f"{job.out} exists; pass --recreate to mine again")
     info = backend.info(job.index)
-    identity = {"version": info.version, "model_hash": encoder.model_hash, "inputs": _input_stamps(job)}
+    # "format": parts written by an older hybrid (positives without grades) are not resumed.
+    identity: dict[str, Any] = {"version": info.version, "model_hash": encoder.model_hash, "format": POOL_FORMAT}
+    identity["inputs"] = _input_stamps(job)
     with _open_parts(job, identity) as labels:
         stats = _mine_parts(job, backend, encoder, labels, info.version, progress)
     if stats.missing_positives:

@@ -242,6 +242,29 @@ def test_graded_gains_weigh_each_positive_in_the_numerator() -> None:
     plain = contrastive_loss(q, p, positives, groups, 0.1, True, targets.clone(), targets)
     same = contrastive_loss(q, p, positives, groups, 0.1, True, targets.clone(), targets, torch.ones(2, 6))
     assert torch.allclose(plain, same) and weighted.item() > plain.item()  # a lesser grade counts for less
+    gains[0, 1] = 0.0  # grade 0: no target, and dropped from the softmax as the mask drops it
+    zero = contrastive_loss(q, p, positives, groups, 0.1, True, targets.clone(), targets, gains)
+    keep = [0, 2, 3, 4, 5]
+    row0 = torch.logsumexp(scores[0, keep], 0) - scores[0, 0]
+    assert torch.allclose(zero, (row0 + row1) / 2, atol=1e-5)
+
+
+def test_batch_inputs_place_each_queries_gains_in_its_own_row() -> None:
+    from hybrid.training.data import Example
+    from hybrid.training.step import batch_inputs
+    from hybrid.types import Document
+
+    class Texts:
+        def get(self, index: str, ids: list[str]) -> dict[str, Document]:
+            return {d: Document(id=d, text=f"text {d}") for d in ids}
+
+    first = Example("a", "qa", "p1", ("n1",), frozenset({"p1", "p2"}), ("p2",), frozenset({"p1", "p2"}))
+    first = dataclasses.replace(first, gains=(("p2", 0.5),))
+    second = Example("b", "qb", "p2", ("n2",), frozenset({"p2"}), (), frozenset({"p2"}))  # p2 is b's best
+    config = _config("idx", Path("."), Path("out"), Path("m"), positives="all", grades="weight")
+    inputs = batch_inputs([first, second], Texts(), config, torch.device("cpu"))  # type: ignore[arg-type]
+    assert inputs.ids == ["p1", "p2", "n1", "p2", "n2"]
+    assert inputs.gains.tolist() == [[1.0, 0.5, 1.0, 0.5, 1.0], [1.0] * 5]
 
 
 def _graded_pools(path: Path, grades: list[int] | None) -> None:
@@ -374,8 +397,10 @@ def test_dev_judgements_of_documents_not_in_the_index_are_counted_and_skipped(
         train(dataclasses.replace(config, dev_qrels=only_gone, out=tmp_path / "run0"), embedded_backend)
     result = train(config, embedded_backend)
     assert result.guard is not None and result.guard.queries == 10  # q1-0 had nothing left
-    note = "the dev qrels name 12 documents not in index 'idx': skipped; 1 dev queries had no other and were dropped"
+    note = "the dev qrels name 12 documents not in index 'idx': skipped; 1 dev query judged on those alone was dropped"
     assert note in result.notes
+    saved = json.loads((tmp_path / "run" / "dev" / "pool.json").read_text())
+    assert "q1-0" not in saved["qrels"] and not any("gone" in d for q in saved["qrels"].values() for d in q)
 
 
 def test_a_run_that_wins_replaces_the_index_with_the_chosen_model(
@@ -414,6 +439,12 @@ def test_graded_qrels_change_the_training_only_when_weighted(
     weighted, ignored = losses("weight"), losses("ignore")
     assert len(weighted) == len(ignored) == 3 and all(np.isfinite(weighted))
     assert weighted != ignored
+    binary = dataclasses.replace(
+        _config("idx", many_positives, tmp_path / "binary", tiny_model, steps=3, refresh_at_end=False, guard=False),
+        positives="all",
+        positives_per_query=2,
+    )
+    assert train(binary, embedded_backend).losses == ignored  # ignored grades train as binary qrels do
 
 
 def test_too_few_queries_warn_and_fall_back_to_the_loss(

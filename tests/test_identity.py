@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 from typing import Any, get_args
@@ -187,6 +188,8 @@ def test_a_finished_run_resumes_for_more_steps_on_fresh_pools(
     first = _train_config("idx", beir_small, tmp_path / "run", steps=2, refresh_at_end=True)
     train(first, embedded_backend)  # the final refresh swaps the index: the run's pools are stale now
     assert embedded_backend.info("idx").version.endswith("v000002")
+    saved = tmp_path / "run" / "train_config.json"  # as a run from before the --grades option saved it
+    saved.write_text(json.dumps({k: v for k, v in json.loads(saved.read_text()).items() if k != "grades"}))
     relative = _train_config("idx", beir_small, tmp_path / "run", steps=3, refresh_at_end=True)
     with pytest.raises(ConfigError, match=r"changed options \(steps\)"):  # paths resolved: no false change
         train(relative, embedded_backend, resume=True)

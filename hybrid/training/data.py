@@ -6,6 +6,7 @@ Which query, which positive and which negatives a step sees is a pure function o
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,8 @@ import numpy as np
 from hybrid.errors import ConfigError, CorpusError
 from hybrid.mining import Pool, read_pools
 from hybrid.negatives import SamplerConfig, sample_negatives
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,12 @@ class PoolData:
             self.held_out = int(pc.sum(pc.and_(usable, held)).as_py() or 0)
             usable = pc.and_(usable, pc.invert(held))
         self._rows = np.flatnonzero(usable.to_numpy(zero_copy_only=False))  # queries with a positive
+        if grades and table.column("pos_grades").null_count == table.num_rows:
+            log.warning(
+                "%s holds no grades (mined before hybrid kept them, or labelled by answers): --grades weight "
+                "weighs nothing; mine the pools again (--remine) to use the qrels' grades",
+                path,
+            )
         self.skipped = table.num_rows - len(self._rows) - self.held_out  # queries without a positive in the index
         if not len(self._rows):
             raise ConfigError(f"{path} has no query with a positive to train on")
@@ -116,11 +125,12 @@ class PoolData:
         pos = zip(values("pos_ids").to_pylist(), values("pos_scores").to_numpy(), strict=True)
         positives = tuple((d, float(s)) for d, s in pos)
         flagged = values("flagged").to_pylist()
+        grades = batch.column("pos_grades")[i]  # null: pools mined before grades were kept
         return _Entry(
             qid=batch.column("qid")[i].as_py(),
             query=batch.column("query")[i].as_py(),
             positives=positives,
-            grades=tuple(values("pos_grades").to_pylist()),
+            grades=tuple(grades.values.to_pylist()) if grades.is_valid else (1,) * len(positives),
             ids=_Strings(values("ids")),
             scores=values("scores").to_numpy(),
             eligible=values("eligible").to_numpy(zero_copy_only=False),
@@ -155,19 +165,28 @@ class PoolData:
             gains=self._gains(entry),
         )
 
+    def _weights(self, entry: _Entry) -> np.ndarray | None:
+        """Each positive's grade over the query's best (a grade below 0 counts as 0); None
+        when grades are not weighted or all alike: then every positive counts the same."""
+        grades = np.clip(np.asarray(entry.grades, dtype=np.float64), 0.0, None)
+        if not self.grades or len(grades) < 2 or grades.min() == grades.max():
+            return None
+        return grades / grades.max()
+
     def _first(self, entry: _Entry, rng: np.random.Generator) -> int:
         """Which positive is the target: uniform, or in proportion to its grade when grades
         are weighted and differ (equal grades draw exactly as uniform does)."""
-        grades = np.clip(np.asarray(entry.grades, dtype=np.float64), 0.0, None)
-        if self.grades and len(grades) > 1 and grades.min() != grades.max():
-            return int(rng.choice(len(grades), p=grades / grades.sum()))
+        weights = self._weights(entry)
+        if weights is not None:
+            return int(rng.choice(len(weights), p=weights / weights.sum()))
         return int(rng.integers(len(entry.positives)))
 
     def _gains(self, entry: _Entry) -> tuple[tuple[str, float], ...]:
-        if not self.grades or not entry.grades:
+        """The lesser positives' weights in a multi-positive numerator (0: not a target)."""
+        weights = self._weights(entry)
+        if weights is None:
             return ()
-        best = max(entry.grades)
-        return tuple((d, g / best) for (d, _), g in zip(entry.positives, entry.grades, strict=True) if g < best)
+        return tuple((d, float(w)) for (d, _), w in zip(entry.positives, weights, strict=True) if w < 1.0)
 
     def _anchor(self, entry: _Entry, sampled: float) -> float:
         """The positive score the SimANS kernel centres on (see ``SamplerConfig.anchor``)."""
@@ -289,7 +308,7 @@ def _row(pool: Pool) -> dict[str, Any]:
         if flagged_:
             positives = [(flagged_[0][0], flagged_[0][1])]
             candidates = [c for c in candidates if c[0] != flagged_[0][0]]
-    grades = [pool.grades.get(d, 1) for d, _ in positives]
+    grades = [pool.grades.get(d, 1) for d, _ in positives] if pool.grades else None
     return {
         "qid": pool.qid,
         "query": pool.query,

@@ -120,6 +120,8 @@ def contrastive_loss(
     keep[rows, positives] = True  # the target itself always stays
     if targets is not None:
         keep |= targets & ~drop
+    if gains is not None:
+        keep &= gains > 0  # a positive of grade 0 is no target: dropped like other labelled documents
     if false_negatives is not None:
         drop |= false_negatives
     scores = scores.masked_fill(drop & ~keep, float("-inf"))
@@ -127,7 +129,7 @@ def contrastive_loss(
         return torch.nn.functional.cross_entropy(scores, positives)
     kept = scores.masked_fill(~keep, float("-inf"))
     if gains is not None:
-        kept = kept + torch.log(gains)
+        kept = kept + torch.log(gains.clamp_min(torch.finfo(gains.dtype).tiny))
     numerator = torch.logsumexp(kept, dim=1)  # (B,)
     return (torch.logsumexp(scores, dim=1) - numerator).mean()
 

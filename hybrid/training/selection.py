@@ -147,14 +147,15 @@ class DevPool:
     candidates: list[list[str]]
     qrels: dict[str, dict[str, int]]
     documents: list[Document] = field(default_factory=list)  # the union of all candidates, once each
-    absent: int = 0  # judgements naming documents the index does not hold (skipped)
+    absent: int = 0  # judged documents the index does not hold (their judgements skipped)
     emptied: int = 0  # judged queries left with no positive in the index (skipped)
 
     def note(self, index: str) -> str | None:
         """What the run's summary says of skipped judgements (None: none skipped)."""
         if not self.absent:
             return None
-        left = f"; {self.emptied} dev queries had no other and were dropped" if self.emptied else ""
+        many = "queries judged on those alone were" if self.emptied > 1 else "query judged on those alone was"
+        left = f"; {self.emptied} dev {many} dropped" if self.emptied else ""
         return f"the dev qrels name {self.absent} documents not in index '{index}': skipped{left}"
 
     def save(self, path: Path) -> None:
@@ -181,7 +182,7 @@ def build_dev_pool(backend: Backend, index: str, split: DevSplit, depth: int, qu
     # A judged document the index lacks can never be ranked: it would only lower every
     # candidate's nDCG alike, so it is counted and left out.
     kept = {q.id: {d: g for d, g in qrels[q.id].items() if d in held} for q in judged}
-    absent = sum(1 for q in judged for d, g in qrels[q.id].items() if g > 0 and d not in held)
+    absent = len(set(named) - held)
     emptied = {q.id for q in judged if not any(g > 0 for g in kept[q.id].values())}
     if judged and len(emptied) == len(judged):
         raise ConfigError(

@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +339,8 @@ def check_config(out: Path, config: TrainConfig, resume: bool, allow_change: boo
     if resume and path.is_file():
         old = json.loads(path.read_text())
         old, new_cmp = _comparable(old), _comparable(new)
+        # An option newer than the run's saved config had its default there.
+        old = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **old}
         changed = sorted(k for k in set(old) | set(new_cmp) if k not in _RUN_ONLY and old.get(k) != new_cmp.get(k))
         if changed and not allow_change:
             raise ConfigError(

@@ -181,10 +181,11 @@ def _begin(
                 if note:
                     log.warning(note)
                     notes.append(note)
-            prepare_pools(config, backend, run, state, job.device)
+            # The guard first: a dev set that does not match the index is refused before mining.
             guard = _start_guard(config, backend, run, state)
             if guard is not None and not state and guard.pool.note(config.index):
                 notes.append(str(guard.pool.note(config.index)))
+            prepare_pools(config, backend, run, state, job.device)
             if previous is not None and state.get("refresh_pending"):
                 update_state(previous, {**run.state(), "refresh_pending": False})  # redone: never again
             pool_table(run.pools)  # built once, here: the other ranks map rank 0's table
