@@ -395,6 +395,10 @@ def test_dev_judgements_of_documents_not_in_the_index_are_counted_and_skipped(
     only_gone.write_text("\n".join([lines[0], *extra]) + "\n")
     with pytest.raises(ConfigError, match="none of the dev qrels' documents is in index 'idx'"):
         train(dataclasses.replace(config, dev_qrels=only_gone, out=tmp_path / "run0"), embedded_backend)
+    other_ids = tmp_path / "other.tsv"
+    other_ids.write_text(lines[0] + "\nnobody\tt0d0\t1\n")
+    with pytest.raises(ConfigError, match="no dev query has qrels: check that the dev queries' ids match"):
+        train(dataclasses.replace(config, dev_qrels=other_ids, out=tmp_path / "run1"), embedded_backend)
     result = train(config, embedded_backend)
     assert result.guard is not None and result.guard.queries == 10  # q1-0 had nothing left
     note = "the dev qrels name 12 documents not in index 'idx': skipped; 1 dev query judged on those alone was dropped"

@@ -175,6 +175,8 @@ def build_dev_pool(backend: Backend, index: str, split: DevSplit, depth: int, qu
     """
     qrels = read_qrels(split.qrels)
     judged = [q for q in iter_queries(split.queries) if any(g > 0 for g in qrels.get(q.id, {}).values())]
+    if not judged:
+        raise ConfigError("no dev query has qrels: check that the dev queries' ids match the dev qrels")
     named = sorted({d for q in judged for d, g in qrels[q.id].items() if g > 0})
     held: set[str] = set()
     for start in range(0, len(named), 500):
@@ -184,7 +186,7 @@ def build_dev_pool(backend: Backend, index: str, split: DevSplit, depth: int, qu
     kept = {q.id: {d: g for d, g in qrels[q.id].items() if d in held} for q in judged}
     absent = len(set(named) - held)
     emptied = {q.id for q in judged if not any(g > 0 for g in kept[q.id].values())}
-    if judged and len(emptied) == len(judged):
+    if len(emptied) == len(judged):
         raise ConfigError(
             f"none of the dev qrels' documents is in index '{index}': check that the dev qrels match the corpus"
         )
