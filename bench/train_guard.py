@@ -43,6 +43,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "simans+multi": {"positives": "all", "positives_per_query": 2},
     "simans+distill": {"distill": 1.0},
     "simans+multi+distill": {"positives": "all", "positives_per_query": 2, "distill": 1.0},
+    "simans@128": {"passage_max_length": 128},  # trained on shorter passages than the index embeds
     "query": {"update": "query"},
     "query+random": {"update": "query", "sampler": "random"},
     "query+multi": {"update": "query", "positives": "all", "positives_per_query": 2},
