@@ -131,7 +131,8 @@ def test_the_budget_picks_the_chunk_and_gradcache_replays_dropout(tiny_model: Pa
     groups = torch.tensor([0, 0, 1, 1, 2, 2])
     none = torch.zeros(3, 6, dtype=torch.bool)
     ids = [f"d{i}" for i in range(6)]
-    inputs = _Inputs(queries, passages, ids, torch.tensor([0, 2, 4]), groups, none, none, torch.zeros(6))
+    positives, gains = torch.tensor([0, 2, 4]), torch.ones(3, 6)
+    inputs = _Inputs(queries, passages, ids, positives, groups, none, none, gains, torch.zeros(6))
     config = TrainConfig(index="idx", queries=tmp_path / "q.jsonl", qrels=tmp_path / "qrels.tsv", out=tmp_path)
 
     shape = ModelShape.of(model.passage, sum(p.numel() for p in model.parameters()))
