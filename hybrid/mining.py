@@ -111,8 +111,12 @@ def run_mine(
         raise ConfigError(f"{job.out} exists; pass --recreate to mine again")
     info = backend.info(job.index)
     # "format": parts written by an older hybrid (positives without grades) are not resumed.
-    identity: dict[str, Any] = {"version": info.version, "model_hash": encoder.model_hash, "format": POOL_FORMAT}
-    identity["inputs"] = _input_stamps(job)
+    identity: dict[str, Any] = {
+        "version": info.version,
+        "model_hash": encoder.model_hash,
+        "format": POOL_FORMAT,
+        "inputs": _input_stamps(job),
+    }
     with _open_parts(job, identity) as labels:
         stats = _mine_parts(job, backend, encoder, labels, info.version, progress)
     if stats.missing_positives:

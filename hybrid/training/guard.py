@@ -80,8 +80,6 @@ class Guard:
         log.info(
             "guard: %d dev queries, %d dev documents, base nDCG@10 %.4f", len(pool.qids), len(pool.documents), base.ndcg
         )
-        if pool.note(config.index):
-            log.warning(pool.note(config.index))
         query_only = config.update == "query"
         guard = cls(split, pool, base, recipe.query_model_dir() if query_only else recipe.model_dir(), recipe)
         guard.stored = (backend, config.index) if query_only else None

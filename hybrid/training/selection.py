@@ -178,11 +178,9 @@ def build_dev_pool(backend: Backend, index: str, split: DevSplit, depth: int, qu
     if not judged:
         raise ConfigError("no dev query has qrels: check that the dev queries' ids match the dev qrels")
     named = sorted({d for q in judged for d, g in qrels[q.id].items() if g > 0})
-    held: set[str] = set()
-    for start in range(0, len(named), 500):
-        held.update(backend.get(index, named[start : start + 500]))
-    # A judged document the index lacks can never be ranked: it would only lower every
-    # candidate's nDCG alike, so it is counted and left out.
+    held = set(_documents(backend, index, named))
+    # A judged document the index lacks can never be ranked by any candidate: it is counted
+    # and left out rather than shrinking every candidate's nDCG on its query.
     kept = {q.id: {d: g for d, g in qrels[q.id].items() if d in held} for q in judged}
     absent = len(set(named) - held)
     emptied = {q.id for q in judged if not any(g > 0 for g in kept[q.id].values())}
@@ -204,11 +202,17 @@ def build_dev_pool(backend: Backend, index: str, split: DevSplit, depth: int, qu
 def attach_documents(pool: DevPool, backend: Backend, index: str) -> None:
     """Fetch the union of the candidates' documents once (their text is what candidates embed)."""
     ids = sorted({d for c in pool.candidates for d in c})
+    found = _documents(backend, index, ids)
+    pool.candidates = [[d for d in c if d in found] for c in pool.candidates]
+    pool.documents = [found[d] for d in ids if d in found]
+
+
+def _documents(backend: Backend, index: str, ids: list[str]) -> dict[str, Document]:
+    """The documents of ``ids`` the index holds, fetched 500 at a time."""
     found: dict[str, Document] = {}
     for start in range(0, len(ids), 500):
         found.update(backend.get(index, ids[start : start + 500]))
-    pool.candidates = [[d for d in c if d in found] for c in pool.candidates]
-    pool.documents = [found[d] for d in ids if d in found]
+    return found
 
 
 def ndcg_at(ranking: Sequence[str], judged: dict[str, int], depth: int = NDCG_DEPTH) -> float:

@@ -183,8 +183,10 @@ def _begin(
                     notes.append(note)
             # The guard first: a dev set that does not match the index is refused before mining.
             guard = _start_guard(config, backend, run, state)
-            if guard is not None and not state and guard.pool.note(config.index):
-                notes.append(str(guard.pool.note(config.index)))
+            skipped = guard.pool.note(config.index) if guard is not None and not state else None
+            if skipped:
+                log.warning(skipped)
+                notes.append(skipped)
             prepare_pools(config, backend, run, state, job.device)
             if previous is not None and state.get("refresh_pending"):
                 update_state(previous, {**run.state(), "refresh_pending": False})  # redone: never again
