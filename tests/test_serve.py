@@ -502,6 +502,45 @@ def test_one_json_error_contract(served_index: tuple[Any, str]) -> None:
         assert "Retry-After" in responses["503"]["headers"]
 
 
+def test_json_searches_answer_as_the_routes_do(served_index: tuple[Any, str]) -> None:
+    """A JSON search is answered before the router (routes.SearchPath); a JSON body of another
+    media type (``application/x+json``) still goes through FastAPI's routes. Both answer the
+    same requests with the same status and body, bad ones included, behind the same guard."""
+    backend, name = served_index
+    engine = Engine(backend, name, EngineConfig(max_wait_ms=5))
+    limits = ServeLimits(max_batch=4, max_query_chars=200, api_key=TOKEN)
+    bodies = (
+        [("/search", {"query": QUERIES[0], "mode": mode, "k": 3}) for mode in ("bm25", "dense", "hybrid")]
+        + [
+            ("/search", {"query": QUERIES[1], "fusion": "linear", "bm25_weight": 0.3, "fields": ["title"]}),
+            ("/search", {"query": "broken \ud800 surrogate", "mode": "dense", "k": 2}),  # the JSON escape
+            ("/search/batch", {"queries": QUERIES[:3], "mode": "dense", "k": 2, "fields": []}),
+            ("/search", {"query": "x", "k": "5"}),
+            ("/search", {"query": "  "}),
+            ("/search", {"query": "x", "kk": 1}),
+            ("/search", {"query": "x" * 201}),
+            ("/search/batch", {"queries": ["x"] * 5}),
+            ("/search/batch", {"queries": ["tides", ""]}),
+        ]
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with running(create_app(engine, limits)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for path, body in bodies:
+            raw = json.dumps(body).encode()
+            answers = []
+            for media in ("application/json", "application/json; charset=utf-8", "application/x+json"):
+                response = client.post(path, content=raw, headers={**auth, "content-type": media})
+                answer = response.json()
+                answer.pop("took_ms", None)
+                answers.append((response.status_code, answer))
+            assert answers[0] == answers[1] == answers[2], (path, body, answers)
+        assert client.post("/search", json={"query": "tides"}).status_code == 401  # the guard comes first
+        _refused(client.post("/search", content=b"[1]", headers={**auth, "content-type": "application/json"}), 422)
+        metrics = client.get("/metrics", headers=auth).text
+        assert 'hybrid_requests_total{route="/search",status="200"}' in metrics
+        assert 'hybrid_search_seconds_count{mode="bm25"} 3.0' in metrics  # one per media type
+
+
 @pytest.mark.es
 def test_unreachable_backend_is_503_json(
     es_backend: Any, es_prefix: str, tiny_encoder: Any, beir_small: Path, caplog: pytest.LogCaptureFixture

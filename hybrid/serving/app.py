@@ -44,6 +44,9 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
         redoc_url=None,
         responses=errors.openapi_responses(ErrorBody),
     )
+    # The last added runs first: the guard checks and counts every request, then the
+    # search path answers JSON searches before the router.
+    app.add_middleware(routes.SearchPath, engine=engine, limits=limits, metrics=metrics)
     app.add_middleware(RequestGuard, limits=limits, count=metrics.request, refused=metrics.error)
     routes.add_error_handlers(app, metrics)
     routes.add_search_routes(app, engine, limits, metrics)
