@@ -48,7 +48,14 @@ _ENGINE: Params = [
         ],
         2.0,
     ),
-    ("batch_threads", Annotated[int, Opt("--batch-threads", help="Threads running micro-batches.")], 1),
+    (
+        "batch_threads",
+        Annotated[
+            int,
+            Opt("--batch-threads", help="Threads running micro-batches (one encodes while another searches)."),
+        ],
+        2,
+    ),
     ("poll", Annotated[float, Opt("--poll", help="Seconds between checks for a new index version.")], 1.0),
     # not the writers' --grace (common.GraceOpt): how long this server keeps a version it has left
     (
