@@ -109,12 +109,15 @@ def encoder_only(encoder: Any, queries: list[str], seconds: float) -> dict[str, 
         batches = [queries[i : i + size] for i in range(0, len(queries) - size + 1, size)]
         encoder.encode_queries(batches[0])  # warm-up
         took: list[float] = []
+        cpu = cpu_seconds({"me": os.getpid()})["me"]
         start = time.perf_counter()
         while time.perf_counter() - start < seconds / 2:
             began = time.perf_counter()
             encoder.encode_queries(batches[len(took) % len(batches)])
             took.append(time.perf_counter() - began)
         out[f"batch{size}_qps"] = round(len(took) * size / (time.perf_counter() - start), 1)
+        used = cpu_seconds({"me": os.getpid()})["me"] - cpu
+        out[f"batch{size}_cpu_us_per_query"] = round(used / (len(took) * size) * 1e6)
     out["batch1_p50_ms"] = round(percentile(took, 0.5) * 1000, 2)
     return out
 
@@ -201,8 +204,27 @@ class Connection:
         self.reader = self.writer = None
 
 
-async def load(url: str, mode: str, clients: int, seconds: float, queries: list[str], warmup: float = 2.0) -> dict:
-    """``clients`` closed-loop clients for ``seconds`` (after ``warmup``): throughput and latency."""
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system, all threads) each process has used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name, pid in pids.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        used[name] = (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+async def load(
+    url: str,
+    mode: str,
+    clients: int,
+    seconds: float,
+    queries: list[str],
+    warmup: float = 2.0,
+    pids: dict[str, int] | None = None,
+) -> dict:
+    """``clients`` closed-loop clients for ``seconds`` (after ``warmup``): throughput and
+    latency, and the CPU each of ``pids`` and these clients used per request meanwhile."""
     latencies: list[float] = []
     errors: list[str] = []
     pairs: dict[str, int] = {}
@@ -233,8 +255,19 @@ async def load(url: str, mode: str, clients: int, seconds: float, queries: list[
         finally:
             await http.close()
 
+    watched = {**(pids or {}), "clients": os.getpid()}
+
+    async def cpu_at_start() -> dict[str, float]:
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        return cpu_seconds(watched)
+
+    first = asyncio.create_task(cpu_at_start())
     await asyncio.gather(*(client() for _ in range(clients)))
+    used = cpu_seconds(watched)
+    begun = await first
+    per_request = {k: round((used[k] - begun[k]) / max(len(latencies), 1) * 1e6) for k in watched}
     return {
+        "cpu_us_per_request": per_request,
         "mode": mode,
         "clients": clients,
         "requests": len(latencies),
@@ -317,9 +350,13 @@ def swap_run(url: str, where: list[str], queries: list[str]) -> dict[str, Any]:
     }
 
 
-def bench_backend(kind: str, where: list[str], args: argparse.Namespace, queries: list[str]) -> dict[str, Any]:
+def bench_backend(
+    kind: str, where: list[str], args: argparse.Namespace, queries: list[str], node_pid: int | None = None
+) -> dict[str, Any]:
     """Index, then per client count the encoder alone and each mode served, in turn, so
-    that the ratios compare figures measured minutes apart at most on a shared machine."""
+    that the ratios compare figures measured minutes apart at most on a shared machine.
+    Each row gives the CPU per request of the server, the clients and ``node_pid`` (an
+    Elasticsearch node this run started), all on the same cores."""
     index_s = None
     if kind == "es" or not args.store:  # --store names an embedded index only
         print(f"== {kind}: indexing {DATASET[0].name}", flush=True)
@@ -335,13 +372,15 @@ def bench_backend(kind: str, where: list[str], args: argparse.Namespace, queries
     rows, swap = [], None
     try:
         for clients in (int(c) for c in args.clients.split(",")):
-            block = [asyncio.run(load(server.url, mode, clients, args.seconds, queries)) for mode in MODES]
+            pids = {"server": server.proc.pid, **({"node": node_pid} if node_pid else {})}
+            block = [asyncio.run(load(server.url, mode, clients, args.seconds, queries, pids=pids)) for mode in MODES]
             timed.append(encoder_only(encoder, queries, ENCODER_SECONDS))
             ceiling = (timed[-2]["batch32_qps"] + timed[-1]["batch32_qps"]) / 2  # around this block
             for row in block:
                 row.pop("latencies")
                 row["over_encoder"] = round(row["rps"] / ceiling, 2)
-                print(json.dumps({kind: {k: row[k] for k in ("mode", "clients", "rps", "over_encoder", "p50_ms")}}))
+                keys = ("mode", "clients", "rps", "over_encoder", "p50_ms", "cpu_us_per_request")
+                print(json.dumps({kind: {k: row[k] for k in keys}}))
             print(json.dumps({kind: {"encoder_only": timed[-1]}}), flush=True)
             rows.extend(block)
         if args.swap:
@@ -408,17 +447,19 @@ def targets(summary: dict[str, Any]) -> list[str]:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print("| backend | mode | clients | req/s | over encoder | p50 ms | p95 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| backend | mode | clients | req/s | over encoder | p50 ms | p95 ms | p99 ms | errors | CPU µs/request |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for kind, result in results["backends"].items():
         for r in result["rows"]:
+            cpu = ", ".join(f"{k} {v}" for k, v in r.get("cpu_us_per_request", {}).items())
             print(
                 f"| {kind} | {r['mode']} | {r['clients']} | {r['rps']} | {r.get('over_encoder')} | {r['p50_ms']} "
-                f"| {r['p95_ms']} | {r['p99_ms']} | {r['errors']} |"
+                f"| {r['p95_ms']} | {r['p99_ms']} | {r['errors']} | {cpu} |"
             )
     for kind, result in results["backends"].items():
         timings = "; ".join(
-            f"{e['batch32_qps']} q/s in batches of 32, {e['batch1_qps']} one by one (p50 {e['batch1_p50_ms']} ms)"
+            f"{e['batch32_qps']} q/s in batches of 32 ({e.get('batch32_cpu_us_per_query')} µs CPU a query), "
+            f"{e['batch1_qps']} one by one (p50 {e['batch1_p50_ms']} ms)"
             for e in result["encoder_only"]
         )
         print(f"{kind}: encoder alone, before the first client count and after each: {timings}")
@@ -500,7 +541,8 @@ def run_backend(kind: str, args: argparse.Namespace, queries: list[str]) -> dict
     url = args.es_url or str(node["url"])  # type: ignore[index]
     INDEX[0] = f"hybrid-bench-serve-{os.getpid()}"  # the node may be shared
     try:
-        return bench_backend(kind, ["--es-url", url], args, queries)
+        node_pid = int(str(node["pid"])) if node is not None else None
+        return bench_backend(kind, ["--es-url", url], args, queries, node_pid)
     finally:
         backend = ElasticBackend(ElasticConfig(url=url))
         backend.drop(INDEX[0])
