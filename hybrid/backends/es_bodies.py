@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
+import orjson
 
 from hybrid.config import IndexSpec
 from hybrid.es_mappings import LATEST, load_template
@@ -88,7 +92,7 @@ def knn_body(
     return {
         "knn": {
             "field": field,
-            "query_vector": [float(x) for x in vector],
+            "query_vector": np.asarray(vector, dtype=np.float64).tolist(),
             "k": k,
             "num_candidates": max(k, num_candidates),
         },
@@ -113,6 +117,20 @@ def msearch_lines(index: str, bodies: Sequence[dict[str, Any]]) -> list[dict[str
         lines.append({"index": index})
         lines.append(body)
     return lines
+
+
+def encoded(lines: Sequence[dict[str, Any]]) -> list[bytes]:
+    """``lines`` as JSON, which the client sends as they are. orjson writes a query vector's
+    floats many times faster than the standard library (the same shortest round-trip digits,
+    so the same vector reaches the cluster); a line it refuses (a string with a lone
+    surrogate) is written by the standard library, as the client would have."""
+    out = []
+    for line in lines:
+        try:
+            out.append(orjson.dumps(line))
+        except orjson.JSONEncodeError:
+            out.append(json.dumps(line).encode())
+    return out
 
 
 def similarity_from_es_score(score: float, similarity: str) -> float:
