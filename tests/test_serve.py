@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -23,6 +24,8 @@ from hybrid.manifest import model_hash
 from hybrid.search import SearchConfig, Searcher
 from hybrid.serving.app import ServeLimits, create_app
 from hybrid.serving.engine import Engine, EngineConfig
+from hybrid.serving.metrics import Metrics
+from hybrid.serving.routes import SearchPath
 from tests.processes import session_members
 
 QUERIES = ["how do solar panels make electricity", "what causes ocean tides", "how is honey made by bees"]
@@ -525,20 +528,62 @@ def test_json_searches_answer_as_the_routes_do(served_index: tuple[Any, str]) ->
     )
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with running(create_app(engine, limits)) as url, httpx.Client(base_url=url, timeout=60) as client:
-        for path, body in bodies:
-            raw = json.dumps(body).encode()
+        odd = [b"", b"null", b"[1]", b'"x"', b"{bad", b'{"query": "x"} trailing', b"\xff\xfe"]
+        for path, raw in [(p, json.dumps(b).encode()) for p, b in bodies] + [("/search", o) for o in odd]:
             answers = []
             for media in ("application/json", "application/json; charset=utf-8", "application/x+json"):
                 response = client.post(path, content=raw, headers={**auth, "content-type": media})
                 answer = response.json()
                 answer.pop("took_ms", None)
                 answers.append((response.status_code, answer))
-            assert answers[0] == answers[1] == answers[2], (path, body, answers)
+            assert answers[0] == answers[1] == answers[2], (path, raw, answers)
         assert client.post("/search", json={"query": "tides"}).status_code == 401  # the guard comes first
         _refused(client.post("/search", content=b"[1]", headers={**auth, "content-type": "application/json"}), 422)
         metrics = client.get("/metrics", headers=auth).text
         assert 'hybrid_requests_total{route="/search",status="200"}' in metrics
         assert 'hybrid_search_seconds_count{mode="bm25"} 3.0' in metrics  # one per media type
+
+
+def test_search_path_answers_valid_json_searches_before_the_app(served_index: tuple[Any, str]) -> None:
+    """routes.SearchPath answers a valid JSON search itself; every other request, a JSON
+    search it cannot answer included, goes on to the app with its body intact."""
+    backend, name = served_index
+    engine = Engine(backend, name, EngineConfig(max_wait_ms=5)).start()
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(f"{scope['method']} {scope['path']} {(await receive()).get('body', b'').decode()}")
+        await send({"type": "http.response.start", "status": 418, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def requests() -> list[int]:
+        transport = httpx.ASGITransport(app=SearchPath(app, engine, ServeLimits(), Metrics(backend, name)))
+        async with httpx.AsyncClient(transport=transport, base_url="http://hybrid") as client:
+            sent = [
+                client.post("/search", json={"query": "tides", "mode": "dense", "k": 2}),
+                client.post("/search/batch", json={"queries": ["tides", "bees"], "k": 1}),
+                client.post("/search", json={"query": " "}),
+                client.post("/search", content=b'{"query": ', headers={"content-type": "application/json"}),
+                client.post("/search", content=b'{"query": "x"}', headers={"content-type": "application/x+json"}),
+                client.post("/search", content=b'{"query": "x"}'),
+                client.get("/search"),
+                client.post("/docs/x", json={"query": "x"}),
+            ]
+            return [(await request).status_code for request in sent]
+
+    try:
+        statuses = asyncio.run(requests())
+    finally:
+        engine.close()
+    assert statuses == [200, 200] + [418] * 6
+    assert reached == [
+        'POST /search {"query":" "}',  # httpx writes json= compactly
+        'POST /search {"query": ',
+        'POST /search {"query": "x"}',
+        'POST /search {"query": "x"}',
+        "GET /search ",
+        'POST /docs/x {"query":"x"}',
+    ]
 
 
 @pytest.mark.es

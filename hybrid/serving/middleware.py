@@ -90,16 +90,21 @@ class RequestGuard:
                 return
             if not message.get("more_body", False):
                 break
-        replayed = False
+        await self.app(scope, replayed(b"".join(chunks), receive), send)
 
-        async def replay() -> Any:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+def replayed(body: bytes, receive: Any) -> Any:
+    """An ASGI ``receive`` that gives the buffered ``body`` once, then waits on the client's."""
+    sent = False
+
+    async def replay() -> Any:
+        nonlocal sent
+        if sent:
             return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+    return replay
 
 
 async def _reply(send: Any, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -16,7 +16,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from hybrid.serving import errors
@@ -24,6 +23,7 @@ from hybrid.serving.engine import Answer, Engine
 from hybrid.serving.errors import NotReady, TooLarge
 from hybrid.serving.limits import ServeLimits
 from hybrid.serving.metrics import CONTENT_TYPE, Metrics
+from hybrid.serving.middleware import replayed
 from hybrid.serving.schemas import BatchRequest, Field, SearchOptions, SearchRequest, request_models
 from hybrid.types import Hit
 
@@ -62,13 +62,13 @@ def add_search_routes(app: FastAPI, engine: Engine, limits: ServeLimits, metrics
 
 
 class SearchPath:
-    """ASGI middleware answering ``POST /search`` and ``POST /search/batch`` with a JSON body
-    itself: the same models, answers and errors as the routes, without the router,
-    FastAPI's request handling and its body parsing, which a profile of a loaded server
-    showed as a share of each request's CPU comparable to the gap between serving and the
-    encoder alone. Other content types, methods and paths go on to the app, which answers
-    them as before. It sits inside :class:`~hybrid.serving.middleware.RequestGuard`, so
-    every request is still checked and counted first."""
+    """ASGI middleware answering a valid ``POST /search`` or ``POST /search/batch`` with a
+    JSON body itself, with the routes' models and answers, without the router and FastAPI's
+    request handling: on a loaded server those were a measurable share of a small search's
+    CPU. A body that is not a valid request goes on to the routes, which answer its error as
+    ever, and so do other content types, methods and paths. It sits inside
+    :class:`~hybrid.serving.middleware.RequestGuard`, so every request is still checked and
+    counted first."""
 
     def __init__(self, app: Any, engine: Engine, limits: ServeLimits, metrics: Metrics) -> None:
         self.app = app
@@ -93,18 +93,15 @@ class SearchPath:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
+        body = b"".join(chunks)
         # Parsed as the routes parse it (Python's json, then the model), so the same bodies
         # pass: pydantic's own parser would refuse a lone surrogate escape the routes accept.
         try:
-            request = model.model_validate(json.loads(b"".join(chunks)))
-        except ValueError as exc:  # not JSON (JSONDecodeError, UnicodeDecodeError), or invalid
-            self.metrics.error("bad_request")
-            if isinstance(exc, ValidationError):
-                response = _error(*_validation_message(exc.errors()))
-            else:
-                response = _error(400, f"the request body is not valid JSON: {exc}")
-        else:
-            response = await answer(self.engine, self.limits, self.metrics, request)
+            request = model.model_validate(json.loads(body))
+        except ValueError:  # not JSON, or not a valid request: the routes answer it, as ever
+            await self.app(scope, replayed(body, receive), send)
+            return
+        response = await answer(self.engine, self.limits, self.metrics, request)
         await response(scope, receive, send)
 
 
@@ -254,8 +251,6 @@ def _validation_message(problems: Any) -> tuple[int, str]:
     """(status, one line) for a request the models refused: 400 when the body is not JSON,
     else 422 naming the first field at fault."""
     first = problems[0] if problems else {}
-    if first.get("type") in ("model_type", "model_attributes_type") and not first.get("loc"):
-        return 422, "the request body is not a JSON object"
     if first.get("type") == "json_invalid":
         return 400, f"the request body is not valid JSON: {first.get('msg', '')}"
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
