@@ -56,8 +56,10 @@ class VectorIndex:
 
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if self.kind == "hnsw":
-            self.index.hnsw.efSearch = max(k, num_candidates or 0)
-            scores, rows = self.index.search(q, k)
+            # per call, not on the shared index: the server's batch threads search it at once
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in faiss's stubs
+            params.efSearch = max(k, num_candidates or 0)
+            scores, rows = self.index.search(q, k, params=params)
             return scores, rows
         if len(self.vectors) == 0:
             return np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64)
