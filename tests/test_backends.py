@@ -325,3 +325,14 @@ def test_refresh_after_an_interrupted_append_rewrites_the_text(
     _, count, _ = reembed(backend, "idx", tiny_encoder, batch_size=4)
     assert count == 7
     assert "late" in [h.id for h in backend.bm25("idx", ["zeppelin quasar"], 3)[0]]
+
+
+@pytest.mark.es
+def test_es_client_reads_responses_with_hybrids_serializer(es_backend: Any) -> None:
+    """The client hybrid connects reads JSON (plain and compatibility mode) with its orjson
+    serializer, which keeps an integer beyond 64 bits exact."""
+    serializers = es_backend.client.transport.serializers
+    for mimetype in ("application/json", "application/vnd.elasticsearch+json"):
+        serializer = serializers.get_serializer(mimetype)
+        assert type(serializer).json_loads.__qualname__.startswith("_json_serializer."), mimetype
+        assert serializer.loads(b'{"id": 123456789012345678901234}') == {"id": 123456789012345678901234}

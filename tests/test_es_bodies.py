@@ -122,14 +122,19 @@ def test_a_new_index_is_green_on_one_node(es_backend: object, es_prefix: str, ti
 def test_lines_are_encoded_as_the_standard_library_reads_them() -> None:
     """orjson writes the multi-search lines: a float32 query vector reaches the cluster as the
     same float64 values the standard library would write, and a line orjson refuses (a lone
-    surrogate) is written by the standard library; responses read the same either way."""
+    surrogate, a numpy scalar) is written by the client's serializer; responses read the
+    same either way, long integers and lone surrogate escapes included."""
+    from elasticsearch.serializer import JsonSerializer
+
     vector = np.random.default_rng(0).standard_normal(384).astype(np.float32)
     body = knn_body(vector, 10, 100, source=(), id_field="id")
     lines = msearch_lines("idx", [body, bm25_body("tides \ud800", 5)])
     out = encoded(lines)
     assert [json.loads(line) for line in out] == json.loads(json.dumps(lines))
     assert json.loads(out[1])["knn"]["query_vector"] == [float(x) for x in vector]
-    assert out[3] == json.dumps(lines[3]).encode()  # the lone surrogate: the standard library's escape
+    assert out[3] == JsonSerializer().dumps(lines[3])  # the lone surrogate, as the client writes it
+    assert encoded([{"k": np.int64(5)}]) == [b'{"k":5}']
     serializer = _json_serializer()
     assert serializer.loads(b'{"s": 0.1, "n": [1, 2]}') == {"s": 0.1, "n": [1, 2]}
     assert serializer.loads(b'{"t": "a\\ud800"}') == {"t": "a\ud800"}  # orjson refuses it; json reads it
+    assert serializer.loads(b'{"id": 123456789012345678901234}') == {"id": 123456789012345678901234}

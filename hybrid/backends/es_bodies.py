@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,16 +119,18 @@ def msearch_lines(index: str, bodies: Sequence[dict[str, Any]]) -> list[dict[str
 
 
 def encoded(lines: Sequence[dict[str, Any]]) -> list[bytes]:
-    """``lines`` as JSON, which the client sends as they are. orjson writes a query vector's
-    floats many times faster than the standard library (the same shortest round-trip digits,
-    so the same vector reaches the cluster); a line it refuses (a string with a lone
-    surrogate) is written by the standard library, as the client would have."""
+    """``lines`` as JSON, which the client sends as they are: orjson writes a query vector's
+    floats faster than the standard library, with the same shortest round-trip digits, so
+    the same vector reaches the cluster. A line it refuses (a lone surrogate, a numpy
+    scalar) is written by the client's own serializer, as it would have been."""
     out = []
     for line in lines:
         try:
             out.append(orjson.dumps(line))
         except orjson.JSONEncodeError:
-            out.append(json.dumps(line).encode())
+            from elasticsearch.serializer import JsonSerializer
+
+            out.append(JsonSerializer().dumps(line))
     return out
 
 
