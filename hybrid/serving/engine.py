@@ -327,7 +327,10 @@ class Engine:
         except (IndexNotFoundError, BackendError):
             # The version may have been deleted by the process that swapped the alias; switch
             # only if the new version's model is loaded (the watcher loads it off this path).
-            fresh = self.refresh(load=False)
+            # If the engine moved on since this batch began (the watcher, or the other batch
+            # thread's retry), that generation serves it without waiting on the switch lock.
+            current = self._generation
+            fresh = current if current is not None and current is not generation else self.refresh(load=False)
             if fresh.version == generation.version:
                 raise
             return fresh, fresh.searcher.search(queries, config)
