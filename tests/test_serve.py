@@ -488,6 +488,9 @@ def test_one_json_error_contract(served_index: tuple[Any, str]) -> None:
             _refused(client.post("/search", json={"query": query}), 422, "query", "empty")
             _refused(client.post("/search/batch", json={"queries": ["tides", query]}), 422, "queries.1", "empty")
         _refused(client.post("/search", content=b'{"query": ', headers=raw), 400, "not valid JSON")
+        form = {"content-type": "application/x-www-form-urlencoded"}  # curl -d without -H
+        _refused(client.post("/search", content=b'{"query": "x"}', headers=form), 422, "Content-Type: application/json")
+        _refused(client.post("/search", content=b"[1]", headers=raw), 422, "must be a JSON object")
         _refused(client.get("/no/such/route"), 404)
         _refused(client.get("/search"), 405)
         _refused(client.get("/docs/no-such-doc"), 404, "no-such-doc")

@@ -251,6 +251,9 @@ def _validation_message(problems: Any) -> tuple[int, str]:
     """(status, one line) for a request the models refused: 400 when the body is not JSON,
     else 422 naming the first field at fault."""
     first = problems[0] if problems else {}
+    if tuple(first.get("loc", ())) == ("body",) and first.get("type") in ("model_attributes_type", "model_type"):
+        # a form post (curl -d without a content type) or a JSON array, string or null
+        return 422, "the request body must be a JSON object, sent with Content-Type: application/json"
     if first.get("type") == "json_invalid":
         return 400, f"the request body is not valid JSON: {first.get('msg', '')}"
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
