@@ -46,7 +46,7 @@ _ENGINE: Params = [
             float,
             Opt("--max-wait-ms", help="How long a query waits for others to batch with (while queries come together)."),
         ],
-        2.0,
+        0.0,
     ),
     (
         "batch_threads",

@@ -50,7 +50,9 @@ class EngineConfig:
     """How the engine batches and watches."""
 
     max_batch: int = 32  # queries per backend call
-    max_wait_ms: float = 2.0  # how long the first queued request waits for company
+    # How long the first queued request waits for company: not at all by default. With two
+    # batch threads a batch takes what queued while the other ran; waiting only idled cores.
+    max_wait_ms: float = 0.0
     # Threads running batches: with two, one batch's encoding overlaps another's search
     # (the JVM's BM25, FAISS, Elasticsearch) and its answers, on cores one thread leaves idle.
     workers: int = 2
