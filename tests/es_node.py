@@ -185,6 +185,17 @@ _COMMON = {
 }
 
 
+def _clear_stale_attach_sockets() -> None:
+    """Remove /tmp/.java_pid<N> sockets whose JVM has exited. A node attaches its entitlement
+    agent to itself through /tmp/.java_pid<its pid>, and refuses to boot when a stale one
+    left by another user's JVM that had the same pid is in the way (seen on a CI machine
+    whose /tmp had kept them for hours)."""
+    for path in Path("/tmp").glob(".java_pid*"):
+        pid = path.name.removeprefix(".java_pid")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            path.unlink(missing_ok=True)
+
+
 def _launch(home: Path, version: str, run: Path, settings: dict[str, str], heap: str, timeout: float) -> int:
     """Start one node daemonized from ``run`` (its config, data and logs); returns its pid."""
     owner = _ensure_user()
@@ -194,6 +205,7 @@ def _launch(home: Path, version: str, run: Path, settings: dict[str, str], heap:
         os.chmod(run, 0o755)
         for path in [run, *run.rglob("*")]:
             os.chown(path, *owner)
+    _clear_stale_attach_sockets()
     pidfile = run / "es.pid"
     settings = {**settings, "path.data": str(run / "data"), "path.logs": str(run / "logs")}
     cmd = [str(home / "bin" / "elasticsearch"), "-d", "-p", str(pidfile)]
