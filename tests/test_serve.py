@@ -26,6 +26,7 @@ from hybrid.serving.app import ServeLimits, create_app
 from hybrid.serving.engine import Engine, EngineConfig
 from hybrid.serving.metrics import Metrics
 from hybrid.serving.routes import SearchPath
+from hybrid.serving.schemas import request_models
 from tests.processes import session_members
 
 QUERIES = ["how do solar panels make electricity", "what causes ocean tides", "how is honey made by bees"]
@@ -560,7 +561,8 @@ def test_search_path_answers_valid_json_searches_before_the_app(served_index: tu
         await send({"type": "http.response.body", "body": b""})
 
     async def requests() -> list[int]:
-        transport = httpx.ASGITransport(app=SearchPath(app, engine, ServeLimits(), Metrics(backend, name)))
+        path = SearchPath(app, engine, ServeLimits(), Metrics(backend, name), request_models(ServeLimits().max_k))
+        transport = httpx.ASGITransport(app=path)
         async with httpx.AsyncClient(transport=transport, base_url="http://hybrid") as client:
             sent = [
                 client.post("/search", json={"query": "tides", "mode": "dense", "k": 2}),

@@ -31,7 +31,7 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
     from hybrid.serving import errors, routes
     from hybrid.serving.metrics import Metrics
     from hybrid.serving.middleware import RequestGuard
-    from hybrid.serving.schemas import ErrorBody
+    from hybrid.serving.schemas import ErrorBody, request_models
 
     limits = limits if limits is not None else ServeLimits()
     metrics = Metrics(engine.backend, engine.index)
@@ -46,10 +46,11 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, manage_engi
     )
     # The last added runs first: the guard checks and counts every request, then the
     # search path answers JSON searches before the router.
-    app.add_middleware(routes.SearchPath, engine=engine, limits=limits, metrics=metrics)
+    models = request_models(limits.max_k)  # one pair per app, for the routes and the search path
+    app.add_middleware(routes.SearchPath, engine=engine, limits=limits, metrics=metrics, models=models)
     app.add_middleware(RequestGuard, limits=limits, count=metrics.request, refused=metrics.error)
     routes.add_error_handlers(app, metrics)
-    routes.add_search_routes(app, engine, limits, metrics)
+    routes.add_search_routes(app, engine, limits, metrics, models)
     routes.add_document_route(app, engine, metrics)
     routes.add_probe_routes(app, engine, metrics)
     return app

@@ -24,7 +24,7 @@ from hybrid.serving.errors import NotReady, TooLarge
 from hybrid.serving.limits import ServeLimits
 from hybrid.serving.metrics import CONTENT_TYPE, Metrics
 from hybrid.serving.middleware import replayed
-from hybrid.serving.schemas import BatchRequest, Field, SearchOptions, SearchRequest, request_models
+from hybrid.serving.schemas import BatchRequest, Field, SearchOptions, SearchRequest
 from hybrid.types import Hit
 
 SCORE_DIGITS = 7  # significant digits of a score in an answer: float noise left out
@@ -43,10 +43,13 @@ def add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
 
-def add_search_routes(app: FastAPI, engine: Engine, limits: ServeLimits, metrics: Metrics) -> None:
-    """``POST /search`` and ``POST /search/batch``, as OpenAPI documents them; a JSON body
-    is answered by :class:`SearchPath` in front of the app, anything else here."""
-    SearchModel, BatchModel = request_models(limits.max_k)
+def add_search_routes(
+    app: FastAPI, engine: Engine, limits: ServeLimits, metrics: Metrics, models: tuple[type[Any], type[Any]]
+) -> None:
+    """``POST /search`` and ``POST /search/batch``, as OpenAPI documents them, validated by
+    ``models`` (the app's, from :func:`~hybrid.serving.schemas.request_models`); a valid JSON
+    body is answered by :class:`SearchPath` in front of the app, anything else here."""
+    SearchModel, BatchModel = models
 
     # Each endpoint is annotated with its app's own model (FastAPI validates and documents
     # requests by it), which mypy cannot take for a type: the work is in typed functions.
@@ -70,10 +73,12 @@ class SearchPath:
     :class:`~hybrid.serving.middleware.RequestGuard`, so every request is still checked and
     counted first."""
 
-    def __init__(self, app: Any, engine: Engine, limits: ServeLimits, metrics: Metrics) -> None:
+    def __init__(
+        self, app: Any, engine: Engine, limits: ServeLimits, metrics: Metrics, models: tuple[type[Any], type[Any]]
+    ) -> None:
         self.app = app
         self.engine, self.limits, self.metrics = engine, limits, metrics
-        search, batch = request_models(limits.max_k)
+        search, batch = models  # the routes' own
         self.routes: dict[str, tuple[type[SearchOptions], Callable[..., Awaitable[JSONResponse]]]] = {
             "/search": (search, _search),
             "/search/batch": (batch, _search_batch),
